@@ -1,0 +1,89 @@
+"""Compute model: how long a kernel takes on one GPU at full SM rate.
+
+Roofline: time = max(FLOP / (peak x matmul_efficiency), bytes / (HBM x memory_efficiency))
+plus one kernel launch. The efficiency parameters come from the hardware preset; a calibration
+file (its own capability) will replace them with measured curves. All functions return seconds.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hardware.spec import GPUSpec
+
+BF16_BYTES = 2
+
+
+class RooflineCompute:
+    """Roofline time for the kernels an MoE transformer runs."""
+
+    def __init__(self, gpu: GPUSpec, dtype: str = "bf16"):
+        self.gpu = gpu
+        self.dtype = dtype  # GEMM input dtype
+        self._flop_per_s = gpu.peak_flop_per_s(dtype) * gpu.matmul_efficiency
+        self._bytes_per_s = gpu.hbm_bytes_per_s * gpu.memory_efficiency
+        self._elem_bytes = 1.0 if dtype == "fp8" else 2.0
+
+    def describe(self) -> dict:
+        return {
+            "kind": "roofline",
+            "gpu": self.gpu.name,
+            "gemm_dtype": self.dtype,
+            "matmul_efficiency": self.gpu.matmul_efficiency,
+            "memory_efficiency": self.gpu.memory_efficiency,
+            "kernel_launch_s": self.gpu.kernel_launch_s,
+        }
+
+    def _roofline_s(self, flop, num_bytes):
+        return np.maximum(np.asarray(flop) / self._flop_per_s, np.asarray(num_bytes) / self._bytes_per_s)
+
+    def gemm_s(self, m: int, n: int, k: int) -> float:
+        """[m, k] x [k, n] -> [m, n] in BF16 output."""
+        if m <= 0:
+            return 0.0
+        flop = 2.0 * m * n * k
+        num_bytes = (m * k + k * n) * self._elem_bytes + m * n * BF16_BYTES
+        return float(self._roofline_s(flop, num_bytes)) + self.gpu.kernel_launch_s
+
+    def grouped_gemm_s(self, ms: np.ndarray, n: int, k: int) -> float:
+        """One grouped GEMM over experts: group e multiplies [ms[e], k] by its own [k, n] weight.
+
+        Each group is its own roofline (a group of 3 tokens is weight-read bound), one launch.
+        Groups with no tokens skip their weights, as grouped GEMM kernels do.
+        """
+        ms = np.asarray(ms, dtype=np.float64)
+        ms = ms[ms > 0]
+        if ms.size == 0:
+            return 0.0
+        flop = 2.0 * ms * n * k
+        num_bytes = (ms * k + k * n) * self._elem_bytes + ms * n * BF16_BYTES
+        return float(self._roofline_s(flop, num_bytes).sum()) + self.gpu.kernel_launch_s
+
+    def memory_s(self, num_bytes: float) -> float:
+        """A streaming kernel (permute, activation, norm) that moves num_bytes through HBM."""
+        if num_bytes <= 0:
+            return 0.0
+        return num_bytes / self._bytes_per_s + self.gpu.kernel_launch_s
+
+    def attention_core_s(self, flop: float, num_bytes: float) -> float:
+        """Fused attention (flash-style) kernel: a roofline of its FLOPs and the bytes of Q, K, V, O."""
+        if flop <= 0:
+            return 0.0
+        # Attention cores run in BF16 even when the projections use FP8.
+        flop_per_s = self.gpu.peak_bf16_flop_per_s * self.gpu.matmul_efficiency
+        return max(flop / flop_per_s, num_bytes / self._bytes_per_s) + self.gpu.kernel_launch_s
+
+    def expert_ffn_s(self, tokens_per_expert: np.ndarray, hidden_size: int, intermediate_size: int,
+                     permute: bool = True) -> float:
+        """SwiGLU experts as a real MoE layer runs them: permute tokens by expert, grouped GEMM for
+        gate+up (hidden -> 2 x intermediate), SiLU x up, grouped GEMM down, weighted un-permute.
+        Shared experts and dense FFNs see their tokens in place: permute=False."""
+        tokens = np.asarray(tokens_per_expert)
+        total = float(tokens.sum())
+        if total <= 0:
+            return 0.0
+        permute_bytes = 2 * total * hidden_size * BF16_BYTES  # read + write of the gathered rows
+        act_bytes = total * 3 * intermediate_size * BF16_BYTES  # read gate, up; write product
+        ffn = (self.grouped_gemm_s(tokens, 2 * intermediate_size, hidden_size)
+               + self.memory_s(act_bytes)
+               + self.grouped_gemm_s(tokens, hidden_size, intermediate_size))
+        return ffn + 2 * self.memory_s(permute_bytes) if permute else ffn

@@ -1,0 +1,1 @@
+"""Pure functions from results to tables and report files. Reads results; never drives the engine."""

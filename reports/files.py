@@ -1,0 +1,33 @@
+"""summary.json and the metrics CSV, written atomically so a failed run never corrupts old files."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def summary_json(summary: dict) -> str:
+    return json.dumps(summary, indent=2) + "\n"
+
+
+def write_run_files(out_dir: Path, summary: dict, rows: list[dict]) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    paths = {"summary": out_dir / "summary.json", "metrics": out_dir / "metrics_per_layer_gpu.csv"}
+    write_atomic(paths["metrics"], pd.DataFrame(rows).to_csv(index=False))
+    write_atomic(paths["summary"], summary_json(summary))
+    return paths

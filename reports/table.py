@@ -1,0 +1,54 @@
+"""The terminal summary: where the time went, in one glance."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1e3:,.3f} ms"
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:,.3f} GB"
+
+
+def summary_tables(summary: dict) -> list[Table]:
+    head = Table(title=f"epsim: {summary['scenario']}  ({summary['num_gpus']} GPUs, "
+                       f"EP {summary['layout']['ep_size']} x DP {summary['layout']['dp_size']})",
+                 show_header=False, title_justify="left")
+    head.add_column("metric", style="bold")
+    head.add_column("value", justify="right")
+    b = summary["breakdown_s"]
+    step = summary["step_time_s"]
+    rows = [
+        ("step time", _ms(step)),
+        ("MFU (of peak dense BF16)", f"{summary['mfu'] * 100:.1f} %"),
+        ("model TFLOPS per GPU", f"{summary['model_tflops_per_gpu']:.1f}"),
+        ("tokens / s (cluster)", f"{summary['tokens_per_s']:,.0f}"),
+        ("compute", f"{_ms(b['compute'])}  ({b['compute'] / step * 100:.1f} %)"),
+        ("exposed comm", f"{_ms(b['exposed_comm'])}  ({b['exposed_comm'] / step * 100:.1f} %)"),
+        ("idle", f"{_ms(b['idle'])}  ({b['idle'] / step * 100:.1f} %)"),
+        ("load imbalance (max/mean)", f"{summary['load_imbalance']:.3f}"),
+    ]
+    for cls, util in summary["bandwidth_utilization"].items():
+        rows.append((f"{cls} utilisation busy / step",
+                     f"{util * 100:.1f} % / {summary['bandwidth_utilization_step'][cls] * 100:.1f} %"))
+    for row in rows:
+        head.add_row(*row)
+
+    coll = Table(title="collectives (per GPU, first byte sent -> last byte received)", title_justify="left")
+    for col in ("kind", "calls", "mean", "max", "bytes out/GPU", "NVLink/GPU", "IB/GPU"):
+        coll.add_column(col, justify="right" if col != "kind" else "left")
+    for kind, c in summary["collectives"].items():
+        coll.add_row(kind, str(c["count"]), _ms(c["mean_time_s"]), _ms(c["max_time_s"]),
+                     _gb(c["mean_bytes_per_gpu"]), _gb(c["mean_nvlink_bytes_per_gpu"]), _gb(c["mean_ib_bytes_per_gpu"]))
+    return [head, coll]
+
+
+def print_summary(summary: dict, files: dict | None = None, console: Console | None = None) -> None:
+    console = console or Console()
+    for table in summary_tables(summary):
+        console.print(table)
+    for name, path in (files or {}).items():
+        console.print(f"{name}: {path}")

@@ -1,0 +1,156 @@
+"""The run lifecycle: elaborate (hardware, routing, traffic) -> simulate (SimPy) -> RunResult."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from hardware.compute import RooflineCompute
+from hardware.topology import Topology
+from simulator.collective import Collective, build_paths, mirror_ports, token_bytes
+from simulator.gpu import COMPUTE, GPU
+from simulator.network import Network
+from simulator.pipeline import OWNER_SENDS, STREAM_OF, Op, chain_ops
+from simulator.scenario import Scenario
+from simulator.workload import Workload, build_workload, dense_work_s
+
+BACKWARD_FACTOR = 2.0  # backward GEMMs: input gradient + weight gradient
+
+# Wire dtype of each collective: gradients travelling towards the experts use the dispatch kernel
+# and its dtype (DeepSeek's trace shows FP8 backward dispatch); the rest use the combine dtype.
+DTYPE_OF = {"dispatch": "dispatch_dtype", "dispatch_bwd": "dispatch_dtype",
+            "combine": "combine_dtype", "combine_bwd": "combine_dtype"}
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    step_time_s: float
+    gpus: list[GPU]
+    collectives: dict  # (kind, group, moe_layer, mb, chunk) -> Collective
+    network: Network
+    workload: Workload
+    compute: RooflineCompute
+    num_events: int
+
+
+class Run:
+    def __init__(self, scenario: Scenario):
+        s = scenario
+        self.s = s
+        self.env = simpy.Environment()
+        self.topology = Topology(s.cluster)
+        self.network = Network(self.env, self.topology)
+        self.compute_model = RooflineCompute(s.cluster.gpu, s.workload.gemm_dtype)
+        overlap = s.pipeline.overlap == "three_stream"
+        self.gpus = [GPU(self.env, g, s.cluster.gpu.num_sms, overlap) for g in range(s.num_gpus)]
+        self.workload = build_workload(s, self.compute_model)
+        self.dense = [dense_work_s(s, self.compute_model, n) for n in self.workload.chunk_tokens]
+        self.ops = chain_ops(s.workload.mode, s.workload.scope, s.model.num_layers, s.model.num_dense_layers,
+                             s.model.num_shared_experts > 0)
+        self.collectives: dict = {}
+        self.stream_seq = self._stream_order() if s.pipeline.overlap == "three_stream" else {}
+        self.comm_sms = 0 if s.network.all_to_all == "low_latency" else s.network.comm_sms
+        self.setup_s = self._setup_latency_s()
+        self.num_events = 0
+
+    def _stream_order(self) -> dict:
+        """(op index, mb, chunk) -> position of that collective on its stream: ops in program order,
+        and inside an op the chains in (micro-batch, chunk) order."""
+        order = {}
+        for stream in set(STREAM_OF.values()):
+            keys = sorted((i, mb, c) for i, op in enumerate(self.ops) if op.kind == "comm" and STREAM_OF[op.name] == stream
+                          for mb in range(self.s.workload.micro_batches) for c in range(self.workload.num_chunks))
+            order.update({k: n for n, k in enumerate(keys)})
+        return order
+
+    def _setup_latency_s(self) -> float:
+        """The notify round (exchange of per-destination counts) before a normal-mode all-to-all.
+        Low-latency kernels send without it."""
+        if self.s.network.all_to_all == "low_latency":
+            return 0.0
+        spec = self.s.cluster
+        if self.s.parallel.ep_size > spec.gpus_per_node:
+            return max(spec.ib.latency_s, spec.ib_cross_rail_latency_s if self.s.network.all_to_all == "direct" else 0)
+        return spec.nvlink.latency_s
+
+    # -- collectives --------------------------------------------------------------------------
+    def collective(self, kind: str, group: int, moe_layer: int, mb: int, chunk: int) -> Collective:
+        key = (kind, group, moe_layer, mb, chunk)
+        coll = self.collectives.get(key)
+        if coll is None:
+            s = self.s
+            p = s.parallel.ep_size
+            gpus = np.arange(group * p, (group + 1) * p)
+            traffic = self.workload.traffic[group, moe_layer, mb, chunk]
+            num_bytes = token_bytes(getattr(s.network, DTYPE_OF[kind]), s.model.hidden_size, s.network.all_to_all)
+            owner_sends = OWNER_SENDS[kind]
+
+            def build():
+                paths = build_paths(s.network.all_to_all, traffic, num_bytes, gpus, self.topology)
+                if owner_sends:
+                    return paths
+                return paths.__class__(paths.entry_flow, mirror_ports(paths.entry_port, self.topology),
+                                       paths.entry_bytes, paths.pair_owner, paths.pair_peer, paths.pair_latency_s)
+
+            coll = Collective(self.env, self.network, gpus, build, owner_sends, self.setup_s)
+            self.collectives[key] = coll
+        return coll
+
+    # -- processes ----------------------------------------------------------------------------
+    def work_s(self, op: Op, group: int, local: int, mb: int, chunk: int) -> float:
+        if op.name == "experts":
+            fwd = float(self.workload.expert_work_s[group, op.moe_layer, mb, chunk][local])
+        else:
+            fwd = self.dense[chunk][op.name]
+        return fwd * (BACKWARD_FACTOR if op.backward else 1.0)
+
+    def run_chain(self, gpu: GPU, group: int, local: int, mb: int, chunk: int):
+        """Run one chain's ops on `gpu`; consumes the simulated time of its kernels and collectives."""
+        for i, op in enumerate(self.ops):
+            label = f"{op.label} mb{mb} c{chunk}"
+            if op.kind == "compute":
+                yield from gpu.compute(self.work_s(op, group, local, mb, chunk), label)
+                continue
+            coll = self.collective(op.name, group, op.moe_layer, mb, chunk)
+            seq = self.stream_seq.get((i, mb, chunk))
+            comm = self.env.process(gpu.communicate(STREAM_OF[op.name], seq, lambda c=coll: c.arrive(local),
+                                                    self.comm_sms, label))
+            if op.overlapped:
+                side = op._replace(kind="compute", name=op.overlapped)
+                yield from gpu.compute(self.work_s(side, group, local, mb, chunk), f"{side.label} mb{mb} c{chunk}")
+            yield comm
+
+    def run_gpu_serial(self, gpu: GPU, group: int, local: int):
+        """overlap: none: the chains of a GPU run one after another."""
+        for mb in range(self.s.workload.micro_batches):
+            for chunk in range(self.workload.num_chunks):
+                yield from self.run_chain(gpu, group, local, mb, chunk)
+
+    def simulate(self) -> RunResult:
+        p = self.s.parallel.ep_size
+        for gpu in self.gpus:
+            group, local = divmod(gpu.index, p)
+            if self.s.pipeline.overlap == "none":
+                self.env.process(self.run_gpu_serial(gpu, group, local))
+                continue
+            for mb in range(self.s.workload.micro_batches):
+                for chunk in range(self.workload.num_chunks):
+                    self.env.process(self.run_chain(gpu, group, local, mb, chunk))
+        while True:
+            try:
+                self.env.step()
+            except simpy.core.EmptySchedule:
+                break
+            self.num_events += 1
+        step = max((iv[2] for g in self.gpus for iv in g.intervals), default=0.0)
+        return RunResult(self.s, step, self.gpus, self.collectives, self.network, self.workload,
+                         self.compute_model, self.num_events)
+
+
+def simulate(scenario: Scenario) -> RunResult:
+    return Run(scenario).simulate()
+
+
+__all__ = ["simulate", "Run", "RunResult", "COMPUTE"]

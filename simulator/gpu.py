@@ -1,0 +1,80 @@
+"""A GPU: three CUDA streams (compute, send, receive) as SimPy resources, and its SMs.
+
+Communication kernels may hold SMs while they run (DeepEP normal mode ~20 of 132); compute that
+overlaps them runs at (SMs - held) / SMs of its full rate. `overlap: none` makes the three
+streams one resource, so nothing overlaps.
+"""
+from __future__ import annotations
+
+import simpy
+
+COMPUTE, SEND, RECEIVE = "compute", "send", "receive"
+
+
+class GPU:
+    def __init__(self, env: simpy.Environment, index: int, num_sms: int, overlap: bool):
+        self.env = env
+        self.index = index
+        self.num_sms = num_sms
+        compute = simpy.Resource(env, capacity=1)
+        self.streams = {COMPUTE: compute,
+                        SEND: simpy.Resource(env, capacity=1) if overlap else compute,
+                        RECEIVE: simpy.Resource(env, capacity=1) if overlap else compute}
+        self.sms_held = 0
+        # Collectives enter each comm stream in one static order, the same on every GPU, as a real
+        # program enqueues them; otherwise two GPUs could each hold a stream for a collective the
+        # other has not reached, and deadlock.
+        self._turn = {SEND: 0, RECEIVE: 0}
+        self._turn_events: dict[tuple[str, int], simpy.Event] = {}
+        self._rate_changed = env.event()
+        # (stream, start_s, end_s, label) for every op this GPU ran
+        self.intervals: list[tuple[str, float, float, str]] = []
+
+    @property
+    def compute_rate(self) -> float:
+        return max(self.num_sms - self.sms_held, 1) / self.num_sms
+
+    def _set_sms(self, delta: int) -> None:
+        if delta == 0:
+            return
+        self.sms_held += delta
+        changed, self._rate_changed = self._rate_changed, self.env.event()
+        changed.succeed()
+
+    def compute(self, work_s: float, label: str):
+        """Run a kernel needing work_s seconds at full SM rate; takes longer while comm holds SMs."""
+        if work_s <= 0:
+            return
+        with self.streams[COMPUTE].request() as req:
+            yield req
+            start = self.env.now
+            remaining = work_s
+            while True:
+                rate = self.compute_rate
+                t0 = self.env.now
+                finish = self.env.timeout(remaining / rate)
+                result = yield finish | self._rate_changed
+                if finish in result:
+                    break
+                remaining -= (self.env.now - t0) * rate
+            self.intervals.append((COMPUTE, start, self.env.now, label))
+
+    def communicate(self, stream: str, seq: int | None, arrive, comm_sms: int, label: str):
+        """Run this GPU's part of a collective on `stream` as its seq-th collective there (None: no
+        order enforced); `arrive()` joins the collective and returns this GPU's done event."""
+        if seq is not None and self._turn[stream] != seq:
+            turn = self.env.event()
+            self._turn_events[stream, seq] = turn
+            yield turn
+        with self.streams[stream].request() as req:
+            yield req
+            start = self.env.now
+            self._set_sms(comm_sms)
+            yield arrive()
+            self._set_sms(-comm_sms)
+            self.intervals.append((stream, start, self.env.now, label))
+        if seq is not None:
+            self._turn[stream] += 1
+            nxt = self._turn_events.pop((stream, self._turn[stream]), None)
+            if nxt is not None:
+                nxt.succeed()

@@ -1,0 +1,102 @@
+"""Rules a parallel layout must obey, and the per-GPU memory it needs (seed 2.2, 4.1, 4.2)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from simulator.errors import ScenarioError
+
+if TYPE_CHECKING:
+    from simulator.scenario import Scenario
+
+# Bytes of state per parameter. Prefill holds BF16 weights. Training with mixed-precision Adam holds
+# BF16 weights and gradients plus FP32 master weights and two FP32 moments (2 + 2 + 4 + 4 + 4);
+# optimizer-state sharding across DP replicas is not modelled.
+BYTES_PER_PARAM = {"prefill": 2, "train": 16}
+
+
+def experts_per_gpu(s: "Scenario") -> int:
+    return s.model.num_experts // s.parallel.ep_size
+
+
+def moe_layers_in_scope(s: "Scenario") -> int:
+    return 1 if s.workload.scope == "moe_layer" else s.model.num_moe_layers
+
+
+def dense_layers_in_scope(s: "Scenario") -> int:
+    return 0 if s.workload.scope == "moe_layer" else s.model.num_dense_layers
+
+
+def memory_per_gpu(s: "Scenario") -> dict:
+    """Static memory per GPU: weights (and gradients + optimizer state when training)."""
+    expert_params = experts_per_gpu(s) * moe_layers_in_scope(s) * s.model.expert_params
+    replicated = s.model.replicated_params(s.workload.scope)
+    per_param = BYTES_PER_PARAM[s.workload.mode]
+    return {
+        "expert_params": expert_params,
+        "replicated_params": replicated,
+        "bytes_per_param": per_param,
+        "static_bytes": (expert_params + replicated) * per_param,
+        "hbm_bytes": s.cluster.gpu.hbm_bytes,
+    }
+
+
+def check_layout(s: "Scenario") -> None:
+    ep = s.parallel.ep_size
+    gpus = s.num_gpus
+    gpn = s.cluster.gpus_per_node
+    m = s.model
+    if s.parallel.tp_size != 1:
+        raise ScenarioError("parallel.tp_size", s.parallel.tp_size, "not simulated in this version; supported today: 1")
+    if s.parallel.pp_size != 1:
+        raise ScenarioError("parallel.pp_size", s.parallel.pp_size, "not simulated in this version; supported today: 1")
+    if gpus % ep:
+        raise ScenarioError("parallel.ep_size", ep, f"must divide the {gpus} GPUs (hardware.nodes x gpus_per_node)")
+    if ep % gpn and gpn % ep:
+        raise ScenarioError("parallel.ep_size", ep, f"an EP group must be whole nodes or part of one node: "
+                            f"ep_size must divide or be a multiple of gpus_per_node={gpn}")
+    if m.num_experts % ep:
+        raise ScenarioError("parallel.ep_size", ep, f"must divide model.num_experts={m.num_experts}: round-robin "
+                            "placement (seed 1.1) gives every GPU of the EP group the same number of experts")
+    if m.top_k > m.num_experts:
+        raise ScenarioError("model.top_k", m.top_k, f"must be <= model.num_experts={m.num_experts}")
+    if m.num_dense_layers > m.num_layers:
+        raise ScenarioError("model.num_dense_layers", m.num_dense_layers, f"must be <= model.num_layers={m.num_layers}")
+    if m.num_moe_layers < 1:
+        raise ScenarioError("model.num_dense_layers", m.num_dense_layers, "leaves no MoE layer to simulate")
+    if m.attention.kind == "gqa" and (m.attention.num_kv_heads < 1 or m.attention.head_dim < 1):
+        raise ScenarioError("model.attention", m.attention.kind, "gqa needs num_kv_heads >= 1 and head_dim >= 1")
+    if m.attention.kind == "mla" and (m.attention.kv_lora_rank < 1 or m.attention.v_head_dim < 1):
+        raise ScenarioError("model.attention", m.attention.kind, "mla needs kv_lora_rank >= 1 and v_head_dim >= 1")
+    if s.network.comm_sms >= s.cluster.gpu.num_sms:
+        raise ScenarioError("network.comm_sms", s.network.comm_sms,
+                            f"must be < the GPU's {s.cluster.gpu.num_sms} SMs (hardware.num_sms)")
+    if s.workload.tokens_per_gpu < s.pipeline.chunks:
+        raise ScenarioError("pipeline.chunks", s.pipeline.chunks,
+                            f"must be <= workload.tokens_per_gpu={s.workload.tokens_per_gpu}")
+    if s.routing.adaptive_alpha > 0:
+        raise ScenarioError("routing.adaptive_alpha", s.routing.adaptive_alpha,
+                            "adaptive gating is not simulated in this version; supported today: 0")
+    if s.placement.redundant_experts > 0:
+        raise ScenarioError("placement.redundant_experts", s.placement.redundant_experts,
+                            "redundant experts are not simulated in this version; supported today: 0")
+    if s.routing.distribution == "balanced" and m.num_experts % m.top_k:
+        raise ScenarioError("routing.distribution", "balanced",
+                            f"needs model.num_experts={m.num_experts} to be a multiple of model.top_k={m.top_k}")
+    limit = s.routing.max_nodes_per_token
+    if limit is not None:
+        nodes_in_group = max(1, ep // gpn)
+        experts_per_node = m.num_experts // nodes_in_group
+        if s.routing.distribution == "balanced":
+            raise ScenarioError("routing.max_nodes_per_token", limit,
+                                "applies to gated distributions (uniform, zipf); balanced assigns exact equal counts")
+        if limit * experts_per_node < m.top_k:
+            raise ScenarioError("routing.max_nodes_per_token", limit,
+                                f"{limit} node(s) x {experts_per_node} experts per node cannot hold top_k={m.top_k} experts")
+    mem = memory_per_gpu(s)
+    if mem["static_bytes"] > mem["hbm_bytes"]:
+        raise ScenarioError(
+            "model.num_layers", m.num_layers,
+            f"does not fit memory: {mem['static_bytes'] / 1e9:.1f} GB of weights"
+            f"{' + gradients + optimizer state' if s.workload.mode == 'train' else ''} per GPU at "
+            f"ep_size={ep} exceeds hardware.hbm_gb={mem['hbm_bytes'] / 1e9:g}; "
+            "rule: static memory per GPU <= HBM (fewer layers per stage, larger ep_size, or prefill)")

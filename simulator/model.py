@@ -1,0 +1,116 @@
+"""The model being trained or served, and its FLOP count.
+
+FLOP convention (stated in summary.json's provenance and the README): a multiply-add is 2 FLOP;
+per token and layer, forward:
+  attention projections  2 x (their weight count)
+      MLA: H*q_lora + q_lora*heads*(nope+rope) + H*(kv_lora+rope) + kv_lora*heads*(nope+v) + heads*v*H
+      GQA: H*heads*d + 2*H*kv_heads*d + heads*d*H
+  attention core         causal, mean context c = (seq_len+1)/2:
+      MLA: 2*heads*(nope+rope)*c + 2*heads*v*c;   GQA: 4*heads*d*c
+  router                 2*H*E
+  routed experts         top_k * 6*H*I   (SwiGLU: gate, up, down)
+  shared experts         num_shared * 6*H*I
+  dense FFN layers       6*H*I_dense (instead of router and experts)
+Training counts 3x the forward (backward = 2x). Embedding and LM head are outside the layers in
+scope (a pipeline stage) and are not counted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionSpec:
+    kind: str  # "mla" | "gqa"
+    num_heads: int
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    q_lora_rank: int = 0
+    kv_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    qk_rope_head_dim: int = 0
+    v_head_dim: int = 0
+
+    def projection_params(self, hidden: int) -> int:
+        if self.kind == "mla":
+            qk = self.qk_nope_head_dim + self.qk_rope_head_dim
+            q = (hidden * self.q_lora_rank + self.q_lora_rank * self.num_heads * qk
+                 if self.q_lora_rank else hidden * self.num_heads * qk)
+            kv = (hidden * (self.kv_lora_rank + self.qk_rope_head_dim)
+                  + self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim))
+            return q + kv + self.num_heads * self.v_head_dim * hidden
+        d = self.head_dim
+        return hidden * self.num_heads * d + 2 * hidden * self.num_kv_heads * d + self.num_heads * d * hidden
+
+    def core_flop_per_token(self, seq_len: int) -> float:
+        ctx = (seq_len + 1) / 2.0
+        if self.kind == "mla":
+            qk = self.qk_nope_head_dim + self.qk_rope_head_dim
+            return 2.0 * self.num_heads * qk * ctx + 2.0 * self.num_heads * self.v_head_dim * ctx
+        return 4.0 * self.num_heads * self.head_dim * ctx
+
+    def core_bytes_per_token(self) -> float:
+        """HBM bytes per token of the fused attention kernel: Q, K, V read and O written in BF16."""
+        if self.kind == "mla":
+            qk = self.qk_nope_head_dim + self.qk_rope_head_dim
+            return 2.0 * self.num_heads * (2 * qk + 2 * self.v_head_dim)
+        return 2.0 * (2 * self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    hidden_size: int
+    moe_intermediate_size: int
+    num_experts: int
+    top_k: int
+    num_shared_experts: int
+    num_layers: int
+    num_dense_layers: int
+    dense_intermediate_size: int
+    vocab_size: int
+    attention: AttentionSpec
+
+    @property
+    def num_moe_layers(self) -> int:
+        return self.num_layers - self.num_dense_layers
+
+    @property
+    def expert_params(self) -> int:
+        return 3 * self.hidden_size * self.moe_intermediate_size
+
+    def attention_flop_per_token(self, seq_len: int) -> float:
+        return 2.0 * self.attention.projection_params(self.hidden_size) + self.attention.core_flop_per_token(seq_len)
+
+    def router_flop_per_token(self) -> float:
+        return 2.0 * self.hidden_size * self.num_experts
+
+    def routed_flop_per_token(self) -> float:
+        return self.top_k * 2.0 * self.expert_params
+
+    def shared_flop_per_token(self) -> float:
+        return self.num_shared_experts * 2.0 * self.expert_params
+
+    def dense_ffn_flop_per_token(self) -> float:
+        return 6.0 * self.hidden_size * self.dense_intermediate_size
+
+    def moe_block_flop_per_token(self) -> float:
+        """Router + routed experts + shared experts of one MoE layer, forward."""
+        return self.router_flop_per_token() + self.routed_flop_per_token() + self.shared_flop_per_token()
+
+    def forward_flop_per_token(self, seq_len: int, scope: str) -> float:
+        if scope == "moe_layer":
+            return self.moe_block_flop_per_token()
+        attention = self.num_layers * self.attention_flop_per_token(seq_len)
+        return (attention + self.num_dense_layers * self.dense_ffn_flop_per_token()
+                + self.num_moe_layers * self.moe_block_flop_per_token())
+
+    def replicated_params(self, scope: str) -> int:
+        """Parameters every GPU of an EP group holds: attention, dense FFN, router, shared experts."""
+        h = self.hidden_size
+        moe_layer = h * self.num_experts + self.num_shared_experts * self.expert_params
+        if scope == "moe_layer":
+            return moe_layer
+        return (self.num_layers * self.attention.projection_params(h)
+                + self.num_dense_layers * 3 * h * self.dense_intermediate_size
+                + self.num_moe_layers * moe_layer)

@@ -1,0 +1,151 @@
+"""Fluid network: flows share port capacity max-min fairly; rates change only when flows start or end.
+
+Flows are added in batches (one batch per collective). After any change at the current instant the
+rates are solved once (changes at the same instant are batched by a zero-delay update), and one
+timer is set for the next completion. Flows within COALESCE of their elapsed time from finishing
+complete together: this bounds the number of re-solves per collective, and ends such a flow early
+by at most COALESCE of its duration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import simpy
+
+from hardware.topology import Topology
+from simulator.fairshare import max_min_rates
+
+COALESCE = 1e-3
+
+
+@dataclass
+class FlowBatch:
+    """Flows of one collective: flow i has entries (port, bytes) in the CSR-like arrays below."""
+    entry_flow: np.ndarray  # int, flow index in 0..num_flows-1
+    entry_port: np.ndarray  # int, global port index
+    entry_bytes: np.ndarray  # float, bytes this flow puts through that port
+    num_flows: int
+    on_done: Callable[[np.ndarray, float], None]  # (finished flow indices, time) -> None
+    flow_size: np.ndarray = field(init=False)  # the flow's own measure: its largest per-port bytes
+
+    def __post_init__(self):
+        self.flow_size = np.zeros(self.num_flows)
+        np.maximum.at(self.flow_size, self.entry_flow, self.entry_bytes)
+
+
+class Network:
+    """Per-direction ports of a topology, shared by every active flow."""
+
+    def __init__(self, env: simpy.Environment, topology: Topology):
+        self.env = env
+        self.topology = topology
+        self.capacity = topology.port_capacity_bytes_per_s()
+        n = topology.num_ports
+        self.port_bytes = np.zeros(n)
+        self.port_busy_s = np.zeros(n)
+        self.num_solves = 0
+        self._batches: list[FlowBatch] = []
+        self._pending: list[FlowBatch] = []
+        # active flow state, concatenated over batches
+        self._remaining = np.zeros(0)
+        self._rate = np.zeros(0)
+        self._started = np.zeros(0)
+        self._batch_of = np.zeros(0, dtype=np.int64)
+        self._local = np.zeros(0, dtype=np.int64)
+        self._e_flow = np.zeros(0, dtype=np.int64)
+        self._e_port = np.zeros(0, dtype=np.int64)
+        self._e_weight = np.zeros(0)
+        self._last_s = 0.0
+        self._generation = 0
+        self._update_scheduled = False
+
+    # -- public -----------------------------------------------------------------------------
+    def add(self, batch: FlowBatch) -> None:
+        """Start a batch of flows now. Zero-flow batches complete at once."""
+        if batch.num_flows == 0:
+            batch.on_done(np.zeros(0, dtype=np.int64), self.env.now)
+            return
+        np.add.at(self.port_bytes, batch.entry_port, batch.entry_bytes)
+        self._pending.append(batch)
+        self._schedule_update(0.0)
+
+    @property
+    def num_active_flows(self) -> int:
+        return len(self._remaining)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _schedule_update(self, delay_s: float) -> None:
+        if delay_s == 0.0:
+            if self._update_scheduled:
+                return
+            self._update_scheduled = True
+        self._generation += 1
+        gen = self._generation
+        ev = self.env.timeout(delay_s)
+        ev.callbacks.append(lambda _ev: self._update(gen))
+
+    def _advance(self, now: float) -> None:
+        dt = now - self._last_s
+        if dt > 0 and len(self._rate):
+            self._remaining -= self._rate * dt
+            load = np.bincount(self._e_port, self._e_weight * self._rate[self._e_flow], minlength=len(self.capacity))
+            self.port_busy_s[load > 0] += dt
+        self._last_s = now
+
+    def _update(self, gen: int) -> None:
+        if gen != self._generation:
+            return  # a newer update superseded this timer
+        self._update_scheduled = False
+        now = self.env.now
+        self._advance(now)
+        finished = self._remaining <= COALESCE * (now - self._started) * np.maximum(self._rate, 0) + 1e-6
+        if finished.any():
+            self._finish(finished, now)
+        if self._pending:
+            self._admit(now)
+        if len(self._remaining):
+            self._rate = max_min_rates(self._e_flow, self._e_port, self._e_weight, self.capacity, len(self._remaining))
+            self.num_solves += 1
+            self._schedule_update(float(np.min(self._remaining / self._rate)))
+
+    def _finish(self, finished: np.ndarray, now: float) -> None:
+        done_batches = self._batch_of[finished]
+        done_local = self._local[finished]
+        keep = ~finished
+        remap = np.cumsum(keep) - 1
+        entry_keep = keep[self._e_flow]
+        self._e_flow = remap[self._e_flow[entry_keep]]
+        self._e_port = self._e_port[entry_keep]
+        self._e_weight = self._e_weight[entry_keep]
+        self._remaining = self._remaining[keep]
+        self._rate = self._rate[keep]
+        self._started = self._started[keep]
+        self._batch_of = self._batch_of[keep]
+        self._local = self._local[keep]
+        for b in np.unique(done_batches):
+            self._batches[b].on_done(done_local[done_batches == b], now)
+
+    def _admit(self, now: float) -> None:
+        offset = len(self._remaining)
+        flows, ports, weights, remaining, batch_of, local = [], [], [], [], [], []
+        for batch in self._pending:
+            b = len(self._batches)
+            self._batches.append(batch)
+            flows.append(batch.entry_flow + offset)
+            ports.append(batch.entry_port)
+            weights.append(batch.entry_bytes / batch.flow_size[batch.entry_flow])
+            remaining.append(batch.flow_size)
+            batch_of.append(np.full(batch.num_flows, b))
+            local.append(np.arange(batch.num_flows))
+            offset += batch.num_flows
+        self._pending = []
+        self._e_flow = np.concatenate([self._e_flow, *flows])
+        self._e_port = np.concatenate([self._e_port, *ports])
+        self._e_weight = np.concatenate([self._e_weight, *weights])
+        self._remaining = np.concatenate([self._remaining, *remaining])
+        self._started = np.concatenate([self._started, np.full(sum(len(r) for r in remaining), now)])
+        self._rate = np.zeros(len(self._remaining))
+        self._batch_of = np.concatenate([self._batch_of, *batch_of])
+        self._local = np.concatenate([self._local, *local])

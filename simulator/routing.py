@@ -1,0 +1,97 @@
+"""Softmax top-k gating (seed 2.1) over synthetic token representations, sampled exactly and fast.
+
+A token t's gate logits are modelled as z_te = b_e + G_te: a per-expert bias b_e (the router's
+learned preference; zero for `uniform`, log of a Zipf law for `zipf`) plus independent Gumbel(0, 1)
+noise G_te that stands for the token's own representation W_gate h_t. Under that law the top-k of
+softmax(z_t) is distributed exactly as drawing k experts one after another without replacement,
+each with probability proportional to softmax(b) among those not yet drawn (Gumbel-top-k /
+Plackett-Luce). epsim samples that directly: O(k) work per token instead of O(E), which is what
+makes EP 1024 (4 M tokens per layer) affordable.
+
+Drawing with replacement and skipping repeats is the same law as drawing without replacement, so
+the sampler draws candidate columns in bulk and keeps each row's first k distinct experts.
+
+Group-limited routing (DeepSeek-V3's node limit): once a token's experts span `max_nodes` nodes,
+later candidates on other nodes are skipped, so every token touches at most `max_nodes` nodes.
+
+`balanced` deals every token k distinct experts from successive random permutations of all experts,
+so every expert receives exactly the same number of tokens (needs E % k == 0).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK_TOKENS = 1 << 18  # tokens sampled at once: bounds memory at EP 1024
+
+
+def zipf_probabilities(num_experts: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
+    """p_e proportional to rank^-alpha, ranks shuffled over experts by the seed."""
+    p = np.arange(1, num_experts + 1, dtype=np.float64) ** -alpha
+    return (p / p.sum())[rng.permutation(num_experts)]
+
+
+class Router:
+    """A seeded gate for one MoE layer of one EP group."""
+
+    def __init__(self, num_experts: int, top_k: int, distribution: str, zipf_alpha: float,
+                 expert_node: np.ndarray, max_nodes: int | None, rng: np.random.Generator):
+        self.num_experts, self.top_k, self.distribution = num_experts, top_k, distribution
+        if distribution == "zipf":
+            self.probabilities = zipf_probabilities(num_experts, zipf_alpha, rng)
+        else:
+            self.probabilities = np.full(num_experts, 1.0 / num_experts)
+        self.cdf = np.cumsum(self.probabilities)
+        self.cdf[-1] = 1.0
+        self.expert_node = np.asarray(expert_node).astype(np.int16)
+        num_nodes = int(self.expert_node.max()) + 1
+        self.max_nodes = max_nodes if max_nodes is not None and max_nodes < num_nodes else None
+
+    def route(self, num_tokens: int, rng: np.random.Generator) -> np.ndarray:
+        """Expert ids [num_tokens, top_k] of num_tokens fresh tokens, in order of preference."""
+        if self.distribution == "balanced":
+            return self._balanced(num_tokens, rng)
+        out = np.empty((num_tokens, self.top_k), dtype=np.int32)
+        for start in range(0, num_tokens, BLOCK_TOKENS):
+            stop = min(num_tokens, start + BLOCK_TOKENS)
+            out[start:stop] = self._sample_block(stop - start, rng)
+        return out
+
+    def _draw(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+        """Independent draws with replacement from the routing probabilities."""
+        if self.distribution == "uniform":
+            return rng.integers(0, self.num_experts, size=shape, dtype=np.int16)
+        u = rng.random(shape, dtype=np.float32)
+        return np.searchsorted(self.cdf, u, side="right").astype(np.int16)
+
+    def _sample_block(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        k, limit = self.top_k, self.max_nodes
+        # Column-major state ([k, n]) keeps the per-candidate comparisons contiguous.
+        chosen = np.full((k, n), -1, dtype=np.int16)
+        filled = np.zeros(n, dtype=np.int64)
+        nodes = np.full((limit or 1, n), -1, dtype=np.int16)
+        num_nodes = np.zeros(n, dtype=np.int64)
+        todo = np.arange(n)
+        while todo.size:
+            # Dense copies of the unfinished rows: one gather and one scatter per round.
+            c, f, nd, nn = chosen[:, todo], filled[todo], nodes[:, todo], num_nodes[todo]
+            rows = np.arange(todo.size)
+            for cand in self._draw((2 * k, todo.size), rng):
+                ok = (f < k) & (c != cand).all(axis=0)
+                if limit:
+                    node = self.expert_node[cand]
+                    known = (nd == node).any(axis=0)
+                    ok &= known | (nn < limit)
+                    new_node = ok & ~known
+                    nd[nn[new_node], rows[new_node]] = node[new_node]
+                    nn += new_node
+                c[f[ok], rows[ok]] = cand[ok]
+                f += ok
+            chosen[:, todo], filled[todo], nodes[:, todo], num_nodes[todo] = c, f, nd, nn
+            todo = todo[f < k]
+        return chosen.T.astype(np.int32)
+
+    def _balanced(self, num_tokens: int, rng: np.random.Generator) -> np.ndarray:
+        per_perm = self.num_experts // self.top_k
+        num_perms = -(-num_tokens // per_perm)
+        perms = np.argsort(rng.random((num_perms, self.num_experts)), axis=1).astype(np.int32)
+        return perms[:, : per_perm * self.top_k].reshape(-1, self.top_k)[:num_tokens]

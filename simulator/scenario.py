@@ -1,0 +1,289 @@
+"""Scenario YAML -> a frozen, typed, validated Scenario. The one place user input is checked.
+
+Every error is a ScenarioError naming the key path, the value and the rule.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hardware.presets import PRESET_DIR as HARDWARE_PRESET_DIR
+from hardware.presets import load_yaml_mapping, preset_path
+from hardware.spec import ClusterSpec, cluster_from_fields
+from simulator.errors import ScenarioError
+from simulator.layout import check_layout
+from simulator.model import AttentionSpec, ModelSpec
+
+MODEL_PRESET_DIR = Path(__file__).parent / "models"
+
+Pos = Field(gt=0)
+Frac = Field(gt=0, le=1)
+NonNeg = Field(ge=0)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class HardwareSection(_Section):
+    preset: str = "h100-seed"
+    description: str = ""
+    nodes: int = Pos
+    gpu_name: str
+    gpus_per_node: int = Pos
+    peak_bf16_tflops: float = Pos
+    peak_fp8_tflops: float = Pos
+    hbm_gb: float = Pos
+    hbm_tb_per_s: float = Pos
+    num_sms: int = Pos
+    matmul_efficiency: float = Frac
+    memory_efficiency: float = Frac
+    kernel_launch_us: float = NonNeg
+    nvlink_gb_per_s: float = Pos
+    nvlink_efficiency: float = Frac
+    nvlink_latency_us: float = NonNeg
+    ib_gbit_per_s: float = Pos
+    ib_efficiency: float = Frac
+    ib_latency_us: float = NonNeg
+    ib_cross_leaf_latency_us: float = NonNeg
+    spine_oversubscription: float = Field(ge=1)
+
+
+class AttentionSection(_Section):
+    kind: Literal["mla", "gqa"]
+    num_heads: int = Pos
+    num_kv_heads: int = Field(default=0, ge=0)
+    head_dim: int = Field(default=0, ge=0)
+    q_lora_rank: int = Field(default=0, ge=0)
+    kv_lora_rank: int = Field(default=0, ge=0)
+    qk_nope_head_dim: int = Field(default=0, ge=0)
+    qk_rope_head_dim: int = Field(default=0, ge=0)
+    v_head_dim: int = Field(default=0, ge=0)
+
+
+class ModelSection(_Section):
+    preset: str = "deepseek-v3"
+    hidden_size: int = Pos
+    moe_intermediate_size: int = Pos
+    num_experts: int = Pos
+    top_k: int = Pos
+    num_shared_experts: int = NonNeg
+    num_layers: int = Pos
+    num_dense_layers: int = NonNeg
+    dense_intermediate_size: int = Pos
+    vocab_size: int = Pos
+    attention: AttentionSection
+
+
+class ParallelSection(_Section):
+    ep_size: int = Pos
+    tp_size: int = Field(default=1, gt=0)
+    pp_size: int = Field(default=1, gt=0)
+
+
+class WorkloadSection(_Section):
+    mode: Literal["train", "prefill", "decode"] = "train"
+    scope: Literal["model", "moe_layer"] = "model"
+    tokens_per_gpu: int = Field(default=4096, gt=0)
+    micro_batches: int = Field(default=2, gt=0)
+    seq_len: int = Field(default=4096, gt=0)
+    gemm_dtype: Literal["bf16", "fp8"] = "bf16"
+
+
+class RoutingSection(_Section):
+    distribution: Literal["uniform", "balanced", "zipf", "trace"] = "uniform"
+    zipf_alpha: float = Field(default=1.0, gt=0)
+    seed: int = Field(default=0, ge=0)
+    max_nodes_per_token: Optional[int] = Field(default=None, gt=0)
+    adaptive_alpha: float = Field(default=0.0, ge=0)
+
+
+class PlacementSection(_Section):
+    strategy: Literal["round_robin", "topology_aware", "eplb"] = "round_robin"
+    redundant_experts: int = Field(default=0, ge=0)
+
+
+class NetworkSection(_Section):
+    all_to_all: Literal["direct", "hierarchical", "low_latency"] = "hierarchical"
+    dispatch_dtype: Literal["fp8", "bf16"] = "fp8"
+    combine_dtype: Literal["fp8", "bf16"] = "bf16"
+    comm_sms: int = Field(default=20, ge=0)
+
+
+class PipelineSection(_Section):
+    overlap: Literal["none", "three_stream"] = "three_stream"
+    chunks: int = Field(default=2, gt=0)
+
+
+SECTIONS = {
+    "parallel": ParallelSection, "workload": WorkloadSection, "routing": RoutingSection,
+    "placement": PlacementSection, "network": NetworkSection, "pipeline": PipelineSection,
+}
+TOP_LEVEL_KEYS = ("name", "hardware", "model", *SECTIONS)
+
+# Values the schema knows but this version does not simulate yet: (key, value) -> what is supported.
+NOT_YET = {
+    ("workload.mode", "decode"): "supported today: train, prefill",
+    ("routing.distribution", "trace"): "supported today: uniform, balanced, zipf",
+    ("placement.strategy", "topology_aware"): "supported today: round_robin",
+    ("placement.strategy", "eplb"): "supported today: round_robin",
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    cluster: ClusterSpec
+    model: ModelSpec
+    parallel: ParallelSection
+    workload: WorkloadSection
+    routing: RoutingSection
+    placement: PlacementSection
+    network: NetworkSection
+    pipeline: PipelineSection
+    hardware_preset: str
+    model_preset: str
+    resolved: dict  # the fully merged YAML-level scenario (for hashing and reports)
+
+    @property
+    def num_gpus(self) -> int:
+        return self.cluster.num_gpus
+
+    @property
+    def dp_size(self) -> int:
+        return self.num_gpus // self.parallel.ep_size
+
+
+def _raise_from_pydantic(exc: ValidationError, prefix: str, model_cls) -> None:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        owner = model_cls
+        for part in loc[:-1]:
+            owner = owner.model_fields[part].annotation
+        valid = ", ".join(owner.model_fields)
+        raise ScenarioError(key, err["input"], f"unknown key; valid keys here: {valid}") from None
+    if err["type"] == "missing":
+        raise ScenarioError(key, None, "required key is missing") from None
+    raise ScenarioError(key, err.get("input"), err["msg"]) from None
+
+
+def _validate(model_cls, data, prefix: str):
+    if not isinstance(data, dict):
+        raise ScenarioError(prefix, data, "must be a mapping of keys")
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        _raise_from_pydantic(exc, prefix, model_cls)
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _with_preset(section: str, user: dict, default: str, preset_dir: Path) -> dict:
+    """Merge a section's preset file (YAML data) with the user's field-by-field overrides."""
+    if not isinstance(user, dict):
+        raise ScenarioError(section, user, "must be a mapping of keys")
+    name = user.get("preset", default)
+    if not isinstance(name, str):
+        raise ScenarioError(f"{section}.preset", name, "must be a preset name or a path to a .yaml file")
+    try:
+        path = preset_path(name, preset_dir)
+        base = load_yaml_mapping(path)
+    except (KeyError, ValueError) as exc:
+        raise ScenarioError(f"{section}.preset", name, str(exc).strip("\"'")) from None
+    merged = _deep_merge(base, user)
+    merged["preset"] = name
+    return merged
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'routing.zipf_alpha=1.2' -> ('routing.zipf_alpha', 1.2); the value is YAML."""
+    if "=" not in text:
+        raise ScenarioError("--set", text, "must be KEY=VALUE with a dotted scenario key")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ScenarioError(key, raw, "the value must be valid YAML") from None
+    return key.strip(), value
+
+
+def apply_overrides(data: dict, overrides: list[tuple[str, object]]) -> dict:
+    data = copy.deepcopy(data)
+    for key, value in overrides:
+        parts = key.split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ScenarioError(".".join(parts[: i + 1]), child, "is not a section; cannot set a key inside it")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def read_scenario_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError("scenario", str(path), "file does not exist")
+    try:
+        return load_yaml_mapping(path)
+    except ValueError as exc:
+        raise ScenarioError("scenario", str(path), str(exc)) from None
+
+
+def load_scenario(path: str | Path, overrides: list[tuple[str, object]] = ()) -> Scenario:
+    return build_scenario(apply_overrides(read_scenario_file(path), list(overrides)))
+
+
+def build_scenario(data: dict) -> Scenario:
+    """Validate a YAML-level mapping and build the Scenario (SI units inside)."""
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            raise ScenarioError(str(key), data[key], f"unknown key; valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise ScenarioError("name", name, "required: a non-empty string naming the scenario")
+    if "hardware" not in data:
+        raise ScenarioError("hardware.nodes", None, "required key is missing")
+    hw_raw = _with_preset("hardware", data["hardware"], "h100-seed", HARDWARE_PRESET_DIR)
+    hw = _validate(HardwareSection, hw_raw, "hardware")
+    model_raw = _with_preset("model", data.get("model", {}), "deepseek-v3", MODEL_PRESET_DIR)
+    msec = _validate(ModelSection, model_raw, "model")
+    if "parallel" not in data:
+        raise ScenarioError("parallel.ep_size", None, "required key is missing")
+    sections = {key: _validate(cls, data.get(key, {}), key) for key, cls in SECTIONS.items()}
+
+    for (key, value), supported in NOT_YET.items():
+        section, field = key.split(".")
+        if getattr(sections[section], field) == value:
+            raise ScenarioError(key, value, f"not simulated in this version; {supported}")
+
+    cluster = cluster_from_fields(hw.preset, hw.nodes, hw.model_dump())
+    model = ModelSpec(
+        name=msec.preset, hidden_size=msec.hidden_size, moe_intermediate_size=msec.moe_intermediate_size,
+        num_experts=msec.num_experts, top_k=msec.top_k, num_shared_experts=msec.num_shared_experts,
+        num_layers=msec.num_layers, num_dense_layers=msec.num_dense_layers,
+        dense_intermediate_size=msec.dense_intermediate_size, vocab_size=msec.vocab_size,
+        attention=AttentionSpec(**msec.attention.model_dump()),
+    )
+    resolved = {"name": name, "hardware": hw.model_dump(), "model": msec.model_dump(),
+                **{k: v.model_dump() for k, v in sections.items()}}
+    scenario = Scenario(name=name, cluster=cluster, model=model, hardware_preset=hw.preset,
+                        model_preset=msec.preset, resolved=resolved, **sections)
+    check_layout(scenario)
+    return scenario

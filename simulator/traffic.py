@@ -1,0 +1,76 @@
+"""From routed tokens to who sends what to whom (seed 2.2: batching by destination GPU).
+
+For one EP group, one MoE layer, one micro-batch and one chunk, `ChunkTraffic` holds token counts
+per GPU pair; the network model turns them into bytes along each all-to-all algorithm's paths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCK_SOURCES = 16  # source GPUs whose tokens are counted at once
+
+
+@dataclass(frozen=True)
+class ChunkTraffic:
+    pair_tokens: np.ndarray   # [P, P] distinct tokens of src that have >= 1 expert on dst
+    pair_copies: np.ndarray   # [P, P] (token, expert) pairs from src to experts on dst (no dedupe)
+    node_tokens: np.ndarray   # [P, N] distinct tokens of src that have >= 1 expert on node n
+    expert_tokens: np.ndarray  # [E] tokens routed to each expert
+
+    @property
+    def recv_copies(self) -> np.ndarray:
+        """Token copies each GPU's experts process."""
+        return self.pair_copies.sum(axis=0)
+
+
+def _distinct_per_row(ids: np.ndarray) -> np.ndarray:
+    """Boolean mask of the first occurrence of each value in each row."""
+    s = np.sort(ids, axis=1)
+    first = np.ones_like(s, dtype=bool)
+    first[:, 1:] = s[:, 1:] != s[:, :-1]
+    return s, first
+
+
+def count_chunk(experts: np.ndarray, src: np.ndarray, expert_gpu: np.ndarray, gpus_per_node: int,
+                num_gpus: int, num_experts: int) -> tuple[np.ndarray, ...]:
+    """Counts for tokens `experts` [n, k] sent from GPUs `src` [n] (indices inside the EP group)."""
+    p = num_gpus
+    num_nodes = max(1, p // gpus_per_node)
+    gpu = expert_gpu[experts]
+    copies = np.bincount((src[:, None] * p + gpu).ravel(), minlength=p * p).reshape(p, p)
+    sorted_gpu, first = _distinct_per_row(gpu)
+    src_k = np.broadcast_to(src[:, None], gpu.shape)
+    tokens = np.bincount((src_k * p + sorted_gpu)[first], minlength=p * p).reshape(p, p)
+    sorted_node, first_node = _distinct_per_row(sorted_gpu // gpus_per_node if p > gpus_per_node
+                                                else np.zeros_like(sorted_gpu))
+    nodes = np.bincount((src_k * num_nodes + sorted_node)[first_node],
+                        minlength=p * num_nodes).reshape(p, num_nodes)
+    per_expert = np.bincount(experts.ravel(), minlength=num_experts)
+    return tokens, copies, nodes, per_expert
+
+
+def chunk_bounds(num_tokens: int, num_chunks: int) -> list[tuple[int, int]]:
+    """Split a GPU's tokens into num_chunks contiguous, as-equal-as-possible slices."""
+    edges = np.linspace(0, num_tokens, num_chunks + 1).round().astype(int)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def micro_batch_traffic(experts: np.ndarray, tokens_per_gpu: int, num_chunks: int, expert_gpu: np.ndarray,
+                        gpus_per_node: int, num_experts: int) -> list[ChunkTraffic]:
+    """Per-chunk traffic of one micro-batch: `experts` is [P * tokens_per_gpu, k], GPU-major."""
+    p = len(experts) // tokens_per_gpu
+    num_nodes = max(1, p // gpus_per_node)
+    out = []
+    for lo, hi in chunk_bounds(tokens_per_gpu, num_chunks):
+        acc = [np.zeros((p, p), np.int64), np.zeros((p, p), np.int64),
+               np.zeros((p, num_nodes), np.int64), np.zeros(num_experts, np.int64)]
+        for first_src in range(0, p, BLOCK_SOURCES):
+            srcs = np.arange(first_src, min(p, first_src + BLOCK_SOURCES))
+            rows = (srcs[:, None] * tokens_per_gpu + np.arange(lo, hi)).ravel()
+            counts = count_chunk(experts[rows], np.repeat(srcs, hi - lo), expert_gpu, gpus_per_node, p, num_experts)
+            for a, c in zip(acc, counts):
+                a += c
+        out.append(ChunkTraffic(pair_tokens=acc[0], pair_copies=acc[1], node_tokens=acc[2], expert_tokens=acc[3]))
+    return out

@@ -1,0 +1,104 @@
+"""Elaboration of the workload: routing, batching and per-chunk compute times, before the engine runs.
+
+Routing is sampled once per (EP group, MoE layer, micro-batch) from a seeded generator keyed by
+those indices, so every run of a scenario sees the same tokens.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from hardware.compute import RooflineCompute
+from simulator.collective import token_bytes
+from simulator.layout import experts_per_gpu, memory_per_gpu, moe_layers_in_scope
+from simulator.placement import place
+from simulator.routing import Router
+from simulator.traffic import ChunkTraffic, chunk_bounds, micro_batch_traffic
+
+
+@dataclass
+class Workload:
+    num_chunks: int
+    chunk_tokens: list[int]
+    tokens_per_batch_limit: int
+    rounds: int
+    expert_gpu: np.ndarray  # expert -> GPU index inside the EP group
+    traffic: dict  # (group, moe_layer, mb, chunk) -> ChunkTraffic
+    expert_work_s: dict  # (group, moe_layer, mb, chunk) -> [P] forward seconds of routed experts
+
+
+def batch_limit(s, num_chunks: int) -> tuple[int, int, int]:
+    """Seed 2.2: Batch_size = min(available_tokens, GPU_memory_limit / token_size).
+
+    A GPU's receive buffer must hold, per chunk, every token any GPU of its group may send it
+    (DeepEP sizes buffers the same way); the memory left after weights and optimizer state bounds
+    it. When it does not fit, chunks are split further into rounds.
+    """
+    h = s.model.hidden_size
+    per_token = token_bytes(s.network.dispatch_dtype, h, s.network.all_to_all) + token_bytes(s.network.combine_dtype, h, s.network.all_to_all)
+    free = memory_per_gpu(s)["hbm_bytes"] - memory_per_gpu(s)["static_bytes"]
+    limit = int(free // per_token)
+    available = math.ceil(s.workload.tokens_per_gpu / num_chunks) * s.parallel.ep_size
+    batch = min(available, limit)
+    rounds = math.ceil(available / max(batch, 1))
+    return batch, rounds, min(s.workload.tokens_per_gpu, num_chunks * rounds)
+
+
+def build_workload(s, compute: RooflineCompute) -> Workload:
+    p = s.parallel.ep_size
+    gpn = s.cluster.gpus_per_node
+    m = s.model
+    batch, rounds, num_chunks = batch_limit(s, s.pipeline.chunks)
+    expert_gpu = place(s.placement.strategy, m.num_experts, p)
+    local = np.arange(p)
+    expert_node = expert_gpu // gpn if p > gpn else np.zeros(m.num_experts, dtype=np.int64)
+    on_gpu = [np.nonzero(expert_gpu == g)[0] for g in range(p)]
+    assert all(len(e) == experts_per_gpu(s) for e in on_gpu)
+    traffic, work = {}, {}
+    for group in range(s.dp_size):
+        for layer in range(moe_layers_in_scope(s)):
+            router = Router(m.num_experts, m.top_k, s.routing.distribution, s.routing.zipf_alpha, expert_node,
+                            s.routing.max_nodes_per_token, np.random.default_rng([s.routing.seed, group, layer]))
+            for mb in range(s.workload.micro_batches):
+                rng = np.random.default_rng([s.routing.seed, group, layer, mb, 1])
+                experts = router.route(p * s.workload.tokens_per_gpu, rng)
+                chunks = micro_batch_traffic(experts, s.workload.tokens_per_gpu, num_chunks, expert_gpu, gpn,
+                                             m.num_experts)
+                for c, t in enumerate(chunks):
+                    traffic[group, layer, mb, c] = t
+                    work[group, layer, mb, c] = np.array([
+                        compute.expert_ffn_s(t.expert_tokens[on_gpu[g]], m.hidden_size, m.moe_intermediate_size)
+                        for g in local])
+    sizes = [hi - lo for lo, hi in chunk_bounds(s.workload.tokens_per_gpu, num_chunks)]
+    return Workload(num_chunks, sizes, batch, rounds, expert_gpu, traffic, work)
+
+
+def dense_work_s(s, compute: RooflineCompute, num_tokens: int) -> dict[str, float]:
+    """Forward seconds of the per-token work every GPU does on its own tokens."""
+    m = s.model
+    a = m.attention
+    h = m.hidden_size
+    n = num_tokens
+    if a.kind == "mla":
+        qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+        proj = (compute.gemm_s(n, a.q_lora_rank, h) + compute.gemm_s(n, a.num_heads * qk, a.q_lora_rank)
+                if a.q_lora_rank else compute.gemm_s(n, a.num_heads * qk, h))
+        proj += (compute.gemm_s(n, a.kv_lora_rank + a.qk_rope_head_dim, h)
+                 + compute.gemm_s(n, a.num_heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank)
+                 + compute.gemm_s(n, h, a.num_heads * a.v_head_dim))
+    else:
+        proj = (compute.gemm_s(n, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim, h)
+                + compute.gemm_s(n, h, a.num_heads * a.head_dim))
+    core = compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len), n * a.core_bytes_per_token())
+    return {
+        "attention": proj + core,
+        "router": compute.gemm_s(n, m.num_experts, h),
+        "shared": (compute.expert_ffn_s(np.full(m.num_shared_experts, n), h, m.moe_intermediate_size, permute=False)
+                   if m.num_shared_experts else 0.0),
+        "dense_ffn": compute.expert_ffn_s(np.array([n]), h, m.dense_intermediate_size, permute=False),
+    }
+
+
+__all__ = ["Workload", "ChunkTraffic", "build_workload", "dense_work_s", "batch_limit"]
