@@ -51,9 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary, rows = run_scenario(scenario)
     out = Path(args.out) if args.out else Path("runs") / scenario.name
-    files = write_run_files(out, summary, rows)
+    if out.exists() and not out.is_dir():
+        print(f"error: --out = {str(out)!r}: must be a folder, not an existing file", file=sys.stderr)
+        return 2
+    summary, rows = run_scenario(scenario)
+    try:
+        files = write_run_files(out, summary, rows)
+    except OSError as exc:
+        print(f"error: --out = {str(out)!r}: cannot write the run files there ({exc.strerror})", file=sys.stderr)
+        return 2
     print_summary(summary, files)
     return 0
 

@@ -127,7 +127,7 @@ class Collective:
     """One dispatch or combine of one EP group: a barrier, then one flow per token owner.
 
     GPU i's part is done when its own flow has finished and every flow it is a peer of has
-    finished, each plus its path latency. `owner_is_sender` is True for dispatch (owner scatters)
+    finished, plus the path latency on the receiving side. `owner_is_sender` is True for dispatch (owner scatters)
     and False for combine (owner gathers).
     """
 
@@ -146,6 +146,7 @@ class Collective:
         self.bytes_nvlink = 0.0
         self.bytes_ib = 0.0
         self._done = [env.event() for _ in range(p)]
+        self._scheduled = np.zeros(p, dtype=bool)
         self._num_arrived = 0
 
     def arrive(self, i: int) -> simpy.Event:
@@ -181,10 +182,12 @@ class Collective:
 
     def _flows_done(self, owners: np.ndarray, now: float) -> None:
         paths = self._paths
-        self.owner_done_s[owners] = now + self._owner_latency[owners]
+        # The last byte is received one path latency after it is sent: on the peers in dispatch
+        # (owner scatters), on the owner in combine (owner gathers).
+        self.owner_done_s[owners] = now + (0.0 if self.owner_is_sender else self._owner_latency[owners])
         sel = np.isin(paths.pair_owner, owners)
         peers = paths.pair_peer[sel]
-        np.maximum.at(self._peer_latest, peers, now + paths.pair_latency_s[sel])
+        np.maximum.at(self._peer_latest, peers, now + (paths.pair_latency_s[sel] if self.owner_is_sender else 0.0))
         self._peer_pending -= np.bincount(peers, minlength=len(self.group))
         newly_peer = np.unique(peers[self._peer_pending[peers] == 0])
         self.peer_done_s[newly_peer] = self._peer_latest[newly_peer]
@@ -192,8 +195,9 @@ class Collective:
             self._maybe_done(int(i))
 
     def _maybe_done(self, i: int) -> None:
-        if np.isnan(self.owner_done_s[i]) or np.isnan(self.peer_done_s[i]) or self._done[i].triggered:
+        if np.isnan(self.owner_done_s[i]) or np.isnan(self.peer_done_s[i]) or self._scheduled[i]:
             return
+        self._scheduled[i] = True
         at = max(self.owner_done_s[i], self.peer_done_s[i])
         ev = self._done[i]
         self.env.timeout(max(0.0, at - self.env.now)).callbacks.append(lambda _e: ev.succeed())

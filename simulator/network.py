@@ -64,7 +64,7 @@ class Network:
     # -- public -----------------------------------------------------------------------------
     def add(self, batch: FlowBatch) -> None:
         """Start a batch of flows now. Zero-flow batches complete at once."""
-        if batch.num_flows == 0:
+        if not (batch.entry_bytes > 0).any():
             batch.on_done(np.zeros(0, dtype=np.int64), self.env.now)
             return
         np.add.at(self.port_bytes, batch.entry_port, batch.entry_bytes)
@@ -133,13 +133,18 @@ class Network:
         for batch in self._pending:
             b = len(self._batches)
             self._batches.append(batch)
-            flows.append(batch.entry_flow + offset)
-            ports.append(batch.entry_port)
-            weights.append(batch.entry_bytes / batch.flow_size[batch.entry_flow])
-            remaining.append(batch.flow_size)
-            batch_of.append(np.full(batch.num_flows, b))
-            local.append(np.arange(batch.num_flows))
-            offset += batch.num_flows
+            # Flows that carry no bytes are never admitted: their owner knows they are done.
+            present = np.nonzero(batch.flow_size > 0)[0]
+            index = np.full(batch.num_flows, -1)
+            index[present] = np.arange(len(present)) + offset
+            keep = batch.entry_bytes > 0
+            flows.append(index[batch.entry_flow[keep]])
+            ports.append(batch.entry_port[keep])
+            weights.append(batch.entry_bytes[keep] / batch.flow_size[batch.entry_flow[keep]])
+            remaining.append(batch.flow_size[present])
+            batch_of.append(np.full(len(present), b))
+            local.append(present)
+            offset += len(present)
         self._pending = []
         self._e_flow = np.concatenate([self._e_flow, *flows])
         self._e_port = np.concatenate([self._e_port, *ports])
