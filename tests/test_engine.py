@@ -1,0 +1,176 @@
+"""The engine against closed forms, bounds and conservation laws."""
+import json
+
+import numpy as np
+import pytest
+import simpy
+
+from simulator.engine import Run, simulate
+from simulator.gpu import COMPUTE, GPU
+from simulator.layout import moe_layers_in_scope
+from simulator.metrics import summarize
+from tests.conftest import make_scenario
+
+SINGLE_NODE_BALANCED = dict(
+    hardware={"nodes": 1, "gpus_per_node": 8},
+    workload={"mode": "prefill", "scope": "moe_layer", "tokens_per_gpu": 512, "micro_batches": 1},
+    routing={"distribution": "balanced"},
+    network={"all_to_all": "direct"},
+    pipeline={"overlap": "none", "chunks": 1},
+)
+
+
+def test_compute_overlapping_comm_runs_at_the_remaining_sm_fraction(env):
+    gpu = GPU(env, 0, num_sms=100, overlap=True)
+    done = {}
+
+    def hold():
+        gpu._set_sms(20)
+        yield env.timeout(1.0)
+        gpu._set_sms(-20)
+
+    def work():
+        yield from gpu.compute(2.0, "k")
+        done["t"] = env.now
+
+    env.process(hold())
+    env.process(work())
+    env.run()
+    # 1 s at 80 % does 0.8 s of work; the other 1.2 s runs at full rate
+    assert done["t"] == pytest.approx(2.2)
+
+
+def test_balanced_single_node_all_to_all_takes_busiest_port_bytes_over_rate():
+    s = make_scenario(**SINGLE_NODE_BALANCED)
+    r = simulate(s)
+    nvl = s.cluster.nvlink
+    for kind in ("dispatch", "combine"):
+        coll = r.collectives[kind, 0, 0, 0, 0]
+        paths = coll._paths
+        load = np.bincount(paths.entry_port, paths.entry_bytes)
+        expect = coll.setup_s + load.max() / nvl.achievable_bytes_per_s + nvl.latency_s
+        took = np.max(coll.recv_done_s) - coll.start_s
+        assert took == pytest.approx(expect, rel=0.01)
+
+
+def test_overlap_none_step_time_is_the_sum_of_its_phases():
+    s = make_scenario(**{**SINGLE_NODE_BALANCED, "workload": {"mode": "train", "scope": "model", "tokens_per_gpu": 256,
+                                                              "micro_batches": 2}})
+    run = Run(s)
+    r = run.simulate()
+    ends = []
+    for gpu in r.gpus:
+        # serialised: the GPU's ops tile [0, its last end] with no gap and no overlap
+        durations = [end - start for _, start, end, _ in gpu.intervals]
+        ends.append(max(end for _, _, end, _ in gpu.intervals))
+        assert sum(durations) == pytest.approx(ends[-1], rel=1e-9)
+        compute = [end - start for stream, start, end, _ in gpu.intervals if stream == COMPUTE]
+        p = s.parallel.ep_size
+        group, local = divmod(gpu.index, p)
+        expected = [run.work_s(op._replace(kind="compute", name=op.overlapped or op.name), group, local, mb, c)
+                    for mb in range(s.workload.micro_batches) for c in range(run.workload.num_chunks)
+                    for op in run.ops if op.kind == "compute" or op.overlapped]
+        assert sum(compute) == pytest.approx(sum(w for w in expected if w > 0), rel=1e-9)
+    assert r.step_time_s == pytest.approx(max(ends))
+
+
+@pytest.mark.parametrize("routing", ["uniform", "zipf"])
+@pytest.mark.parametrize("algorithm", ["direct", "hierarchical", "low_latency"])
+def test_three_stream_is_bounded_by_serial_time_and_by_the_busiest_resource(routing, algorithm):
+    sections = dict(routing={"distribution": routing}, network={"all_to_all": algorithm},
+                    workload={"tokens_per_gpu": 512, "micro_batches": 2})
+    overlapped = Run(make_scenario(**sections, pipeline={"overlap": "three_stream", "chunks": 2}))
+    r3 = overlapped.simulate()
+    r0 = simulate(make_scenario(**sections, pipeline={"overlap": "none", "chunks": 2}))
+    assert r3.step_time_s <= r0.step_time_s * (1 + 1e-9)
+    compute = max(sum(overlapped.work_s(op._replace(kind="compute", name=op.overlapped or op.name),
+                                        *divmod(g, overlapped.s.parallel.ep_size), mb, c)
+                      for mb in range(2) for c in range(overlapped.workload.num_chunks)
+                      for op in overlapped.ops if op.kind == "compute" or op.overlapped)
+                  for g in range(overlapped.s.num_gpus))
+    busiest_port = np.max(r3.network.port_bytes / r3.network.capacity)
+    assert r3.step_time_s >= max(compute, busiest_port) * (1 - 1e-9)
+
+
+def test_bytes_sent_equal_bytes_received_in_every_collective():
+    r = simulate(make_scenario(routing={"distribution": "zipf"}))
+    g = r.network.topology.num_gpus
+    for coll in r.collectives.values():
+        ports, nbytes = coll._paths.entry_port, coll._paths.entry_bytes
+        out_bytes = nbytes[(ports < g) | ((ports >= 2 * g) & (ports < 3 * g))].sum()
+        in_bytes = nbytes[((ports >= g) & (ports < 2 * g)) | ((ports >= 3 * g) & (ports < 4 * g))].sum()
+        assert out_bytes == pytest.approx(in_bytes, rel=1e-12)
+    pb = r.network.port_bytes
+    assert pb[:g].sum() == pytest.approx(pb[g:2 * g].sum())
+    assert pb[2 * g:3 * g].sum() == pytest.approx(pb[3 * g:4 * g].sum())
+
+
+def test_tokens_routed_equal_tokens_times_top_k():
+    s = make_scenario(routing={"distribution": "zipf"})
+    r = simulate(s)
+    for layer in range(moe_layers_in_scope(s)):
+        for mb in range(s.workload.micro_batches):
+            routed = sum(r.workload.traffic[0, layer, mb, c].expert_tokens.sum() for c in range(r.workload.num_chunks))
+            copies = sum(r.workload.traffic[0, layer, mb, c].recv_copies.sum() for c in range(r.workload.num_chunks))
+            assert routed == copies == s.workload.tokens_per_gpu * s.parallel.ep_size * s.model.top_k
+
+
+def test_same_scenario_and_seed_give_identical_summaries():
+    from reports.files import summary_json
+    a = summary_json(summarize(simulate(make_scenario(routing={"distribution": "zipf", "seed": 7}))))
+    b = summary_json(summarize(simulate(make_scenario(routing={"distribution": "zipf", "seed": 7}))))
+    c = summary_json(summarize(simulate(make_scenario(routing={"distribution": "zipf", "seed": 8}))))
+    assert a == b
+    assert a != c
+
+
+def test_breakdown_adds_up_to_the_step_and_mfu_matches_its_definition():
+    s = make_scenario()
+    summary = summarize(simulate(s))
+    b = summary["breakdown_s"]
+    assert b["compute"] + b["exposed_comm"] + b["idle"] == pytest.approx(summary["step_time_s"])
+    assert summary["mfu"] == pytest.approx(summary["model_flop_per_step"] / (
+        summary["step_time_s"] * s.num_gpus * s.cluster.gpu.peak_bf16_flop_per_s))
+    assert 0 < summary["mfu"] < 1
+    for util in (*summary["bandwidth_utilization"].values(), *summary["bandwidth_utilization_step"].values()):
+        assert 0 <= util <= 1
+
+
+def test_data_parallel_groups_run_their_own_collectives_on_a_shared_network():
+    s = make_scenario(parallel={"ep_size": 4})
+    r = simulate(s)
+    assert s.dp_size == 2
+    groups = {key[1] for key in r.collectives}
+    assert groups == {0, 1}
+    for coll in r.collectives.values():
+        assert not np.isnan(coll.recv_done_s).any()
+
+
+def test_comm_sms_slow_overlapped_compute():
+    fast = simulate(make_scenario(network={"comm_sms": 0}, workload={"tokens_per_gpu": 1024}))
+    slow = simulate(make_scenario(network={"comm_sms": 66}, workload={"tokens_per_gpu": 1024}))
+    assert slow.step_time_s > fast.step_time_s
+
+
+def test_every_collective_completes_on_every_gpu_under_skewed_routing():
+    s = make_scenario(routing={"distribution": "zipf", "zipf_alpha": 1.5},
+                      workload={"micro_batches": 3}, pipeline={"chunks": 3})
+    r = simulate(s)
+    events = [e for gpu in r.gpus for e in gpu.intervals]
+    assert len(r.collectives) == 4 * 2 * 3 * 3  # kinds x MoE layers x micro-batches x chunks
+    assert all(not np.isnan(c.recv_done_s).any() for c in r.collectives.values())
+    assert max(e[2] for e in events) == pytest.approx(r.step_time_s)
+
+
+def test_default_scenario_runs_and_reports_every_contract_field():
+    from simulator.scenario import load_scenario
+    from pathlib import Path
+    s = load_scenario(Path(__file__).parents[1] / "scenarios" / "default.yaml")
+    summary = summarize(simulate(s))
+    for key in ("scenario", "num_gpus", "step_time_s", "mfu", "model_tflops_per_gpu", "tokens_per_s",
+                "bandwidth_utilization", "bandwidth_utilization_step", "collectives", "breakdown_s",
+                "load_imbalance", "provenance", "epsim_version"):
+        assert key in summary
+    assert summary["num_gpus"] == 64
+    assert set(summary["collectives"]) == {"dispatch", "combine", "dispatch_bwd", "combine_bwd"}
+    json.dumps(summary)

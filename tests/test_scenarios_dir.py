@@ -1,0 +1,23 @@
+"""Every shipped scenario loads as-is and runs (with a short horizon where it is large)."""
+from pathlib import Path
+
+import pytest
+
+from simulator.engine import simulate
+from simulator.metrics import summarize
+from simulator.scenario import load_scenario
+
+SCENARIOS = sorted((Path(__file__).parents[1] / "scenarios").glob("*.yaml"))
+SHORT = [("workload.tokens_per_gpu", 128), ("workload.micro_batches", 1), ("pipeline.chunks", 1)]
+
+
+def test_the_default_scenario_exists():
+    assert any(p.name == "default.yaml" for p in SCENARIOS)
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
+def test_scenario_loads_and_runs_with_a_short_horizon(path):
+    load_scenario(path)
+    summary = summarize(simulate(load_scenario(path, SHORT)))
+    assert summary["step_time_s"] > 0
+    assert 0 < summary["mfu"] < 1
