@@ -15,7 +15,8 @@ BYTES_PER_PARAM = {"prefill": 2, "train": 16}
 
 
 def experts_per_gpu(s: "Scenario") -> int:
-    return s.model.num_experts // s.parallel.ep_size
+    """The most experts one GPU holds (seed 1.1: one when E <= G, E / G when E > G)."""
+    return max(1, s.model.num_experts // s.parallel.ep_size)
 
 
 def moe_layers_in_scope(s: "Scenario") -> int:
@@ -54,9 +55,13 @@ def check_layout(s: "Scenario") -> None:
     if ep % gpn and gpn % ep:
         raise ScenarioError("parallel.ep_size", ep, f"an EP group must be whole nodes or part of one node: "
                             f"ep_size must divide or be a multiple of gpus_per_node={gpn}")
-    if m.num_experts % ep:
+    if m.num_experts >= ep and m.num_experts % ep:
         raise ScenarioError("parallel.ep_size", ep, f"must divide model.num_experts={m.num_experts}: round-robin "
                             "placement (seed 1.1) gives every GPU of the EP group the same number of experts")
+    if m.num_experts < ep and m.num_experts > gpn and m.num_experts % gpn:
+        raise ScenarioError("parallel.ep_size", ep, f"exceeds model.num_experts={m.num_experts}, so GPU i holds expert "
+                            f"i and the rest hold none (seed 1.1); then num_experts must be a multiple of "
+                            f"gpus_per_node={gpn} so that every node holding experts holds the same number")
     if m.top_k > m.num_experts:
         raise ScenarioError("model.top_k", m.top_k, f"must be <= model.num_experts={m.num_experts}")
     if m.num_dense_layers > m.num_layers:
@@ -84,8 +89,8 @@ def check_layout(s: "Scenario") -> None:
                             f"needs model.num_experts={m.num_experts} to be a multiple of model.top_k={m.top_k}")
     limit = s.routing.max_nodes_per_token
     if limit is not None:
-        nodes_in_group = max(1, ep // gpn)
-        experts_per_node = m.num_experts // nodes_in_group
+        nodes_with_experts = max(1, min(ep, m.num_experts) // gpn)
+        experts_per_node = m.num_experts // nodes_with_experts
         if s.routing.distribution == "balanced":
             raise ScenarioError("routing.max_nodes_per_token", limit,
                                 "applies to gated distributions (uniform, zipf); balanced assigns exact equal counts")

@@ -12,7 +12,8 @@ Drawing with replacement and skipping repeats is the same law as drawing without
 the sampler draws candidate columns in bulk and keeps each row's first k distinct experts.
 
 Group-limited routing (DeepSeek-V3's node limit): once a token's experts span `max_nodes` nodes,
-later candidates on other nodes are skipped, so every token touches at most `max_nodes` nodes.
+later candidates on other nodes are skipped, so every token touches at most `max_nodes` nodes
+(drawn directly from the experts of its nodes, which is the same law without the wasted draws).
 
 `balanced` deals every token k distinct experts from successive random permutations of all experts,
 so every expert receives exactly the same number of tokens (needs E % k == 0).
@@ -45,6 +46,16 @@ class Router:
         self.expert_node = np.asarray(expert_node).astype(np.int16)
         num_nodes = int(self.expert_node.max()) + 1
         self.max_nodes = max_nodes if max_nodes is not None and max_nodes < num_nodes else None
+        # For tokens whose node set is full: draw a node by its probability mass, then an expert
+        # inside it. Same law as drawing from all experts and skipping other nodes, without the skips.
+        by_node = np.argsort(self.expert_node, kind="stable").reshape(num_nodes, -1)
+        p_by_node = self.probabilities[by_node]
+        self.node_mass = p_by_node.sum(axis=1)
+        within = np.cumsum(p_by_node, axis=1) / self.node_mass[:, None]
+        within[:, -1] = 1.0
+        self.experts_by_node = by_node.ravel().astype(np.int16)
+        self.node_cdf = (np.arange(num_nodes)[:, None] + within).ravel()
+        self.experts_per_node = by_node.shape[1]
 
     def route(self, num_tokens: int, rng: np.random.Generator) -> np.ndarray:
         """Expert ids [num_tokens, top_k] of num_tokens fresh tokens, in order of preference."""
@@ -63,6 +74,20 @@ class Router:
         u = rng.random(shape, dtype=np.float32)
         return np.searchsorted(self.cdf, u, side="right").astype(np.int16)
 
+    def _draw_within(self, nodes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One draw per column of `nodes` [limit, n], restricted to the experts on those nodes."""
+        n = nodes.shape[1]
+        if self.distribution == "uniform":  # every node and expert equally likely: no CDFs needed
+            node = nodes[rng.integers(0, nodes.shape[0], n), np.arange(n)].astype(np.int64)
+            return self.experts_by_node[node * self.experts_per_node + rng.integers(0, self.experts_per_node, n)]
+        mass = np.cumsum(self.node_mass[nodes], axis=0)
+        u = rng.random(nodes.shape[1]) * mass[-1]
+        pick = np.minimum((mass < u).sum(axis=0), nodes.shape[0] - 1)
+        node = nodes[pick, np.arange(nodes.shape[1])].astype(np.int64)
+        idx = np.searchsorted(self.node_cdf, node + rng.random(nodes.shape[1]), side="right")
+        idx = np.clip(idx, node * self.experts_per_node, (node + 1) * self.experts_per_node - 1)
+        return self.experts_by_node[idx]
+
     def _sample_block(self, n: int, rng: np.random.Generator) -> np.ndarray:
         k, limit = self.top_k, self.max_nodes
         # Column-major state ([k, n]) keeps the per-candidate comparisons contiguous.
@@ -73,9 +98,14 @@ class Router:
         todo = np.arange(n)
         while todo.size:
             # Dense copies of the unfinished rows: one gather and one scatter per round.
-            c, f, nd, nn = chosen[:, todo], filled[todo], nodes[:, todo], num_nodes[todo]
+            c, f, nd, nn = chosen.take(todo, axis=1), filled[todo], nodes.take(todo, axis=1), num_nodes[todo]
             rows = np.arange(todo.size)
             for cand in self._draw((2 * k, todo.size), rng):
+                if limit:
+                    full = nn == limit
+                    if full.any():
+                        cand = cand.copy()
+                        cand[full] = self._draw_within(nd[:, full], rng)
                 ok = (f < k) & (c != cand).all(axis=0)
                 if limit:
                     node = self.expert_node[cand]

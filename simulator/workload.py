@@ -12,7 +12,7 @@ import numpy as np
 
 from hardware.compute import RooflineCompute
 from simulator.collective import token_bytes
-from simulator.layout import experts_per_gpu, memory_per_gpu, moe_layers_in_scope
+from simulator.layout import memory_per_gpu, moe_layers_in_scope
 from simulator.placement import place
 from simulator.routing import Router
 from simulator.traffic import ChunkTraffic, chunk_bounds, micro_batch_traffic
@@ -55,7 +55,6 @@ def build_workload(s, compute: RooflineCompute) -> Workload:
     local = np.arange(p)
     expert_node = expert_gpu // gpn if p > gpn else np.zeros(m.num_experts, dtype=np.int64)
     on_gpu = [np.nonzero(expert_gpu == g)[0] for g in range(p)]
-    assert all(len(e) == experts_per_gpu(s) for e in on_gpu)
     traffic, work = {}, {}
     for group in range(s.dp_size):
         for layer in range(moe_layers_in_scope(s)):

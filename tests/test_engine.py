@@ -174,3 +174,13 @@ def test_default_scenario_runs_and_reports_every_contract_field():
     assert summary["num_gpus"] == 64
     assert set(summary["collectives"]) == {"dispatch", "combine", "dispatch_bwd", "combine_bwd"}
     json.dumps(summary)
+
+
+def test_more_gpus_than_experts_puts_expert_i_on_gpu_i_and_nothing_on_the_rest():
+    # seed 1.1 case 1: E <= G
+    s = make_scenario(hardware={"nodes": 4, "gpus_per_node": 4}, parallel={"ep_size": 16},
+                      model={"num_experts": 8})
+    r = simulate(s)
+    recv = sum(r.workload.traffic[0, 0, mb, c].recv_copies for mb in range(2) for c in range(r.workload.num_chunks))
+    assert (recv[:8] > 0).all() and (recv[8:] == 0).all()
+    assert (r.workload.expert_gpu == np.arange(8)).all()

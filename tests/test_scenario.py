@@ -349,3 +349,9 @@ def test_resolved_scenario_holds_the_merged_preset_fields():
     assert s.resolved["hardware"]["nvlink_gb_per_s"] == 450
     assert s.resolved["model"]["preset"] == "tiny-moe"
     assert s.resolved["parallel"]["ep_size"] == 4
+
+
+def test_more_gpus_than_experts_needs_whole_nodes_of_experts():
+    data = scenario_dict({"hardware.nodes": 4, "hardware.gpus_per_node": 4, "parallel.ep_size": 16,
+                          "model.num_experts": 6, "model.top_k": 2})
+    assert_names(rejection(data), "parallel.ep_size", 16, "multiple of gpus_per_node=4")
