@@ -38,7 +38,7 @@ def summary_tables(summary: dict) -> list[Table]:
         head.add_row(*row)
 
     coll = Table(title="collectives (per GPU, first byte sent -> last byte received)", title_justify="left")
-    for col in ("kind", "calls", "mean", "max", "bytes out/GPU", "NVLink/GPU", "IB/GPU"):
+    for col in ("kind", "calls", "mean", "max", "out/GPU", "NVLink/GPU", "IB/GPU"):
         coll.add_column(col, justify="right" if col != "kind" else "left")
     for kind, c in summary["collectives"].items():
         coll.add_row(kind, str(c["count"]), _ms(c["mean_time_s"]), _ms(c["max_time_s"]),
@@ -47,7 +47,10 @@ def summary_tables(summary: dict) -> list[Table]:
 
 
 def print_summary(summary: dict, files: dict | None = None, console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or logged: do not squeeze the columns to 80
+            console = Console(width=120)
     for table in summary_tables(summary):
         console.print(table)
     for name, path in (files or {}).items():
