@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""epsim command line: a thin layer over simulator.api and reports."""
+"""epsim command line: a thin layer over importable functions. One handler per command."""
 from __future__ import annotations
 
 import argparse
@@ -8,37 +8,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_SCENARIO = ROOT / "scenarios" / "default.yaml"
-COMMANDS = ("run", "sweep", "calibrate", "validate")
-LATER = {
-    "sweep": "EP-size sweeps with scaling plots",
-    "calibrate": "the calibrated compute model",
-    "validate": "the validation harness",
-}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run_sim.py", description="epsim: MoE expert-parallel performance simulator")
-    p.add_argument("command", nargs="?", default="run", help="run (default) | sweep | calibrate | validate")
-    p.add_argument("scenario", nargs="?", default=None, help="scenario YAML (default: scenarios/default.yaml)")
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> None:
+    p.add_argument("scenario", nargs=None if scenario_required else "?", default=None,
+                   help="scenario YAML" + ("" if scenario_required else " (default: scenarios/default.yaml)"))
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted scenario key with a YAML value, e.g. --set parallel.ep_size=32")
     p.add_argument("--out", default=None, help="output folder (default: runs/<scenario name>/)")
-    return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
-        argv.insert(0, "run")
-    args = _parser().parse_args(argv)
-    if args.command not in COMMANDS:
-        print(f"error: unknown command {args.command!r}; valid: {', '.join(COMMANDS)}", file=sys.stderr)
-        return 2
-    if args.command in LATER:
-        print(f"error: '{args.command}' arrives with {LATER[args.command]}; this version supports: run",
-              file=sys.stderr)
-        return 2
-
+# -- run ------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
     from reports.files import write_run_files
     from reports.table import print_summary
     from simulator.api import run_scenario
@@ -49,20 +35,61 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [parse_override(o) for o in args.overrides]
         scenario = load_scenario(args.scenario or DEFAULT_SCENARIO, overrides)
     except ScenarioError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     out = Path(args.out) if args.out else Path("runs") / scenario.name
     if out.exists() and not out.is_dir():
-        print(f"error: --out = {str(out)!r}: must be a folder, not an existing file", file=sys.stderr)
-        return 2
+        return fail(f"--out = {str(out)!r}: must be a folder, not an existing file")
     summary, rows = run_scenario(scenario)
     try:
         files = write_run_files(out, summary, rows)
     except OSError as exc:
-        print(f"error: --out = {str(out)!r}: cannot write the run files there ({exc.strerror})", file=sys.stderr)
-        return 2
+        return fail(f"--out = {str(out)!r}: cannot write the run files there ({exc.strerror})")
     print_summary(summary, files)
     return 0
+
+
+# -- sweep ----------------------------------------------------------------------------------------
+def cmd_sweep(args: argparse.Namespace) -> int:
+    return fail("'sweep' arrives with EP-size sweeps and scaling plots; this version supports: run")
+
+
+# -- calibrate ------------------------------------------------------------------------------------
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    return fail("'calibrate' arrives with the calibrated compute model; this version supports: run")
+
+
+# -- validate -------------------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    return fail("'validate' arrives with the validation harness; this version supports: run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_sim.py", description="epsim: MoE expert-parallel performance simulator")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="simulate one scenario (the default command)")
+    add_scenario_args(run, scenario_required=False)
+    run.set_defaults(handler=cmd_run)
+    sweep = sub.add_parser("sweep", help="run a grid of scenario overrides")
+    add_scenario_args(sweep, scenario_required=True)
+    sweep.set_defaults(handler=cmd_sweep)
+    calibrate = sub.add_parser("calibrate", help="benchmark expert kernels and fit the compute model")
+    calibrate.set_defaults(handler=cmd_calibrate)
+    validate = sub.add_parser("validate", help="predicted vs published measurements")
+    validate.set_defaults(handler=cmd_validate)
+    parser.set_defaults(command_names=tuple(sub.choices))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    commands = parser.get_default("command_names")
+    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "run")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        return fail(f"unrecognised arguments: {' '.join(unknown)}")
+    return args.handler(args)
 
 
 if __name__ == "__main__":
