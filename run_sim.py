@@ -60,7 +60,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 # -- validate -------------------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
-    return fail("'validate' arrives with the validation harness; this version supports: run")
+    from reports.validation import print_validation, write_validation
+    from simulator.validation.harness import (BASELINE_FILE, baseline_of, load_cases, rows_as_dicts, run_case,
+                                              select, summary_stats)
+
+    cases = select(load_cases(), args.case)
+    if not cases:
+        return fail(f"--case = {args.case!r}: matches no validation case")
+    rows = [row for case in cases for row in run_case(case)]
+    stats = summary_stats(rows)
+    files = write_validation(Path(args.out), rows_as_dicts(rows))
+    if args.record:
+        from reports.files import write_atomic
+        import json
+        write_atomic(BASELINE_FILE, json.dumps(baseline_of(rows), indent=2, sort_keys=True) + "\n")
+        files["recorded baseline"] = BASELINE_FILE
+    print_validation(rows_as_dicts(rows), stats, files)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate = sub.add_parser("calibrate", help="benchmark expert kernels and fit the compute model")
     calibrate.set_defaults(handler=cmd_calibrate)
     validate = sub.add_parser("validate", help="predicted vs published measurements")
+    validate.add_argument("--case", action="append", default=None, metavar="NAME",
+                          help="run only cases whose id contains NAME (repeatable)")
+    validate.add_argument("--out", default="runs/validation", help="folder for validation.csv and parity.png")
+    validate.add_argument("--record", action="store_true",
+                          help="record these errors as the CI baseline (simulator/validation/baseline.json)")
     validate.set_defaults(handler=cmd_validate)
     parser.set_defaults(command_names=tuple(sub.choices))
     return parser

@@ -9,6 +9,7 @@ receiver's buffer is full). Algorithms (CONTRACT network.all_to_all):
   NIC outside (through the spine when the rails differ).
 - hierarchical (DeepEP normal): once per distinct destination node over IB to the GPU with the
   owner's local rank there, then NVLink-forwarded once per distinct destination GPU in that node.
+  Every copy, a GPU's own included, passes the NVLink-buffer stage at the NVLink port's rate.
 - low_latency (DeepEP LL): one message per (token, expert) pair straight to the expert's GPU.
 """
 from __future__ import annotations
@@ -51,7 +52,11 @@ def build_paths(algorithm: str, traffic: ChunkTraffic, num_bytes: float, group: 
     gpn = topo.spec.gpus_per_node
     counts = traffic.pair_copies if algorithm == "low_latency" else traffic.pair_tokens
     pair = counts.astype(np.float64) * num_bytes
-    np.fill_diagonal(pair, 0.0)  # a GPU's tokens for its own experts cross no port
+    if algorithm != "hierarchical":
+        np.fill_diagonal(pair, 0.0)  # a GPU's tokens for its own experts cross no port
+    # DeepEP's normal kernels address a GPU's own receive buffer like any peer's: its own tokens
+    # pass through the same NVLink-buffer stage, and the achievable rate the README quotes
+    # (~160 GB/s on H800) counts them. So hierarchical keeps the diagonal on the NVLink ports.
     local = np.arange(p)
     node = local // gpn if p > gpn else np.zeros(p, dtype=np.int64)
     rail = topo.rail_of(group)
@@ -70,8 +75,7 @@ def build_paths(algorithm: str, traffic: ChunkTraffic, num_bytes: float, group: 
     has = intra_out > 0
     put(local[has], topo.nvl_out(group[has]), intra_out[has])
     if algorithm == "hierarchical":
-        same_rail = rail[owners] == rail[peers]
-        fwd = ~intra & ~same_rail  # arrives at the forwarder over IB, then crosses its NVLink
+        fwd = ~intra  # arrives at the forwarder over IB, then passes its NVLink buffer stage
         put(owners[intra | fwd], topo.nvl_in(g_peer[intra | fwd]), pb[intra | fwd])
         num_nodes = traffic.node_tokens.shape[1]
         nb = traffic.node_tokens.astype(np.float64) * num_bytes

@@ -66,14 +66,17 @@ class Run:
         return order
 
     def _setup_latency_s(self) -> float:
-        """The notify round (exchange of per-destination counts) before a normal-mode all-to-all.
-        Low-latency kernels send without it."""
-        if self.s.network.all_to_all == "low_latency":
-            return 0.0
+        """Time from the last GPU reaching a collective to its first byte: the comm kernel's launch,
+        plus, for normal-mode kernels, the notify round that exchanges per-destination counts (one
+        path latency). Low-latency kernels send without a notify round."""
         spec = self.s.cluster
+        launch = spec.gpu.kernel_launch_s
+        if self.s.network.all_to_all == "low_latency":
+            return launch
         if self.s.parallel.ep_size > spec.gpus_per_node:
-            return max(spec.ib.latency_s, spec.ib_cross_rail_latency_s if self.s.network.all_to_all == "direct" else 0)
-        return spec.nvlink.latency_s
+            rail_latency = spec.ib_cross_rail_latency_s if self.s.network.all_to_all == "direct" else spec.ib.latency_s
+            return launch + rail_latency
+        return launch + spec.nvlink.latency_s
 
     # -- collectives --------------------------------------------------------------------------
     def collective(self, kind: str, group: int, moe_layer: int, mb: int, chunk: int) -> Collective:

@@ -1,0 +1,1 @@
+"""Predictions against published measurements (the project's validation set, cases.yaml)."""

@@ -1,0 +1,140 @@
+"""Run the validation cases and compare each predicted metric with its published value.
+
+A case is a scenario plus published metrics; every metric is computed the way its source counts it
+(DeepEP's logical bandwidths count the local GPU / node; nccl-tests busbw = algbw x (n-1)/n).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from simulator.engine import RunResult, simulate
+from simulator.gpu import COMPUTE
+from simulator.metrics import breakdown, summarize
+from simulator.scenario import build_scenario
+
+CASES_FILE = Path(__file__).parent / "cases.yaml"
+BASELINE_FILE = Path(__file__).parent / "baseline.json"
+FP8_LOGICAL_FACTOR = (1 + 4 / 128) / 2  # DeepEP counts FP8 bytes against a BF16 hidden vector
+
+
+@dataclass(frozen=True)
+class Row:
+    case: str
+    metric: str
+    unit: str
+    published: float
+    predicted: float | None
+    error_pct: float | None
+    status: str  # "ok" or why it was not predicted
+
+    @property
+    def key(self) -> str:
+        return f"{self.case} / {self.metric}"
+
+
+def load_cases(path: Path = CASES_FILE) -> list[dict]:
+    return yaml.safe_load(path.read_text())["cases"]
+
+
+def _kinds(metric: dict) -> list[str]:
+    return metric["kind"].split(",")
+
+
+def collective_time_s(r: RunResult, kinds: list[str]) -> float:
+    times = [c.recv_done_s - c.start_s for key, c in r.collectives.items() if key[0] in kinds]
+    return float(np.concatenate(times).mean())
+
+
+def _logical_gb_per_s(r: RunResult, kind: str, per_gpu_units: float) -> float:
+    s = r.scenario
+    factor = FP8_LOGICAL_FACTOR if getattr(s.network, f"{'dispatch' if 'dispatch' in kind else 'combine'}_dtype") == "fp8" else 1.0
+    return per_gpu_units * s.model.hidden_size * 2 * factor / collective_time_s(r, [kind]) / 1e9
+
+
+def deepep_nvlink_gb_per_s(r: RunResult, metric: dict) -> float:
+    """Received token copies per GPU (a token once per distinct destination GPU, itself included)."""
+    per_gpu = np.mean([t.pair_tokens.sum(axis=0).mean() for t in r.workload.traffic.values()])
+    return _logical_gb_per_s(r, metric["kind"], per_gpu)
+
+
+def deepep_rdma_gb_per_s(r: RunResult, metric: dict) -> float:
+    """(token, destination node) pairs per GPU, the local node included."""
+    per_gpu = np.mean([t.node_tokens.sum(axis=1).mean() for t in r.workload.traffic.values()])
+    return _logical_gb_per_s(r, metric["kind"], per_gpu)
+
+
+def alltoall_busbw_gb_per_s(r: RunResult, metric: dict) -> float:
+    s = r.scenario
+    n = s.parallel.ep_size
+    rank_bytes = s.workload.tokens_per_gpu * n * 2 * s.model.hidden_size  # nccl-tests size: the whole send buffer
+    algbw = rank_bytes / collective_time_s(r, _kinds(metric))
+    return algbw * (n - 1) / n / 1e9
+
+
+def compute_op_us(r: RunResult, metric: dict) -> float:
+    """Mean time of one compute op per (GPU, layer, micro-batch), its chunks summed."""
+    name = metric["kind"]
+    totals: dict[tuple, float] = {}
+    for gpu in r.gpus:
+        for stream, start, end, label in gpu.intervals:
+            layer, op, mb, _chunk = label.split(" ")
+            if stream == COMPUTE and op == name:
+                totals[gpu.index, layer, mb] = totals.get((gpu.index, layer, mb), 0.0) + end - start
+    return float(np.mean(list(totals.values()))) * 1e6
+
+
+QUANTITIES = {
+    "collective_time_us": lambda r, m: collective_time_s(r, _kinds(m)) * 1e6,
+    "deepep_nvlink_gb_per_s": deepep_nvlink_gb_per_s,
+    "deepep_rdma_gb_per_s": deepep_rdma_gb_per_s,
+    "alltoall_busbw_gb_per_s": alltoall_busbw_gb_per_s,
+    "compute_op_us": compute_op_us,
+    "compute_busy_fraction": lambda r, m: breakdown(r)["compute"] / r.step_time_s,
+    "model_tflops_per_gpu": lambda r, m: summarize(r)["model_tflops_per_gpu"],
+}
+
+
+def run_case(case: dict) -> list[Row]:
+    if "pending" in case:
+        return [Row(case["id"], m["name"], m["unit"], m["published"], None, None, case["pending"])
+                for m in case["metrics"]]
+    scenario = build_scenario({"name": case["id"], **copy.deepcopy(case["scenario"])})
+    result = simulate(scenario)
+    rows = []
+    for m in case["metrics"]:
+        predicted = float(QUANTITIES[m["quantity"]](result, m))
+        rows.append(Row(case["id"], m["name"], m["unit"], m["published"], predicted,
+                        (predicted / m["published"] - 1) * 100, "ok"))
+    return rows
+
+
+def select(cases: list[dict], patterns: list[str] | None) -> list[dict]:
+    if not patterns:
+        return cases
+    return [c for c in cases if any(p in c["id"] for p in patterns)]
+
+
+def summary_stats(rows: list[Row]) -> dict:
+    errs = np.array([abs(r.error_pct) for r in rows if r.error_pct is not None])
+    if errs.size == 0:
+        return {"median_abs_error_pct": None, "worst_abs_error_pct": None, "num_predicted": 0}
+    return {"median_abs_error_pct": float(np.median(errs)), "worst_abs_error_pct": float(errs.max()),
+            "num_predicted": int(errs.size)}
+
+
+def rows_as_dicts(rows: list[Row]) -> list[dict]:
+    return [asdict(r) for r in rows]
+
+
+def load_baseline(path: Path = BASELINE_FILE) -> dict[str, float]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def baseline_of(rows: list[Row]) -> dict[str, float]:
+    return {r.key: round(abs(r.error_pct), 6) for r in rows if r.error_pct is not None}
