@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from hardware.calibrated import compute_model
 from hardware.compute import RooflineCompute
 from hardware.topology import Topology
 from simulator.collective import Collective, build_paths, mirror_ports, token_bytes
@@ -42,27 +43,43 @@ class Run:
         self.env = simpy.Environment()
         self.topology = Topology(s.cluster)
         self.network = Network(self.env, self.topology)
-        self.compute_model = RooflineCompute(s.cluster.gpu, s.workload.gemm_dtype)
+        self.compute_model = compute_model(s.cluster.gpu, s.workload.gemm_dtype, s.calibration_path)
         overlap = s.pipeline.overlap == "three_stream"
         self.gpus = [GPU(self.env, g, s.cluster.gpu.num_sms, overlap) for g in range(s.num_gpus)]
         self.workload = build_workload(s, self.compute_model)
         self.dense = [dense_work_s(s, self.compute_model, n) for n in self.workload.chunk_tokens]
         self.ops = chain_ops(s.workload.mode, s.workload.scope, s.model.num_layers, s.model.num_dense_layers,
                              s.model.num_shared_experts > 0)
+        self.phases = ([op for op in self.ops if not op.backward], [op for op in self.ops if op.backward])
+        self.dualpipe = s.pipeline.schedule == "dualpipe"
+        self.forward_done: dict = {}  # dualpipe: (gpu, mb, chunk) -> event, set when that forward ends
         self.collectives: dict = {}
         self.stream_seq = self._stream_order() if s.pipeline.overlap == "three_stream" else {}
         self.comm_sms = 0 if s.network.all_to_all == "low_latency" else s.network.comm_sms
         self.setup_s = self._setup_latency_s()
         self.num_events = 0
 
+    def _order_key(self, phase: int, k: int, mb: int, chunk: int) -> tuple:
+        """Where the k-th op of a chain's phase (0 forward, 1 backward) stands in the program order.
+
+        lockstep: op by op, and inside an op the chains in (micro-batch, chunk) order.
+        dualpipe: forward of micro-batch m paired with backward of m-1 (DeepSeek's DualPipe steady
+        state); inside a pair, op by op, forward before backward.
+        Every op's predecessors in its own chain sort before it, so no stream waits on a later one.
+        """
+        if self.dualpipe:
+            return (mb + phase, k, phase, chunk)
+        return (phase * len(self.phases[0]) + k, 0, mb, chunk)
+
     def _stream_order(self) -> dict:
-        """(op index, mb, chunk) -> position of that collective on its stream: ops in program order,
-        and inside an op the chains in (micro-batch, chunk) order."""
+        """Order key of every collective -> its position on its stream (the same on every GPU)."""
         order = {}
         for stream in set(STREAM_OF.values()):
-            keys = sorted((i, mb, c) for i, op in enumerate(self.ops) if op.kind == "comm" and STREAM_OF[op.name] == stream
+            keys = sorted(self._order_key(phase, k, mb, c)
+                          for phase, ops in enumerate(self.phases)
+                          for k, op in enumerate(ops) if op.kind == "comm" and STREAM_OF[op.name] == stream
                           for mb in range(self.s.workload.micro_batches) for c in range(self.workload.num_chunks))
-            order.update({k: n for n, k in enumerate(keys)})
+            order.update({key: n for n, key in enumerate(keys)})
         return order
 
     def _setup_latency_s(self) -> float:
@@ -111,19 +128,33 @@ class Run:
 
     def run_chain(self, gpu: GPU, group: int, local: int, mb: int, chunk: int):
         """Run one chain's ops on `gpu`; consumes the simulated time of its kernels and collectives."""
-        for i, op in enumerate(self.ops):
-            label = f"{op.label} mb{mb} c{chunk}"
-            if op.kind == "compute":
-                yield from gpu.compute(self.work_s(op, group, local, mb, chunk), label)
-                continue
-            coll = self.collective(op.name, group, op.moe_layer, mb, chunk)
-            seq = self.stream_seq.get((i, mb, chunk))
-            comm = self.env.process(gpu.communicate(STREAM_OF[op.name], seq, lambda c=coll: c.arrive(local),
-                                                    self.comm_sms, label))
-            if op.overlapped:
-                side = op._replace(kind="compute", name=op.overlapped)
-                yield from gpu.compute(self.work_s(side, group, local, mb, chunk), f"{side.label} mb{mb} c{chunk}")
-            yield comm
+        for phase, ops in enumerate(self.phases):
+            if self.dualpipe and phase == 0 and mb > 0:
+                yield self._forward_done(gpu.index, mb - 1, chunk)
+            for k, op in enumerate(ops):
+                yield from self.run_op(gpu, group, local, mb, chunk, op, self._order_key(phase, k, mb, chunk))
+            if self.dualpipe and phase == 0:
+                self._forward_done(gpu.index, mb, chunk).succeed()
+
+    def _forward_done(self, gpu: int, mb: int, chunk: int) -> simpy.Event:
+        key = (gpu, mb, chunk)
+        if key not in self.forward_done:
+            self.forward_done[key] = self.env.event()
+        return self.forward_done[key]
+
+    def run_op(self, gpu: GPU, group: int, local: int, mb: int, chunk: int, op: Op, order_key: tuple):
+        label = f"{op.label} mb{mb} c{chunk}"
+        if op.kind == "compute":
+            yield from gpu.compute(self.work_s(op, group, local, mb, chunk), label)
+            return
+        coll = self.collective(op.name, group, op.moe_layer, mb, chunk)
+        seq = self.stream_seq.get(order_key)
+        comm = self.env.process(gpu.communicate(STREAM_OF[op.name], seq, lambda c=coll: c.arrive(local),
+                                                self.comm_sms, label))
+        if op.overlapped:
+            side = op._replace(kind="compute", name=op.overlapped)
+            yield from gpu.compute(self.work_s(side, group, local, mb, chunk), f"{side.label} mb{mb} c{chunk}")
+        yield comm
 
     def run_gpu_serial(self, gpu: GPU, group: int, local: int):
         """overlap: none: the chains of a GPU run one after another."""

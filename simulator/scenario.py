@@ -12,6 +12,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hardware.calibrated import calibration_path, load_calibration
 from hardware.presets import PRESET_DIR as HARDWARE_PRESET_DIR
 from hardware.presets import load_yaml_mapping, preset_path
 from hardware.spec import ClusterSpec, cluster_from_fields
@@ -52,6 +53,7 @@ class HardwareSection(_Section):
     ib_latency_us: float = NonNeg
     ib_cross_leaf_latency_us: float = NonNeg
     spine_oversubscription: float = Field(ge=1)
+    calibration: Optional[str] = None  # a shipped calibration name or a .json path; None = roofline
 
 
 class AttentionSection(_Section):
@@ -92,7 +94,7 @@ class WorkloadSection(_Section):
     tokens_per_gpu: int = Field(default=4096, gt=0)
     micro_batches: int = Field(default=2, gt=0)
     seq_len: int = Field(default=4096, gt=0)
-    gemm_dtype: Literal["bf16", "fp8"] = "bf16"
+    gemm_dtype: Literal["bf16", "fp8", "fp32"] = "bf16"  # fp32: CPUs, with an fp32 calibration
 
 
 class RoutingSection(_Section):
@@ -118,6 +120,9 @@ class NetworkSection(_Section):
 class PipelineSection(_Section):
     overlap: Literal["none", "three_stream"] = "three_stream"
     chunks: int = Field(default=2, gt=0)
+    # lockstep: micro-batches run forward, then backward, side by side; dualpipe: the forward of
+    # micro-batch m overlaps the backward of m-1 (DeepSeek-V3's DualPipe steady state).
+    schedule: Literal["lockstep", "dualpipe"] = "lockstep"
 
 
 SECTIONS = {
@@ -149,6 +154,7 @@ class Scenario:
     hardware_preset: str
     model_preset: str
     resolved: dict  # the fully merged YAML-level scenario (for hashing and reports)
+    calibration_path: Optional[Path] = None  # the checked calibration file the compute model reads
 
     @property
     def num_gpus(self) -> int:
@@ -208,6 +214,21 @@ def _with_preset(section: str, user: dict, default: str, preset_dir: Path) -> di
     merged = _deep_merge(base, user)
     merged["preset"] = name
     return merged
+
+
+def resolve_calibration(name: Optional[str], dtype: str) -> Optional[Path]:
+    """hardware.calibration -> the file, checked: it exists, parses and holds a fit for `dtype`."""
+    if name is None:
+        if dtype == "fp32":
+            raise ScenarioError("workload.gemm_dtype", dtype, "fp32 needs hardware.calibration measured in fp32 "
+                                "(e.g. the cpu-local preset); without one: bf16, fp8")
+        return None
+    try:
+        path = calibration_path(name)
+        load_calibration(path, dtype)
+    except (KeyError, ValueError) as exc:
+        raise ScenarioError("hardware.calibration", name, str(exc).strip("\"'")) from None
+    return path.resolve()
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -273,6 +294,7 @@ def build_scenario(data: dict) -> Scenario:
         if getattr(sections[section], field) == value:
             raise ScenarioError(key, value, f"not simulated in this version; {supported}")
 
+    calibration = resolve_calibration(hw.calibration, sections["workload"].gemm_dtype)
     cluster = cluster_from_fields(hw.preset, hw.nodes, hw.model_dump())
     model = ModelSpec(
         name=msec.preset, hidden_size=msec.hidden_size, moe_intermediate_size=msec.moe_intermediate_size,
@@ -284,6 +306,6 @@ def build_scenario(data: dict) -> Scenario:
     resolved = {"name": name, "hardware": hw.model_dump(), "model": msec.model_dump(),
                 **{k: v.model_dump() for k, v in sections.items()}}
     scenario = Scenario(name=name, cluster=cluster, model=model, hardware_preset=hw.preset,
-                        model_preset=msec.preset, resolved=resolved, **sections)
+                        model_preset=msec.preset, resolved=resolved, calibration_path=calibration, **sections)
     check_layout(scenario)
     return scenario

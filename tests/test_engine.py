@@ -184,3 +184,22 @@ def test_more_gpus_than_experts_puts_expert_i_on_gpu_i_and_nothing_on_the_rest()
     recv = sum(r.workload.traffic[0, 0, mb, c].recv_copies for mb in range(2) for c in range(r.workload.num_chunks))
     assert (recv[:8] > 0).all() and (recv[8:] == 0).all()
     assert (r.workload.expert_gpu == np.arange(8)).all()
+
+
+def test_dualpipe_overlaps_the_forward_of_one_micro_batch_with_the_backward_of_the_previous():
+    s = make_scenario(pipeline={"schedule": "dualpipe", "chunks": 1}, workload={"micro_batches": 3})
+    r = simulate(s)
+    gpu = r.gpus[0]
+    fwd = {mb: [iv for iv in gpu.intervals if f"mb{mb} " in iv[3] and "_bwd" not in iv[3]] for mb in range(3)}
+    bwd = {mb: [iv for iv in gpu.intervals if f"mb{mb} " in iv[3] and "_bwd" in iv[3]] for mb in range(3)}
+    # forward of mb m starts only after forward of m-1 ends, and runs while backward of m-1 is going on
+    for mb in (1, 2):
+        assert min(iv[1] for iv in fwd[mb]) >= max(iv[2] for iv in fwd[mb - 1]) - 1e-12
+        assert min(iv[1] for iv in fwd[mb]) < max(iv[2] for iv in bwd[mb - 1])
+    assert all(not np.isnan(c.recv_done_s).any() for c in r.collectives.values())
+
+
+def test_dualpipe_needs_training_with_three_streams():
+    from simulator.errors import ScenarioError
+    with pytest.raises(ScenarioError, match="pipeline.schedule"):
+        make_scenario(pipeline={"schedule": "dualpipe"}, workload={"mode": "prefill"})
