@@ -113,3 +113,28 @@ def test_topology_bandwidth_and_latency_matrices_follow_the_node_boundary():
     assert bw[0, 4] == pytest.approx(topo.spec.ib.achievable_bytes_per_s)
     assert lat[0, 0] == 0 and lat[0, 4] == pytest.approx(topo.spec.ib.latency_s)
     assert lat[0, 5] == pytest.approx(topo.spec.ib_cross_rail_latency_s)
+
+
+def test_an_oversubscribed_spine_slows_cross_rail_traffic_only(env):
+    s = make_scenario(hardware={"nodes": 2, "gpus_per_node": 4, "spine_oversubscription": 4.0})
+    topo = Topology(s.cluster)
+    assert topo.has_spine
+    cap = topo.port_capacity_bytes_per_s()
+    # one rail's uplink carries what its 2 NICs can send, divided by the oversubscription
+    assert cap[topo.spine_up(0)] == pytest.approx(2 * topo.spec.ib.achievable_bytes_per_s / 4.0)
+    p = 8
+    pair = np.zeros((p, p), dtype=np.int64)
+    pair[0, 4] = 1000  # same rail (0 -> 4): leaf only
+    pair[1, 6] = 1000  # rail 1 -> rail 2: through the spine
+    traffic = ChunkTraffic(pair, pair.copy(), np.zeros((p, 2), np.int64), np.zeros(16, np.int64))
+    paths = build_paths("direct", traffic, 100.0, np.arange(p), topo)
+    load = np.bincount(paths.entry_port, paths.entry_bytes, minlength=topo.num_ports)
+    assert load[topo.spine_up(0)] == 0
+    assert load[topo.spine_up(1)] == pytest.approx(1e5) and load[topo.spine_down(2)] == pytest.approx(1e5)
+    net = Network(env, topo)
+    done = {}
+    net.add(FlowBatch(paths.entry_flow, paths.entry_port, paths.entry_bytes, p,
+                      lambda owners, t: done.update({int(o): t for o in owners})))
+    env.run()
+    assert done[0] == pytest.approx(1e5 / topo.spec.ib.achievable_bytes_per_s)
+    assert done[1] == pytest.approx(1e5 / cap[topo.spine_up(1)])
