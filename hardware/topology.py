@@ -76,6 +76,11 @@ class Topology:
         cls[4 * g:] = 2
         return cls
 
+    def is_gpu_egress(self, ports: np.ndarray) -> np.ndarray:
+        """True for ports that carry bytes out of a GPU (NVLink out, NIC out)."""
+        g = self.num_gpus
+        return (ports < g) | ((ports >= 2 * g) & (ports < 3 * g))
+
     def port_peak_bytes_per_s(self) -> np.ndarray:
         """Line rate of every port (what utilisation is measured against)."""
         g = self.num_gpus

@@ -14,7 +14,7 @@ receiver's buffer is full). Algorithms (CONTRACT network.all_to_all):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import simpy
@@ -111,6 +111,11 @@ def build_paths(algorithm: str, traffic: ChunkTraffic, num_bytes: float, group: 
                  np.concatenate(nbytes), owners, peers, latency)
 
 
+def mirrored(paths: Paths, topo: Topology) -> Paths:
+    """The same flows in the combine direction: every port replaced by its opposite."""
+    return replace(paths, entry_port=mirror_ports(paths.entry_port, topo))
+
+
 def mirror_ports(ports: np.ndarray, topo: Topology) -> np.ndarray:
     """Map each port to its opposite direction (out <-> in, spine up <-> down) for combine."""
     g = topo.num_gpus
@@ -168,7 +173,7 @@ class Collective:
         p = len(self.group)
         ports = paths.entry_port
         cls = self.network.topology.port_class()[ports]
-        outgoing = np.isin(ports // self.network.topology.num_gpus, (0, 2)) & (ports < 4 * self.network.topology.num_gpus)
+        outgoing = self.network.topology.is_gpu_egress(ports)
         self.bytes_out = float(paths.entry_bytes[outgoing].sum())
         self.bytes_nvlink = float(paths.entry_bytes[(cls == 0) & outgoing].sum())
         self.bytes_ib = float(paths.entry_bytes[(cls == 1) & outgoing].sum())
