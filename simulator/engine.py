@@ -9,7 +9,7 @@ import simpy
 from hardware.calibrated import compute_model
 from hardware.compute import RooflineCompute
 from hardware.topology import Topology
-from simulator.collective import Collective, build_paths, mirror_ports, token_bytes
+from simulator.collective import Collective, build_paths, mirrored, token_bytes
 from simulator.gpu import COMPUTE, GPU
 from simulator.network import Network
 from simulator.pipeline import OWNER_SENDS, STREAM_OF, Op, chain_ops
@@ -109,10 +109,7 @@ class Run:
 
             def build():
                 paths = build_paths(s.network.all_to_all, traffic, num_bytes, gpus, self.topology)
-                if owner_sends:
-                    return paths
-                return paths.__class__(paths.entry_flow, mirror_ports(paths.entry_port, self.topology),
-                                       paths.entry_bytes, paths.pair_owner, paths.pair_peer, paths.pair_latency_s)
+                return paths if owner_sends else mirrored(paths, self.topology)
 
             coll = Collective(self.env, self.network, gpus, build, owner_sends, self.setup_s)
             self.collectives[key] = coll
