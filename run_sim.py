@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> No
 def cmd_run(args: argparse.Namespace) -> int:
     from reports.files import write_run_files
     from reports.table import print_summary
-    from simulator.api import run_scenario
+    from reports.trace import DEFAULT_EVENT_LIMIT, estimate_slices, write_trace
+    from simulator.api import simulate_scenario
     from simulator.errors import ScenarioError
     from simulator.scenario import load_scenario, parse_override
 
@@ -36,12 +38,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         scenario = load_scenario(args.scenario or DEFAULT_SCENARIO, overrides)
     except ScenarioError as exc:
         return fail(str(exc))
+    if args.trace_gpus < 1:
+        return fail(f"--trace-gpus = {args.trace_gpus}: must be >= 1")
     out = Path(args.out) if args.out else Path("runs") / scenario.name
     if out.exists() and not out.is_dir():
         return fail(f"--out = {str(out)!r}: must be a folder, not an existing file")
-    summary, rows = run_scenario(scenario)
+    summary, rows, result = simulate_scenario(scenario)
     try:
         files = write_run_files(out, summary, rows)
+        num_slices = estimate_slices(result, args.trace_gpus)
+        # --trace forces it, --no-trace skips it; by default only traces under the size limit
+        if args.trace or (args.trace is None and num_slices <= DEFAULT_EVENT_LIMIT):
+            files["trace"] = write_trace(out / "trace.json", result, args.trace_gpus)
+        elif args.trace is None:
+            files["trace"] = (f"skipped: {num_slices:,} slices > {DEFAULT_EVENT_LIMIT:,} "
+                              f"(--trace forces it, --trace-gpus N samples fewer GPUs)")
     except OSError as exc:
         return fail(f"--out = {str(out)!r}: cannot write the run files there ({exc.strerror})")
     print_summary(summary, files)
@@ -50,12 +61,175 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # -- sweep ----------------------------------------------------------------------------------------
 def cmd_sweep(args: argparse.Namespace) -> int:
-    return fail("'sweep' arrives with EP-size sweeps and scaling plots; this version supports: run")
+    """Run the grid, writing each point the moment it finishes; then plots and the report."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from reports.plots import scaling_plots
+    from reports.report import write_report
+    from reports.sweep_files import (flatten, point_json_record, read_point_summary, sweep_table,
+                                     write_point, write_sweep_table)
+    from simulator import sweep
+    from simulator.errors import ScenarioError
+    from simulator.scenario import build_scenario, read_scenario_file
+
+    t0 = time.perf_counter()
+    try:
+        fixed, axes = sweep.parse_sweep_sets(args.overrides)
+        if not axes:
+            raise ScenarioError("--set", " ".join(args.overrides) or None,
+                                "a sweep needs at least one axis: --set KEY=V1,V2,...")
+        sweep.check_executor(args.executor, args.jobs)
+        points = sweep.expand_grid(args.scenario, fixed, axes, args.zip)
+        if all(p.error for p in points):  # nothing to simulate: a plain input error (a typo'd key)
+            build_scenario(points[0].data)
+        base_yaml = sweep.dump_yaml(read_scenario_file(args.scenario))
+    except ScenarioError as exc:
+        return fail(str(exc))
+    name = next((p.data["name"] for p in points if isinstance(p.data.get("name"), str)), Path(args.scenario).stem)
+    out = Path(args.out) if args.out else Path("runs") / name
+    if out.exists() and not out.is_dir():
+        return fail(f"--out = {str(out)!r}: must be a folder, not an existing file")
+
+    rows: dict[int, dict] = {}
+    todo = []
+    for p in points:
+        record = sweep.finished_record(out, p)
+        if record is None:
+            todo.append(p)
+        else:  # done before: keep its row, do not simulate it again
+            summary = read_point_summary(sweep.point_dir(out, p))
+            rows[p.index] = flatten(point_json_record(p, record["status"], record["error"], record.get("wall_s")),
+                                    summary)
+    axis_keys = [a.key for a in axes]
+    console = Console(stderr=True)
+    console.print(f"sweep {name}: {len(points)} points, {len(points) - len(todo)} already done, "
+                  f"{len(todo)} to run ({args.executor}, jobs {args.jobs}) -> {out}")
+    counts = {"ok": 0, "invalid": 0, "failed": 0}
+
+    def on_done(point, outcome: dict) -> None:
+        record = point_json_record(point, outcome["status"], outcome["error"], outcome["wall_s"])
+        resolved = sweep.dump_yaml(point.resolved) if point.resolved else None
+        write_point(sweep.point_dir(out, point), record, outcome["summary"], outcome["rows"], resolved)
+        rows[point.index] = flatten(record, outcome["summary"])
+        write_sweep_table(out, sweep_table(list(rows.values())))
+        counts[outcome["status"]] += 1
+        if outcome["error"]:
+            console.print(f"  {point.label}: {outcome['status']}: {outcome['error']}", soft_wrap=True, highlight=False)
+        progress.advance(task)
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("simulating", total=len(todo))
+        try:
+            if todo:
+                sweep.run_points(todo, on_done, args.executor, args.jobs, args.address)
+        except ScenarioError as exc:
+            return fail(str(exc))
+    table = sweep_table(list(rows.values()))
+    files = write_sweep_table(out, table)
+    # zipped axes move together: the first is the x axis, the rest are not separate lines
+    plots = scaling_plots(table, axis_keys[:1] if args.zip else axis_keys, out / "plots", name)
+    files.update(write_report(out, name, str(args.scenario), base_yaml, sweep.describe_axes(fixed, axes, args.zip),
+                              table, axis_keys, plots))
+    _print_sweep(table, axis_keys, files, plots, counts, len(points) - len(todo), time.perf_counter() - t0)
+    return 1 if counts["failed"] else 0
+
+
+TERMINAL_HIDDEN = ("dispatch (MB/GPU)", "combine (MB/GPU)", "dispatch (ms)", "combine (ms)")  # in report.md
+
+
+def _print_sweep(table, axis_keys, files, plots, counts, num_skipped, wall_s) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from reports.report import display_table
+
+    console = Console() if Console().is_terminal else Console(width=160)
+    shown = display_table(table, axis_keys)
+    shown = shown[[c for c in shown.columns if c not in TERMINAL_HIDDEN]]
+    view = Table(title="sweep", title_justify="left")
+    for column in shown.columns:
+        view.add_column(str(column), justify="right")
+    for row in shown.itertuples(index=False):
+        view.add_row(*("" if v is None else str(v) for v in row))
+    console.print(view)
+    console.print(f"{len(table)} points: {counts['ok']} simulated, {counts['invalid']} invalid, "
+                  f"{counts['failed']} failed, {num_skipped} already done (skipped); {wall_s:.1f} s")
+    for label, path in {**files, **{f"plot {k}": v for k, v in plots.items()}}.items():
+        console.print(f"{label}: {path}")
+
+
+# -- golden ---------------------------------------------------------------------------------------
+def cmd_golden(args: argparse.Namespace) -> int:
+    """Re-simulate the reference scenarios against tests/golden/; --update rewrites them."""
+    from reports.files import write_atomic
+    from simulator import golden
+    from simulator.errors import ScenarioError
+
+    golden_dir, scenarios_dir = Path(args.dir), Path(args.scenarios_dir)
+    names = args.names or list(golden.GOLDEN_SCENARIOS)
+    num_changed = 0
+    for stem in names:
+        try:
+            new = golden.simulate_record(scenarios_dir, stem)
+        except ScenarioError as exc:
+            return fail(str(exc))
+        old = golden.read_golden(golden_dir, stem)
+        changes = golden.compare(stem, old or {}, new)
+        if old is None:
+            print(f"{stem}: no golden yet ({golden.golden_path(golden_dir, stem)})")
+        for change in changes if old is not None else []:
+            print(change)
+        num_changed += bool(changes)
+        if args.update and changes:
+            write_atomic(golden.golden_path(golden_dir, stem), golden.golden_text(stem, new))
+            print(f"{stem}: golden written")
+        elif not changes:
+            print(f"{stem}: unchanged (rtol {golden.RTOL:g})")
+    if args.update or not num_changed:
+        return 0
+    print(f"{num_changed} scenario(s) changed; review, then: python run_sim.py golden --update", file=sys.stderr)
+    return 1
 
 
 # -- calibrate ------------------------------------------------------------------------------------
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    return fail("'calibrate' arrives with the calibrated compute model; this version supports: run")
+    from hardware.calibration import DeviceUnavailable, run_calibration, write_calibration
+
+    if args.device not in ("cpu", "cuda"):
+        return fail(f"--device = {args.device!r}: unknown device; valid: cpu, cuda")
+    out = Path(args.out) if args.out else ROOT / "hardware" / "calibrations" / f"{args.device}-local.json"
+    if out.is_dir():
+        return fail(f"--out = {str(out)!r}: must be a file path, not a folder")
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return fail("calibrate needs torch: pip install torch==2.13.0 (CPU) or a CUDA build, then retry")
+    from rich.progress import Progress
+
+    try:
+        with Progress(transient=False) as bar:
+            task = bar.add_task(f"calibrating {args.device}", total=None)
+
+            def progress(done: int, total: int, label: str) -> None:
+                bar.update(task, completed=done, total=total, description=f"calibrating {args.device}: {label}")
+
+            calibration = run_calibration(args.device, progress)
+    except DeviceUnavailable as exc:
+        return fail(str(exc))
+    try:
+        write_calibration(out, calibration)
+    except OSError as exc:
+        return fail(f"--out = {str(out)!r}: cannot write the calibration there ({exc.strerror})")
+    fit = next(iter(calibration["fits"].values()))
+    print(f"{calibration['device']}, torch {calibration['torch_version']}, {calibration['num_threads']} threads: "
+          f"{sum(map(len, calibration['measurements'].values()))} measurements in "
+          f"{calibration['benchmark_wall_s']:.0f} s; best GEMM {fit['best_gemm_flop_per_s'] / 1e9:.1f} GFLOP/s")
+    print(f"wrote {out}")
+    return 0
 
 
 # -- validate -------------------------------------------------------------------------------------
@@ -84,11 +258,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="simulate one scenario (the default command)")
     add_scenario_args(run, scenario_required=False)
+    run.add_argument("--trace", dest="trace", action="store_true", default=None,
+                     help="write trace.json even above the size limit")
+    run.add_argument("--no-trace", dest="trace", action="store_false", help="do not write trace.json")
+    run.add_argument("--trace-gpus", type=int, default=64, metavar="N",
+                     help="GPUs in the trace; more are sampled evenly (default 64)")
     run.set_defaults(handler=cmd_run)
     sweep = sub.add_parser("sweep", help="run a grid of scenario overrides")
     add_scenario_args(sweep, scenario_required=True)
+    sweep.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                       help="worker processes of the local executor (default: one per CPU core)")
+    sweep.add_argument("--zip", action="store_true",
+                       help="pair the axes' values in order instead of their product "
+                            "(e.g. ep_size=8,16,32 with hardware.nodes=1,2,4)")
+    sweep.add_argument("--executor", default="local", help="local (default) or ray (optional extra)")
+    sweep.add_argument("--address", default=None, help="Ray cluster address (executor ray)")
     sweep.set_defaults(handler=cmd_sweep)
+    gold = sub.add_parser("golden", help="check (or --update) the golden predictions of the reference scenarios")
+    gold.add_argument("names", nargs="*", help="scenario stems (default: the reference set)")
+    gold.add_argument("--update", action="store_true", help="rewrite the golden files, printing the diff")
+    gold.add_argument("--dir", default=str(ROOT / "tests" / "golden"), help="golden folder (default tests/golden)")
+    gold.add_argument("--scenarios-dir", default=str(ROOT / "scenarios"), help="scenario folder")
+    gold.set_defaults(handler=cmd_golden)
     calibrate = sub.add_parser("calibrate", help="benchmark expert kernels and fit the compute model")
+    calibrate.add_argument("--device", default="cpu",
+                           help="cpu or cuda (default: cpu); cuda fails with exit 2 where CUDA is missing")
+    calibrate.add_argument("--out", default=None,
+                           help="calibration file to write (default: hardware/calibrations/<device>-local.json)")
     calibrate.set_defaults(handler=cmd_calibrate)
     validate = sub.add_parser("validate", help="predicted vs published measurements")
     validate.add_argument("--case", action="append", default=None, metavar="NAME",

@@ -182,9 +182,13 @@ def test_out_path_that_is_an_existing_file_exits_2_without_traceback(tmp_path):
     assert not_a_folder.read_text() == "keep me\n"
 
 
-def test_sweep_exits_2_saying_it_is_not_supported_yet(tmp_path):
-    proc = run_sim("sweep", write_scenario(tmp_path), "--set", "parallel.ep_size=4,8")
-    assert_clean_rejection(proc, "sweep", "supports: run")
+def test_sweep_runs_each_point_of_the_axis_and_writes_the_combined_table(tmp_path):
+    proc = run_sim("sweep", write_scenario(tmp_path), "--set", "parallel.ep_size=4,8", "--jobs", "1",
+                   "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 points: 2 simulated" in proc.stdout
+    assert (tmp_path / "out" / "sweep.csv").is_file()
+    assert len(list((tmp_path / "out" / "points").glob("*/summary.json"))) == 2
 
 
 def test_unknown_option_exits_2_without_traceback(tmp_path):

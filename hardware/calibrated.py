@@ -1,0 +1,297 @@
+"""Compute model fitted to a calibration file (hardware/calibration.py writes them; no torch here).
+
+Two fitted forms, per dtype in the file:
+- `additive` (measured): each kernel's time is a sum of terms, each linear in one parameter, so a
+  non-negative least-squares fit on relative error settles them. A GEMM: overhead + weight bytes at
+  one of two rates (one token streams them through a matrix-vector product; more tokens pack them
+  for a blocked GEMM) + FLOP x (a + b / sqrt(m)), an efficiency curve rising with the tokens m (its
+  arithmetic intensity). The expert block is fitted whole, as the engine calls it: a layer constant
+  (argsort, bincount, launches), a cost per active expert (loop, slicing, SiLU launch), each
+  expert's weight and FLOP terms, the SwiGLU activation bytes and the permute/combine bytes.
+- `roofline` (derived from publications): max(FLOP / flop_per_s, bytes / bytes_per_s) + overhead,
+  the RooflineCompute formulas with the published rates in place of the preset's efficiencies.
+Outside the measured range (tokens per expert, hidden and intermediate sizes) the model falls back to
+RooflineCompute, warns once and records the shape for the run's provenance.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from hardware.compute import BF16_BYTES, RooflineCompute
+from hardware.spec import GPUSpec
+
+SCHEMA = "epsim-calibration/1"
+CONTENDED_CPU_SHARE = 0.25  # other processes' share of the CPUs above which a timing is left out
+CALIBRATION_DIR = Path(__file__).parent / "calibrations"
+ELEMENT_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp32": 4.0}
+GEMM_TERMS = ("overhead_s", "s_per_weight_byte_gemv", "s_per_weight_byte_gemm", "s_per_flop",
+              "s_per_flop_sqrt_m")
+BLOCK_TERMS = ("layer_overhead_s", "expert_overhead_s", "s_per_weight_byte_gemv", "s_per_weight_byte_gemm",
+               "s_per_flop", "s_per_flop_sqrt_m", "s_per_act_byte", "s_per_permute_byte")
+
+
+# -- features: what a kernel does, shared by the fit and the prediction ---------------------------
+def _weight_and_flop_terms(m: np.ndarray, weight_bytes: np.ndarray, flop: np.ndarray) -> np.ndarray:
+    """[gemv weight bytes, gemm weight bytes, FLOP, FLOP / sqrt(m)] per row.
+
+    One token (m = 1) runs as a matrix-vector product that streams the weights once; more tokens
+    run a blocked GEMM that first packs the weights (read + write), so weight bytes carry two rates.
+    Efficiency then rises with m: FLOP / sqrt(m) is the term that fades as tiles fill."""
+    one = m <= 1
+    return np.stack([np.where(one, weight_bytes, 0.0), np.where(one, 0.0, weight_bytes), flop,
+                     flop / np.sqrt(np.maximum(m, 1.0))], axis=-1)
+
+
+def gemm_features(m, n: int, k: int, elem_bytes: float) -> np.ndarray:
+    """GEMM_TERMS features of [m, k] x [k, n] GEMMs; an array m gives one row each."""
+    scalar = np.ndim(m) == 0
+    m = np.atleast_1d(np.asarray(m, dtype=np.float64))
+    terms = _weight_and_flop_terms(m, np.full(m.shape, k * n * elem_bytes), 2.0 * m * n * k)
+    out = np.concatenate([np.ones((m.size, 1)), terms], axis=1)
+    return out[0] if scalar else out
+
+
+def block_features(tokens_per_expert, hidden_size: int, intermediate_size: int, elem_bytes: float,
+                   permute: bool = True) -> np.ndarray:
+    """The SwiGLU expert block's terms, in BLOCK_TERMS order, summed over active experts."""
+    m = np.asarray(tokens_per_expert, dtype=np.float64)
+    m = m[m > 0]
+    h, i = hidden_size, intermediate_size
+    total = float(m.sum())
+    flop = 6.0 * m * h * i  # per expert: gate+up 2 m h (2i), down 2 m i h
+    weights = np.full(m.shape, 3.0 * h * i * elem_bytes)
+    terms = _weight_and_flop_terms(m, weights, flop).sum(axis=0)
+    act_bytes = 3.0 * total * i * elem_bytes  # read gate and up, write their product
+    permute_bytes = 4.0 * total * h * elem_bytes  # gather (read + write) and weighted combine (read + write)
+    return np.array([1.0 if permute else 0.0, float(m.size), *terms, act_bytes, permute_bytes if permute else 0.0])
+
+
+def fit_nonnegative(features: np.ndarray, times_s: np.ndarray) -> np.ndarray:
+    """Least squares on relative error with non-negative coefficients: the best of every subset
+    of terms whose unconstrained solution is non-negative (a handful of terms, so exhaustive)."""
+    a = np.asarray(features, dtype=np.float64) / np.asarray(times_s)[:, None]
+    b = np.ones(len(times_s))
+    scale = np.abs(a).max(axis=0)
+    scale[scale == 0] = 1.0
+    a = a / scale
+    best, best_err = np.zeros(a.shape[1]), np.inf
+    for r in range(1, a.shape[1] + 1):
+        for cols in itertools.combinations(range(a.shape[1]), r):
+            coef, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
+            if np.any(coef < 0):
+                continue
+            err = float(np.sum((a[:, cols] @ coef - b) ** 2))
+            if err < best_err - 1e-12:
+                best_err, best = err, np.zeros(a.shape[1])
+                best[list(cols)] = coef
+    return best / scale
+
+
+def uncontended(measurements: list[dict]) -> list[dict]:
+    """Measurements during which this process had its cores (see calibration.time_call)."""
+    return [r for r in measurements if r.get("others_cpu_share", 0.0) <= CONTENDED_CPU_SHARE]
+
+
+def fit_dtype(measurements: list[dict], dtype: str, block_impl: str) -> dict:
+    """Fit the gemm and expert-block parameters of one dtype from raw measurements."""
+    eb = ELEMENT_BYTES[dtype]
+    measurements = uncontended(measurements)
+    gemms = [r for r in measurements if r["kind"] == "gemm"]
+    blocks = [r for r in measurements if r["kind"] == "expert_block" and r["impl"] == block_impl]
+    if not gemms or not blocks:
+        raise ValueError(f"need gemm and expert_block ({block_impl}) measurements to fit")
+    g_coef = fit_nonnegative(np.array([gemm_features(r["m"], r["n"], r["k"], eb) for r in gemms]),
+                             np.array([r["median_s"] for r in gemms]))
+    b_coef = fit_nonnegative(np.array([block_features(r["tokens_per_expert"], r["hidden_size"],
+                                                      r["intermediate_size"], eb) for r in blocks]),
+                             np.array([r["median_s"] for r in blocks]))
+    tokens = [t for r in blocks for t in r["tokens_per_expert"] if t > 0]
+    best_flop_per_s = max(2.0 * r["m"] * r["n"] * r["k"] / r["median_s"] for r in gemms)
+    return {
+        "form": "additive",
+        "block_impl": block_impl,
+        "gemm": dict(zip(GEMM_TERMS, map(float, g_coef))),
+        "expert_block": dict(zip(BLOCK_TERMS, map(float, b_coef))),
+        "best_gemm_flop_per_s": best_flop_per_s,
+        "valid_range": {
+            "tokens_per_expert": [int(min(tokens)), int(max(tokens))],
+            "hidden_size": [min(r["hidden_size"] for r in blocks), max(r["hidden_size"] for r in blocks)],
+            "intermediate_size": [min(r["intermediate_size"] for r in blocks),
+                                  max(r["intermediate_size"] for r in blocks)],
+            "gemm_m": [min(r["m"] for r in gemms), max(r["m"] for r in gemms)],
+            "gemm_nk": [min(min(r["n"], r["k"]) for r in gemms), max(max(r["n"], r["k"]) for r in gemms)],
+        },
+    }
+
+
+# -- files ------------------------------------------------------------------------------------------
+def calibration_path(name_or_path: str) -> Path:
+    """A shipped calibration name (`cpu-local`) or a path to a .json file; KeyError says what exists."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".json":
+        if not candidate.is_file():
+            raise KeyError(f"calibration file {name_or_path!r} does not exist")
+        return candidate
+    path = CALIBRATION_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        valid = sorted(p.stem for p in CALIBRATION_DIR.glob("*.json"))
+        raise KeyError(f"unknown calibration {name_or_path!r}; valid: {', '.join(valid)} or a path to a .json file")
+    return path
+
+
+def load_calibration(path: Path, dtype: str | None = None) -> dict:
+    """Read and check a calibration file; ValueError names what is wrong (and the dtypes it has)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read calibration {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"calibration {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError(f"{path} is not an epsim calibration file (expected schema {SCHEMA!r})")
+    fits = data.get("fits")
+    if not isinstance(fits, dict) or not fits:
+        raise ValueError(f"calibration {path} has no fitted parameters ('fits')")
+    for name, fit in fits.items():
+        if not isinstance(fit, dict) or fit.get("form") not in ("additive", "roofline"):
+            raise ValueError(f"calibration {path}: fits.{name} must have form 'additive' or 'roofline'")
+        needed = {"additive": ("gemm", "expert_block", "valid_range", "best_gemm_flop_per_s"),
+                  "roofline": ("flop_per_s", "bytes_per_s", "overhead_s")}[fit["form"]]
+        missing = [key for key in needed if key not in fit]
+        if missing:
+            raise ValueError(f"calibration {path}: fits.{name} lacks {', '.join(missing)}")
+    if dtype is not None and dtype not in fits:
+        raise ValueError(f"calibration {path} was made for {', '.join(sorted(fits))}, not {dtype}")
+    return data
+
+
+# -- the model --------------------------------------------------------------------------------------
+class Fp32Roofline(RooflineCompute):
+    """RooflineCompute for FP32 GEMMs (CPUs without BF16 units): 4-byte inputs, a given peak."""
+
+    def __init__(self, gpu: GPUSpec, peak_flop_per_s: float):
+        super().__init__(replace(gpu, peak_bf16_flop_per_s=peak_flop_per_s), "bf16")
+        self.dtype = "fp32"
+        self._elem_bytes = ELEMENT_BYTES["fp32"]
+
+
+class CalibratedCompute:
+    """The RooflineCompute interface, timed by a calibration file's fit for one dtype."""
+
+    def __init__(self, gpu: GPUSpec, dtype: str, path: Path, data: dict):
+        self.gpu = gpu
+        self.dtype = dtype
+        self.path = Path(path)
+        self.data = data
+        self.fit = data["fits"][dtype]
+        self._eb = ELEMENT_BYTES[dtype]
+        self.out_of_range: list[str] = []
+        # Published rates have no measured grid: the roofline with those rates is the whole model.
+        self.published = self.fit["form"] == "roofline"
+        if self.published:
+            self.fallback = RooflineCompute(replace(
+                gpu, matmul_efficiency=self.fit["flop_per_s"] / gpu.peak_flop_per_s(dtype),
+                memory_efficiency=self.fit["bytes_per_s"] / gpu.hbm_bytes_per_s,
+                kernel_launch_s=self.fit["overhead_s"]), dtype)
+        elif dtype == "fp32":
+            self.fallback = Fp32Roofline(gpu, self.fit["best_gemm_flop_per_s"])
+        else:
+            self.fallback = RooflineCompute(gpu, dtype)
+
+    def describe(self) -> dict:
+        return {
+            "kind": "calibrated",
+            "calibration_file": self.path.name,
+            "device": self.data.get("device"),
+            "source": self.data.get("source"),
+            "torch_version": self.data.get("torch_version"),
+            "date": self.data.get("date"),
+            "gemm_dtype": self.dtype,
+            "form": self.fit["form"],
+            "valid_range": self.fit.get("valid_range"),
+            "out_of_range": list(self.out_of_range),
+            "fell_back_to_roofline": bool(self.out_of_range),
+            "fallback": self.fallback.describe(),
+        }
+
+    # -- range ----------------------------------------------------------------------------------
+    def _inside(self, label: str, **values) -> bool:
+        """True when every value lies in the fit's measured range; else record the shape once."""
+        rng = self.fit["valid_range"]
+        for key, value in values.items():
+            lo, hi = rng[key]
+            values_ = np.atleast_1d(np.asarray(value))
+            outside = values_[(values_ < lo) | (values_ > hi)]
+            if outside.size:
+                shape = f"{label}: {key}={int(outside.max())} outside the measured [{lo}, {hi}]"
+                if not self.out_of_range:
+                    warnings.warn(f"calibration {self.path.name}: {shape}; using roofline", stacklevel=3)
+                if shape not in self.out_of_range:
+                    self.out_of_range.append(shape)
+                return False
+        return True
+
+    def _gemm_fit_s(self, m, n: int, k: int) -> np.ndarray:
+        coef = np.array([self.fit["gemm"][t] for t in GEMM_TERMS])
+        return gemm_features(m, n, k, self._eb) @ coef
+
+    # -- RooflineCompute interface -----------------------------------------------------------------
+    def gemm_s(self, m: int, n: int, k: int) -> float:
+        if m <= 0 or self.published:
+            return self.fallback.gemm_s(m, n, k)
+        if not self._inside(f"gemm {m}x{n}x{k}", gemm_m=m, gemm_nk=[n, k]):
+            return self.fallback.gemm_s(m, n, k)
+        return float(self._gemm_fit_s(m, n, k))
+
+    def grouped_gemm_s(self, ms: np.ndarray, n: int, k: int) -> float:
+        ms = np.asarray(ms, dtype=np.float64)
+        ms = ms[ms > 0]
+        if ms.size == 0 or self.published:
+            return self.fallback.grouped_gemm_s(ms, n, k)
+        if not self._inside(f"grouped gemm n={n} k={k}", gemm_m=ms, gemm_nk=[n, k]):
+            return self.fallback.grouped_gemm_s(ms, n, k)
+        return float(np.sum(self._gemm_fit_s(ms, n, k)))
+
+    def memory_s(self, num_bytes: float) -> float:
+        if num_bytes <= 0 or self.published:
+            return self.fallback.memory_s(num_bytes)
+        block = self.fit["expert_block"]
+        return block["s_per_act_byte"] * num_bytes + self.fit["gemm"]["overhead_s"]
+
+    def attention_core_s(self, flop: float, num_bytes: float) -> float:
+        """Not benchmarked: the roofline of the fitted GEMM rate and the fitted streaming rate."""
+        if flop <= 0 or self.published:
+            return self.fallback.attention_core_s(flop, num_bytes)
+        block, gemm = self.fit["expert_block"], self.fit["gemm"]
+        return (max(flop * (gemm["s_per_flop"] or 1.0 / self.fit["best_gemm_flop_per_s"]),
+                    num_bytes * block["s_per_act_byte"]) + gemm["overhead_s"])
+
+    def expert_ffn_s(self, tokens_per_expert: np.ndarray, hidden_size: int, intermediate_size: int,
+                     permute: bool = True) -> float:
+        tokens = np.asarray(tokens_per_expert)
+        if tokens.sum() <= 0 or self.published:
+            return self.fallback.expert_ffn_s(tokens, hidden_size, intermediate_size, permute)
+        if not self._inside(f"expert block h={hidden_size} i={intermediate_size}",
+                            tokens_per_expert=tokens[tokens > 0], hidden_size=hidden_size,
+                            intermediate_size=intermediate_size):
+            return self.fallback.expert_ffn_s(tokens, hidden_size, intermediate_size, permute)
+        coef = np.array([self.fit["expert_block"][t] for t in BLOCK_TERMS])
+        return float(block_features(tokens, hidden_size, intermediate_size, self._eb, permute) @ coef)
+
+
+def compute_model(gpu: GPUSpec, dtype: str, calibration: str | Path | None):
+    """The engine's compute model: RooflineCompute without a calibration, else the fitted one."""
+    if calibration is None:
+        return RooflineCompute(gpu, dtype)
+    path = Path(calibration)
+    return CalibratedCompute(gpu, dtype, path, load_calibration(path, dtype))
+
+
+__all__ = ["CalibratedCompute", "compute_model", "load_calibration", "calibration_path", "fit_dtype",
+           "BF16_BYTES"]

@@ -1,0 +1,232 @@
+"""Sweeps: a grid of scenario overrides run as independent, resumable points.
+
+`--set key=a,b,c` makes an axis; several axes form their product. Each point is keyed by a hash of
+its resolved scenario (every preset field filled in) and the epsim version, so a rerun of the same
+sweep skips the points whose results are on disk and a sweep killed half-way loses nothing.
+Points run in worker processes (`local`) or on a Ray cluster (`ray`, an optional extra); results
+come back to the caller's `on_done` one by one, as they finish, and the caller writes them.
+
+A point whose scenario is rejected (ScenarioError: e.g. EP 8 of a model that does not fit memory)
+is `invalid`: the rejection is a property of the scenario, so resuming does not retry it. A point
+whose simulation raised anything else is `failed` and is retried on resume.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import multiprocessing
+import re
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from simulator import __version__
+from simulator.api import run_scenario
+from simulator.errors import ScenarioError
+from simulator.scenario import apply_overrides, build_scenario, parse_override, read_scenario_file
+
+OK, INVALID, FAILED = "ok", "invalid", "failed"
+POINTS_DIR = "points"
+POINT_FILE = "point.json"
+RAY_HINT = "Ray is an optional extra; install it with: pip install 'epsim[ray]'  (or: pip install ray)"
+
+
+@dataclass(frozen=True)
+class Axis:
+    key: str
+    values: tuple
+
+
+@dataclass(frozen=True)
+class Point:
+    index: int  # position in the grid (row-major over the axes, first axis slowest)
+    coords: tuple  # ((axis key, value), ...)
+    data: dict  # the YAML-level scenario with every override applied
+    key: str  # sha256 of the resolved scenario and the epsim version
+    resolved: dict | None  # None when the scenario is invalid
+    error: str | None  # the ScenarioError text of an invalid scenario
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in self.coords) or "base"
+
+    @property
+    def folder(self) -> str:
+        slug = "_".join(f"{k.rsplit('.', 1)[-1]}-{v}" for k, v in self.coords) or "base"
+        return f"{re.sub(r'[^A-Za-z0-9_.=-]+', '-', slug)}-{self.key[:12]}"
+
+
+# -- grid -----------------------------------------------------------------------------------------
+def split_values(raw: str) -> list[str]:
+    """'8,16,32' -> ['8', '16', '32']; a bracketed or braced YAML value stays one value."""
+    raw = raw.strip()
+    if raw[:1] in "[{" or "," not in raw:
+        return [raw]
+    return [part.strip() for part in raw.split(",")]
+
+
+def parse_sweep_sets(texts: list[str]) -> tuple[list[tuple[str, object]], list[Axis]]:
+    """--set arguments -> (fixed overrides, axes). A comma list is an axis."""
+    fixed, axes, seen = [], [], set()
+    for text in texts:
+        if "=" not in text:
+            raise ScenarioError("--set", text, "must be KEY=VALUE with a dotted scenario key")
+        key, raw = (part.strip() for part in text.split("=", 1))
+        if key in seen:
+            raise ScenarioError("--set", text, f"{key} is set twice; give one comma list per key")
+        seen.add(key)
+        parts = split_values(raw)
+        values = [parse_override(f"{key}={part}")[1] for part in parts]
+        if any(p == "" for p in parts):
+            raise ScenarioError(key, raw, "an empty value in a comma list")
+        if len(values) == 1:
+            fixed.append((key, values[0]))
+        else:
+            if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+                raise ScenarioError(key, raw, "a value repeats in the comma list")
+            axes.append(Axis(key, tuple(values)))
+    return fixed, axes
+
+
+def scenario_key(resolved: dict) -> str:
+    text = json.dumps({"scenario": resolved, "epsim_version": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def expand_grid(path: str | Path, fixed: list[tuple[str, object]], axes: list[Axis], zipped: bool = False) -> list[Point]:
+    """Every point of the grid (the product of the axes, or with `zipped` their i-th values
+    together, e.g. ep_size and nodes scaled as one), resolved. Raises ScenarioError only for a
+    bad base file or unequal zipped axes."""
+    base = read_scenario_file(path)
+    if zipped and len({len(a.values) for a in axes}) > 1:
+        lengths = ", ".join(f"{a.key}: {len(a.values)}" for a in axes)
+        raise ScenarioError("--zip", lengths, "zipped axes need the same number of values")
+    combos = zip(*(a.values for a in axes)) if zipped else itertools.product(*(a.values for a in axes))
+    points = []
+    for index, combo in enumerate(combos):
+        coords = tuple((a.key, v) for a, v in zip(axes, combo))
+        data = apply_overrides(base, [*fixed, *coords])
+        try:
+            resolved, error = build_scenario(data).resolved, None
+            key = scenario_key(resolved)
+        except ScenarioError as exc:
+            resolved, error = None, str(exc)
+            key = scenario_key({"unresolved": data})
+        points.append(Point(index, coords, data, key, resolved, error))
+    return points
+
+
+# -- one point ------------------------------------------------------------------------------------
+def run_point(data: dict) -> dict:
+    """Simulate one point in whatever process runs it: {'status', 'summary', 'rows', 'error', 'wall_s'}."""
+    t0 = time.perf_counter()
+    try:
+        summary, rows = run_scenario(build_scenario(data))
+        outcome = {"status": OK, "summary": summary, "rows": rows, "error": None}
+    except ScenarioError as exc:
+        outcome = {"status": INVALID, "summary": None, "rows": None, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one broken point must not stop the others
+        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        outcome = {"status": FAILED, "summary": None, "rows": None, "error": tb}
+    outcome["wall_s"] = time.perf_counter() - t0
+    return outcome
+
+
+# -- resume ---------------------------------------------------------------------------------------
+def point_dir(out_dir: Path, point: Point) -> Path:
+    return Path(out_dir) / POINTS_DIR / point.folder
+
+
+def finished_record(out_dir: Path, point: Point) -> dict | None:
+    """The point.json of a point already done (ok or invalid) with this key, else None."""
+    path = point_dir(out_dir, point) / POINT_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("key") != point.key or record.get("status") not in (OK, INVALID):
+        return None
+    if record["status"] == OK and not (path.parent / "summary.json").is_file():
+        return None
+    return record
+
+
+# -- executors ------------------------------------------------------------------------------------
+OnDone = Callable[[Point, dict], None]
+
+
+def run_local(points: list[Point], on_done: OnDone, jobs: int) -> None:
+    """jobs == 1 runs in this process; otherwise a pool of `jobs` worker processes."""
+    if jobs == 1:
+        for p in points:
+            on_done(p, run_point(p.data))
+        return
+    # forkserver: workers start clean, never forked from a process running a progress thread
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        pending = {pool.submit(run_point, p.data): p for p in points}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    on_done(pending.pop(fut), fut.result())
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+
+
+def require_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ScenarioError("--executor", "ray", RAY_HINT) from None
+    return ray
+
+
+def run_ray(points: list[Point], on_done: OnDone, address: str | None) -> None:
+    ray = require_ray()
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    remote = ray.remote(run_point)
+    pending = {remote.remote(p.data): p for p in points}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            on_done(pending.pop(ref), ray.get(ref))
+
+
+EXECUTORS = {"local": "worker processes on this machine (--jobs N)", "ray": "a Ray cluster (--address)"}
+
+
+def check_executor(name: str, jobs: int) -> None:
+    if name not in EXECUTORS:
+        raise ScenarioError("--executor", name, f"valid executors: {', '.join(EXECUTORS)}")
+    if jobs < 1:
+        raise ScenarioError("--jobs", jobs, "must be >= 1")
+    if name == "ray":
+        require_ray()
+
+
+def run_points(points: list[Point], on_done: OnDone, executor: str = "local", jobs: int = 1,
+               address: str | None = None) -> None:
+    """Run `points`; `on_done(point, outcome)` is called in this process as each one finishes."""
+    check_executor(executor, jobs)
+    if executor == "ray":
+        run_ray(points, on_done, address)
+    else:
+        run_local(points, on_done, min(jobs, max(len(points), 1)))
+
+
+def describe_axes(fixed: list[tuple[str, object]], axes: list[Axis], zipped: bool = False) -> dict:
+    return {"fixed": {k: v for k, v in fixed}, "axes": {a.key: list(a.values) for a in axes},
+            "combine": "zipped (i-th values together)" if zipped else "product (every combination)"}
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False)

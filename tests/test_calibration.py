@@ -1,0 +1,248 @@
+"""The calibrated compute model: fit, prediction, range fallback, files, scenario keys, CLI, benchmark."""
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hardware.calibrated import (BLOCK_TERMS, CALIBRATION_DIR, GEMM_TERMS, SCHEMA, block_features, compute_model,
+                                 fit_dtype, gemm_features, load_calibration)
+from hardware.compute import RooflineCompute
+from simulator.engine import simulate
+from simulator.errors import ScenarioError
+from simulator.metrics import summarize
+from tests.conftest import make_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_AND_FLOP = {"s_per_weight_byte_gemv": 2e-11, "s_per_weight_byte_gemm": 6e-11, "s_per_flop": 8e-12,
+                    "s_per_flop_sqrt_m": 3e-11}
+GEMM_TRUE = {"overhead_s": 5e-6, **WEIGHTS_AND_FLOP}
+BLOCK_TRUE = {"layer_overhead_s": 2e-4, "expert_overhead_s": 5e-5, **WEIGHTS_AND_FLOP, "s_per_act_byte": 2e-10,
+              "s_per_permute_byte": 4e-10}
+
+
+def synthetic_measurements() -> list[dict]:
+    """Times made exactly by the additive model with known parameters."""
+    eb = 4.0
+    rows = []
+    g = np.array([GEMM_TRUE[t] for t in GEMM_TERMS])
+    for m in (1, 2, 4, 8, 16, 64, 256, 1024, 4096):
+        for n, k in ((64, 256), (512, 1024)):
+            rows.append({"kind": "gemm", "m": m, "n": n, "k": k, "median_s": float(gemm_features(m, n, k, eb) @ g)})
+    b = np.array([BLOCK_TRUE[t] for t in BLOCK_TERMS])
+    rng = np.random.default_rng(0)
+    for h, i in ((256, 512), (512, 256), (1024, 384)):
+        for e, mean in ((8, 1), (8, 4), (8, 16), (8, 64), (4, 256), (4, 1024), (2, 4096), (16, 30)):
+            tokens = np.maximum(rng.poisson(mean, e), 1).tolist()
+            rows.append({"kind": "expert_block", "impl": "loop", "hidden_size": h, "intermediate_size": i,
+                         "tokens_per_expert": tokens, "median_s": float(block_features(tokens, h, i, eb) @ b)})
+    return rows
+
+
+def calibration_file(tmp_path, dtype="fp32") -> Path:
+    rows = synthetic_measurements()
+    data = {"schema": SCHEMA, "source": "measured", "device": "test cpu", "torch_version": "x", "date": "d",
+            "measurements": {dtype: rows}, "fits": {dtype: fit_dtype(rows, dtype, "loop")}}
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_fit_recovers_the_parameters_that_made_the_times():
+    fit = fit_dtype(synthetic_measurements(), "fp32", "loop")
+    for term, value in GEMM_TRUE.items():
+        assert fit["gemm"][term] == pytest.approx(value, rel=1e-6)
+    for term, value in BLOCK_TRUE.items():
+        assert fit["expert_block"][term] == pytest.approx(value, rel=1e-6)
+    assert fit["valid_range"]["hidden_size"] == [256, 1024]
+    assert fit["valid_range"]["tokens_per_expert"][1] >= 4096
+
+
+def test_expert_block_inside_the_range_is_the_fitted_sum_of_its_terms(tiny, tmp_path):
+    model = compute_model(tiny.cluster.gpu, "fp32", calibration_file(tmp_path))
+    tokens = np.array([16, 0, 64, 1])
+    h, i = 512, 384
+    weight_bytes = 3 * h * i * 4
+    t = BLOCK_TRUE
+    expect = (t["layer_overhead_s"] + 3 * t["expert_overhead_s"]
+              + weight_bytes * (t["s_per_weight_byte_gemv"] + 2 * t["s_per_weight_byte_gemm"])  # m = 1 runs gemv
+              + sum(6 * m * h * i * (t["s_per_flop"] + t["s_per_flop_sqrt_m"] / np.sqrt(m)) for m in (16, 64, 1))
+              + 4 * 3 * 81 * i * t["s_per_act_byte"] + 4 * 4 * 81 * h * t["s_per_permute_byte"])
+    assert model.expert_ffn_s(tokens, h, i) == pytest.approx(expect, rel=1e-6)
+    m, n, k = 32, 512, 1024
+    assert model.gemm_s(m, n, k) == pytest.approx(
+        5e-6 + n * k * 4 * 6e-11 + 2 * m * n * k * (8e-12 + 3e-11 / np.sqrt(m)), rel=1e-6)
+    assert model.out_of_range == []
+
+
+def test_outside_the_measured_range_falls_back_to_roofline_warns_once_and_says_so(tiny, tmp_path):
+    model = compute_model(tiny.cluster.gpu, "bf16", calibration_file(tmp_path, "bf16"))
+    roofline = RooflineCompute(tiny.cluster.gpu, "bf16")
+    tokens = np.array([100, 9000])  # 9000 tokens per expert: more than measured
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = model.expert_ffn_s(tokens, 512, 384)
+        model.expert_ffn_s(tokens, 512, 384)
+        model.expert_ffn_s(np.array([10]), 4096, 384)  # hidden 4096: another shape, recorded, no 2nd warning
+    assert first == roofline.expert_ffn_s(tokens, 512, 384)
+    assert len(caught) == 1 and "tokens_per_expert=9000" in str(caught[0].message)
+    described = model.describe()
+    assert described["fell_back_to_roofline"] is True
+    assert len(described["out_of_range"]) == 2
+
+
+def test_published_h100_calibration_is_a_roofline_at_the_published_matmul_rate(tiny):
+    model = compute_model(tiny.cluster.gpu, "bf16", CALIBRATION_DIR / "h100-sxm.json")
+    m = n = k = 8192
+    assert model.gemm_s(m, n, k) == pytest.approx(2 * m * n * k / 794.5e12 + 4e-6)
+    fp8 = compute_model(tiny.cluster.gpu, "fp8", CALIBRATION_DIR / "h100-sxm.json")
+    assert fp8.gemm_s(m, n, k) == pytest.approx(2 * m * n * k / 1402.6e12 + 4e-6)
+    assert model.describe()["source"] == "published"
+
+
+def test_summary_provenance_names_the_calibration_file_and_device():
+    summary = summarize(simulate(make_scenario(hardware={"calibration": "h100-sxm"})))
+    prov = summary["provenance"]["compute_model"]
+    assert prov["calibration_file"] == "h100-sxm.json"
+    assert prov["device"].startswith("NVIDIA H100")
+    assert prov["fell_back_to_roofline"] is False
+
+
+def test_a_calibrated_scenario_gives_identical_summaries(tmp_path):
+    from reports.files import summary_json
+    path = str(calibration_file(tmp_path))
+    runs = [summary_json(summarize(simulate(make_scenario(hardware={"calibration": path},
+                                                          workload={"gemm_dtype": "fp32"})))) for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("content, rule", [
+    (None, "does not exist"),
+    ("{not json", "not valid JSON"),
+    ('{"schema": "other"}', "not an epsim calibration"),
+])
+def test_a_missing_or_malformed_calibration_is_a_scenario_error(tmp_path, content, rule):
+    path = tmp_path / "cal.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ScenarioError, match=rule) as err:
+        make_scenario(hardware={"calibration": str(path)})
+    assert err.value.key == "hardware.calibration"
+
+
+def test_a_calibration_for_another_dtype_is_a_scenario_error(tmp_path):
+    with pytest.raises(ScenarioError, match="made for fp32, not bf16"):
+        make_scenario(hardware={"calibration": str(calibration_file(tmp_path, "fp32"))})
+
+
+def test_fp32_without_a_calibration_is_a_scenario_error():
+    with pytest.raises(ScenarioError, match="fp32 needs hardware.calibration"):
+        make_scenario(hardware={"preset": "h100-seed"}, workload={"gemm_dtype": "fp32"})
+
+
+def test_unknown_calibration_name_lists_the_shipped_ones():
+    with pytest.raises(ScenarioError, match="valid: .*h100-sxm"):
+        make_scenario(hardware={"calibration": "no-such-device"})
+
+
+def test_shipped_calibrations_load_and_presets_point_at_them():
+    for path in CALIBRATION_DIR.glob("*.json"):
+        load_calibration(path)
+    assert make_scenario().calibration_path.name == "h100-sxm.json"
+
+
+def test_a_failed_write_never_replaces_a_good_calibration(tmp_path, monkeypatch):
+    from hardware import atomic, calibration
+    path = tmp_path / "cal.json"
+    calibration.write_calibration(path, {"good": 1})
+    real_fdopen = atomic.os.fdopen
+
+    class DiskFull:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, text):
+            self.fh.write(text[:5])
+            raise OSError("disk full")
+
+    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, mode: DiskFull(real_fdopen(fd, mode)))
+    with pytest.raises(OSError):
+        calibration.write_calibration(path, {"bad": 2})
+    assert json.loads(path.read_text()) == {"good": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["cal.json"]
+
+
+def run_sim(*args):
+    return subprocess.run([sys.executable, "run_sim.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_calibrate_unknown_device_exits_2_with_one_message(tmp_path):
+    done = run_sim("calibrate", "--device", "tpu", "--out", str(tmp_path / "c.json"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: --device = 'tpu': unknown device; valid: cpu, cuda"
+
+
+def test_calibrate_cuda_without_cuda_exits_2(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    done = run_sim("calibrate", "--device", "cuda", "--out", str(tmp_path / "c.json"))
+    assert done.returncode == 2
+    assert "CUDA is not available" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "c.json").exists()
+
+
+# -- with torch --------------------------------------------------------------------------------------
+def test_expert_block_loop_and_grouped_compute_the_moe_layer_output():
+    torch = pytest.importorskip("torch")
+    from hardware.calibration import expert_block, route
+    h, i, e, k, t = 32, 48, 4, 2, 20
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(t, h, generator=g)
+    experts = torch.from_numpy(route(t, e, k, "zipf", np.random.default_rng(0)))
+    weights = torch.rand(t, k, generator=g)
+    w1, w2 = torch.randn(e, h, 2 * i, generator=g), torch.randn(e, i, h, generator=g)
+    expect = torch.zeros(t, h)
+    for tok in range(t):
+        for j in range(k):
+            gate, up = (x[tok] @ w1[experts[tok, j]]).chunk(2)
+            expect[tok] += weights[tok, j] * ((torch.nn.functional.silu(gate) * up) @ w2[experts[tok, j]])
+    torch.testing.assert_close(expert_block(x, experts, weights, w1, w2, "loop"), expect, rtol=1e-4, atol=1e-3)
+    if hasattr(torch, "_grouped_mm"):
+        torch.testing.assert_close(expert_block(x, experts, weights, w1, w2, "grouped"), expect, rtol=1e-4, atol=1e-3)
+
+
+def test_a_small_cpu_calibration_runs_and_fits():
+    pytest.importorskip("torch")
+    from hardware.calibration import Plan, run_calibration, tasks
+    plan = Plan(dtype="fp32", block_shapes=((64, 96, "test"), (128, 64, "test")),
+                block_points=((4, 2, 16, "uniform"), (4, 2, 64, "zipf"), (2, 1, 128, "balanced")),
+                gemm_shapes=((64, 128), (128, 64)), gemm_tokens=(1, 16, 128), grouped_points=1,
+                warmup=1, reps=2, max_block_flop=1e9)
+    seen = []
+    data = run_calibration("cpu", lambda done, total, label: seen.append(done), plan)
+    assert seen == list(range(1, len(tasks(plan)) + 1))
+    fit = data["fits"]["fp32"]
+    assert fit["form"] == "additive" and fit["best_gemm_flop_per_s"] > 0
+    assert all(r["median_s"] > 0 for r in data["measurements"]["fp32"])
+
+
+def test_real_moe_layer_is_predicted_within_a_loose_bound():
+    """The accuracy target (15 %) is benchmarks/real_moe_check.py's; on a shared CI runner (another
+    CPU than the one cpu-local.json was measured on) only a factor of 3 is asserted."""
+    pytest.importorskip("torch")
+    if not (CALIBRATION_DIR / "cpu-local.json").is_file():
+        pytest.skip("no cpu-local calibration shipped")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from real_moe_check import check
+    row = check(("test", 256, 512, 8, 2, 512, "uniform"), "cpu-local", reps=3)
+    assert 1 / 3 < row["epsim_s"] / row["measured_s"] < 3

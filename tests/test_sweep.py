@@ -1,0 +1,186 @@
+"""Sweeps: grid expansion, resolved-scenario keys, resume, failures recorded, the files left behind."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from simulator import sweep
+from simulator.errors import ScenarioError
+from tests.test_cli import TINY, run_sim, write_scenario
+
+
+# -- grid -----------------------------------------------------------------------------------------
+def test_a_comma_list_is_an_axis_and_a_single_value_stays_fixed():
+    fixed, axes = sweep.parse_sweep_sets(["parallel.ep_size=4,8", "routing.zipf_alpha=1.2"])
+    assert fixed == [("routing.zipf_alpha", 1.2)]
+    assert axes == [sweep.Axis("parallel.ep_size", (4, 8))]
+
+
+def test_a_bracketed_yaml_value_is_one_value_not_an_axis():
+    fixed, axes = sweep.parse_sweep_sets(["model.attention={kind: gqa, num_heads: 8}"])
+    assert axes == [] and fixed == [("model.attention", {"kind": "gqa", "num_heads": 8})]
+
+
+@pytest.mark.parametrize("sets, names", [
+    (["parallel.ep_size=4,8", "parallel.ep_size=2,4"], ["parallel.ep_size", "set twice"]),
+    (["parallel.ep_size=4,4"], ["parallel.ep_size", "repeats"]),
+    (["parallel.ep_size=4,,8"], ["parallel.ep_size", "empty value"]),
+    (["parallel.ep_size"], ["--set", "KEY=VALUE"]),
+])
+def test_malformed_sweep_sets_raise_one_error_naming_the_key(sets, names):
+    with pytest.raises(ScenarioError) as exc:
+        sweep.parse_sweep_sets(sets)
+    assert all(name in str(exc.value) for name in names)
+
+
+def test_two_axes_form_their_product_first_axis_slowest(tmp_path):
+    path = write_scenario(tmp_path)
+    _, axes = sweep.parse_sweep_sets(["parallel.ep_size=4,8", "routing.seed=0,1,2"])
+    points = sweep.expand_grid(path, [], axes)
+    assert [tuple(v for _, v in p.coords) for p in points] == [(4, 0), (4, 1), (4, 2), (8, 0), (8, 1), (8, 2)]
+    assert len({p.key for p in points}) == 6
+
+
+def test_zipped_axes_pair_their_values_in_order(tmp_path):
+    path = write_scenario(tmp_path)
+    _, axes = sweep.parse_sweep_sets(["parallel.ep_size=4,8", "hardware.nodes=1,2"])
+    points = sweep.expand_grid(path, [], axes, zipped=True)
+    assert [p.label for p in points] == ["ep_size=4 nodes=1", "ep_size=8 nodes=2"]
+    _, uneven = sweep.parse_sweep_sets(["parallel.ep_size=4,8", "hardware.nodes=1,2,4"])
+    with pytest.raises(ScenarioError, match="--zip"):
+        sweep.expand_grid(path, [], uneven, zipped=True)
+
+
+def test_the_key_is_the_resolved_scenario_not_how_it_was_written(tmp_path):
+    """Spelling out a default (routing.seed: 0) resolves to the same scenario, so the same key."""
+    plain = write_scenario(tmp_path)
+    explicit = write_scenario(tmp_path, {**TINY, "routing": {"seed": 0}}, "explicit.yaml")
+    _, axes = sweep.parse_sweep_sets(["parallel.ep_size=4,8"])
+    keys = [[p.key for p in sweep.expand_grid(path, [], axes)] for path in (plain, explicit)]
+    assert keys[0] == keys[1]
+    other = sweep.expand_grid(plain, [("routing.seed", 1)], axes)
+    assert not set(keys[0]) & {p.key for p in other}
+
+
+def test_an_invalid_point_carries_its_scenario_error_and_a_key(tmp_path):
+    _, axes = sweep.parse_sweep_sets(["parallel.ep_size=3,8"])
+    bad, good = sweep.expand_grid(write_scenario(tmp_path), [], axes)
+    assert bad.error and "must divide the 8 GPUs" in bad.error and bad.resolved is None and bad.key
+    assert good.error is None and good.resolved["parallel"]["ep_size"] == 8
+
+
+def test_run_point_records_an_unexpected_exception_as_failed(monkeypatch):
+    def broken(_scenario):
+        raise RuntimeError("solver diverged")
+    monkeypatch.setattr(sweep, "run_scenario", broken)
+    outcome = sweep.run_point(TINY)
+    assert outcome["status"] == sweep.FAILED and "RuntimeError: solver diverged" in outcome["error"]
+
+
+def test_ray_executor_without_ray_is_an_input_error_with_the_install_command():
+    try:
+        import ray  # noqa: F401
+        pytest.skip("ray is installed")
+    except ImportError:
+        pass
+    with pytest.raises(ScenarioError, match=r"pip install 'epsim\[ray\]'"):
+        sweep.check_executor("ray", 1)
+
+
+# -- the command ----------------------------------------------------------------------------------
+SETS = ("--set", "parallel.ep_size=2,3,4,8")  # 3 does not divide 8 GPUs: recorded as invalid
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sweep")
+    path = write_scenario(folder)
+    proc = run_sim("sweep", path, *SETS, "--jobs", "2", "--out", folder / "out")
+    assert proc.returncode == 0, proc.stderr
+    return path, folder / "out", proc
+
+
+def test_sweep_writes_a_folder_per_point_a_table_plots_and_a_report(swept):
+    _, out, proc = swept
+    points = sorted((out / "points").iterdir())
+    assert len(points) == 4
+    assert sum((p / "summary.json").is_file() for p in points) == 3
+    assert all((p / "point.json").is_file() for p in points)
+    for name in ("sweep.csv", "sweep.parquet", "report.md", "report.html"):
+        assert (out / name).is_file()
+    assert {p.name for p in (out / "plots").iterdir()} == {
+        "mfu.png", "step_breakdown.png", "bandwidth.png", "collectives.png", "tokens_per_s.png", "load_imbalance.png"}
+    report = (out / "report.md").read_text()
+    assert "cli-tiny" in report and "plots/mfu.png" in report and "must divide the 8 GPUs" in report
+    assert "4 points: 3 simulated, 1 invalid" in proc.stdout
+
+
+def test_sweep_records_the_invalid_point_with_its_error_and_runs_the_others(swept):
+    _, out, proc = swept
+    table = pd.read_csv(out / "sweep.csv")
+    assert list(table["parallel.ep_size"]) == [2, 3, 4, 8]
+    assert list(table["status"]) == ["ok", "invalid", "ok", "ok"]
+    assert "parallel.ep_size = 3: must divide the 8 GPUs" in table.loc[1, "error"]
+    assert "ep_size=3: invalid" in proc.stderr
+
+
+def test_csv_and_parquet_tables_hold_the_same_rows(swept):
+    _, out, _ = swept
+    csv, parquet = pd.read_csv(out / "sweep.csv"), pd.read_parquet(out / "sweep.parquet")
+    assert list(csv.columns) == list(parquet.columns)
+    assert csv["mfu"].tolist() == pytest.approx(parquet["mfu"].tolist(), nan_ok=True)
+
+
+def test_a_point_summary_is_byte_identical_to_a_plain_run_of_that_scenario(swept, tmp_path):
+    path, out, _ = swept
+    proc = run_sim(path, "--set", "parallel.ep_size=4", "--no-trace", "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    (point,) = (out / "points").glob("ep_size-4-*")
+    assert (point / "summary.json").read_bytes() == (tmp_path / "run" / "summary.json").read_bytes()
+
+
+def test_rerunning_a_sweep_skips_every_point_already_done(swept, tmp_path):
+    path, out, _ = swept
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    before = {p: p.stat().st_mtime_ns for p in copy.glob("points/*/*.json")}
+    proc = run_sim("sweep", path, *SETS, "--jobs", "1", "--out", copy)
+    assert proc.returncode == 0, proc.stderr
+    assert "4 already done, 0 to run" in proc.stderr
+    assert {p: p.stat().st_mtime_ns for p in copy.glob("points/*/*.json")} == before
+
+
+def test_a_killed_sweep_resumes_only_the_points_it_had_not_finished(swept, tmp_path):
+    path, out, _ = swept
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    (lost,) = (copy / "points").glob("ep_size-8-*")
+    shutil.rmtree(lost)  # as if killed before the last point finished
+    (failed,) = (copy / "points").glob("ep_size-2-*")
+    record = json.loads((failed / "point.json").read_text())
+    (failed / "point.json").write_text(json.dumps({**record, "status": "failed"}))  # failures are retried
+    proc = run_sim("sweep", path, *SETS, "--jobs", "1", "--out", copy)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 already done, 2 to run" in proc.stderr
+    table = pd.read_csv(copy / "sweep.csv")
+    assert list(table["status"]) == ["ok", "invalid", "ok", "ok"]
+
+
+def test_a_sweep_whose_every_point_is_rejected_exits_2_and_writes_nothing(tmp_path):
+    proc = run_sim("sweep", write_scenario(tmp_path), "--set", "parallel.ep_sise=4,8", "--out", tmp_path / "out")
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    assert "parallel.ep_sise" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_with_ray_executor_and_no_ray_exits_2_saying_how_to_install_it(tmp_path):
+    try:
+        import ray  # noqa: F401
+        pytest.skip("ray is installed")
+    except ImportError:
+        pass
+    proc = run_sim("sweep", write_scenario(tmp_path), *SETS, "--executor", "ray", "--out", tmp_path / "out")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "pip install 'epsim[ray]'" in proc.stderr
+    assert not (tmp_path / "out").exists()
