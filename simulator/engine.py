@@ -14,9 +14,7 @@ from simulator.gpu import COMPUTE, GPU
 from simulator.network import Network
 from simulator.pipeline import OWNER_SENDS, STREAM_OF, Op, chain_ops
 from simulator.scenario import Scenario
-from simulator.workload import Workload, build_workload, dense_work_s
-
-BACKWARD_FACTOR = 2.0  # backward GEMMs: input gradient + weight gradient
+from simulator.workload import BACKWARD_FACTOR, Workload, build_workload, dense_work_s
 
 # Wire dtype of each collective: gradients travelling towards the experts use the dispatch kernel
 # and its dtype (DeepSeek's trace shows FP8 backward dispatch); the rest use the combine dtype.
@@ -120,7 +118,10 @@ class Run:
         if op.name == "experts":
             fwd = float(self.workload.expert_work_s[group, op.moe_layer, mb, chunk][local])
         else:
-            fwd = self.dense[chunk][op.name]
+            dense = self.dense[chunk]
+            if op.backward and f"{op.name}_bwd" in dense:
+                return dense[f"{op.name}_bwd"]
+            fwd = dense[op.name]
         return fwd * (BACKWARD_FACTOR if op.backward else 1.0)
 
     def run_chain(self, gpu: GPU, group: int, local: int, mb: int, chunk: int):
@@ -175,7 +176,7 @@ class Run:
             except simpy.core.EmptySchedule:
                 break
             self.num_events += 1
-        step = max((iv[2] for g in self.gpus for iv in g.intervals), default=0.0)
+        step = float(max((iv[2] for g in self.gpus for iv in g.intervals), default=0.0))
         return RunResult(self.s, step, self.gpus, self.collectives, self.network, self.workload,
                          self.compute_model, self.num_events)
 

@@ -74,8 +74,13 @@ def build_workload(s, compute: RooflineCompute) -> Workload:
     return Workload(num_chunks, sizes, batch, rounds, expert_gpu, traffic, work)
 
 
+BACKWARD_FACTOR = 2.0  # backward GEMMs: input gradient + weight gradient
+ATTENTION_CORE_BACKWARD_FACTOR = 2.5
+
+
 def dense_work_s(s, compute: RooflineCompute, num_tokens: int) -> dict[str, float]:
-    """Forward seconds of the per-token work every GPU does on its own tokens."""
+    """Seconds of the per-token work every GPU does on its own tokens: forward, and backward where
+    it is not BACKWARD_FACTOR x forward."""
     m = s.model
     a = m.attention
     h = m.hidden_size
@@ -93,6 +98,8 @@ def dense_work_s(s, compute: RooflineCompute, num_tokens: int) -> dict[str, floa
     core = compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len), n * a.core_bytes_per_token())
     return {
         "attention": proj + core,
+        # FlashAttention's backward recomputes the scores: 5 matmuls against the forward's 2.
+        "attention_bwd": BACKWARD_FACTOR * proj + ATTENTION_CORE_BACKWARD_FACTOR * core,
         "router": compute.gemm_s(n, m.num_experts, h),
         "shared": (compute.expert_ffn_s(np.full(m.num_shared_experts, n), h, m.moe_intermediate_size, permute=False)
                    if m.num_shared_experts else 0.0),
