@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hardware.compute import BF16_BYTES, RooflineCompute
+from hardware.presets import resolve_data_file
 from hardware.spec import GPUSpec
 
 SCHEMA = "epsim-calibration/1"
@@ -133,16 +134,7 @@ def fit_dtype(measurements: list[dict], dtype: str, block_impl: str) -> dict:
 # -- files ------------------------------------------------------------------------------------------
 def calibration_path(name_or_path: str) -> Path:
     """A shipped calibration name (`cpu-local`) or a path to a .json file; KeyError says what exists."""
-    candidate = Path(name_or_path)
-    if candidate.suffix == ".json":
-        if not candidate.is_file():
-            raise KeyError(f"calibration file {name_or_path!r} does not exist")
-        return candidate
-    path = CALIBRATION_DIR / f"{name_or_path}.json"
-    if not path.is_file():
-        valid = sorted(p.stem for p in CALIBRATION_DIR.glob("*.json"))
-        raise KeyError(f"unknown calibration {name_or_path!r}; valid: {', '.join(valid)} or a path to a .json file")
-    return path
+    return resolve_data_file(name_or_path, CALIBRATION_DIR, (".json",), "calibration")
 
 
 def load_calibration(path: Path, dtype: str | None = None) -> dict:

@@ -12,18 +12,25 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def resolve_data_file(name_or_path: str, directory: Path, suffixes: tuple[str, ...] = (".yaml", ".yml"),
+                      what: str = "preset") -> Path:
+    """A shipped data file by name (`h800` -> directory/h800.yaml) or a path to one; KeyError says
+    what exists."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in suffixes:
+        if not candidate.is_file():
+            raise KeyError(f"{what} file {name_or_path!r} does not exist")
+        return candidate
+    path = directory / f"{name_or_path}{suffixes[0]}"
+    if not path.is_file():
+        valid = sorted(p.stem for p in directory.glob(f"*{suffixes[0]}"))
+        raise KeyError(f"unknown {what} {name_or_path!r}; valid: {', '.join(valid)} or a path to a {suffixes[0]} file")
+    return path
+
+
 def preset_path(name_or_path: str, preset_dir: Path = PRESET_DIR) -> Path:
     """Resolve a preset name (`h800`) or a path to a YAML file; KeyError lists the valid names."""
-    candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml"):
-        if not candidate.is_file():
-            raise KeyError(f"file {name_or_path!r} does not exist")
-        return candidate
-    path = preset_dir / f"{name_or_path}.yaml"
-    if not path.is_file():
-        valid = sorted(p.stem for p in preset_dir.glob("*.yaml"))
-        raise KeyError(f"unknown preset {name_or_path!r}; valid: {', '.join(valid)} or a path to a .yaml file")
-    return path
+    return resolve_data_file(name_or_path, preset_dir)
 
 
 def load_yaml_mapping(path: Path) -> dict:

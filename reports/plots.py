@@ -84,10 +84,7 @@ def _line_figure(table, x, others, title, panels, path: Path) -> Path:
         if ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize=8)
     _title(fig, title, table, x)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _breakdown_figure(table, x, others, title, path: Path) -> Path:
@@ -112,10 +109,7 @@ def _breakdown_figure(table, x, others, title, path: Path) -> Path:
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     _title(fig, title, table, x)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def scaling_plots(table: pd.DataFrame, axes: list[str], out_dir: Path, scenario: str = "") -> dict[str, Path]:
@@ -150,3 +144,10 @@ def scaling_plots(table: pd.DataFrame, axes: list[str], out_dir: Path, scenario:
                                        out_dir / "load_imbalance.png"),
     }
     return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
