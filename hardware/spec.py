@@ -49,6 +49,9 @@ class ClusterSpec:
     ib: LinkSpec  # per GPU NIC, per direction, rail-optimised fabric
     ib_cross_rail_latency_s: float  # a path through the spine (other rail or other leaf)
     spine_oversubscription: float  # 1 = non-blocking spine
+    # Software-stack terms of this system, each fitted on one named validation case (see presets):
+    ll_kernel_overhead_s: float = 0.0  # per DeepEP low-latency call, beyond bandwidth and latency
+    direct_alltoall_efficiency: float = 1.0  # NCCL all-to-all rate / the link's achievable rate
 
     @property
     def num_gpus(self) -> int:
@@ -61,7 +64,7 @@ HARDWARE_FIELDS = (
     "num_sms", "matmul_efficiency", "memory_efficiency", "kernel_launch_us",
     "nvlink_gb_per_s", "nvlink_efficiency", "nvlink_latency_us",
     "ib_gbit_per_s", "ib_efficiency", "ib_latency_us", "ib_cross_leaf_latency_us",
-    "spine_oversubscription",
+    "spine_oversubscription", "ll_kernel_overhead_us", "direct_alltoall_efficiency",
 )
 
 
@@ -89,4 +92,6 @@ def cluster_from_fields(name: str, num_nodes: int, fields: dict) -> ClusterSpec:
                     fields["ib_latency_us"] * US),
         ib_cross_rail_latency_s=fields["ib_cross_leaf_latency_us"] * US,
         spine_oversubscription=fields["spine_oversubscription"],
+        ll_kernel_overhead_s=fields["ll_kernel_overhead_us"] * US,
+        direct_alltoall_efficiency=fields["direct_alltoall_efficiency"],
     )

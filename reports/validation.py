@@ -19,11 +19,12 @@ def validation_table(rows: list[dict], stats: dict) -> Table:
         if r["predicted"] is None:
             table.add_row(r["case"], r["metric"], f"{r['published']:g}{unit}", "-", r["status"])
             continue
+        fit = " (fitted here)" if r["status"].startswith("fit") else ""
         table.add_row(r["case"], r["metric"], f"{r['published']:g}{unit}", f"{r['predicted']:.4g}{unit}",
-                      f"{r['error_pct']:+.1f} %")
+                      f"{r['error_pct']:+.1f} %{fit}")
     if stats["num_predicted"]:
         table.caption = (f"median |error| {stats['median_abs_error_pct']:.1f} %, worst {stats['worst_abs_error_pct']:.1f} %"
-                         f" over {stats['num_predicted']} metrics")
+                         f" over the {stats['num_predicted']} metrics nothing was fitted on")
     return table
 
 

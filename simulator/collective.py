@@ -141,11 +141,12 @@ class Collective:
     """
 
     def __init__(self, env: simpy.Environment, network: Network, group: np.ndarray, build, owner_is_sender: bool,
-                 setup_s: float):
+                 setup_s: float, protocol_efficiency: float = 1.0):
         self.env, self.network, self.group = env, network, group
         self._build = build  # () -> Paths in the direction of the flows, built at start
         self.owner_is_sender = owner_is_sender
         self.setup_s = setup_s
+        self.protocol_efficiency = protocol_efficiency
         p = len(group)
         self.arrived_s = np.full(p, np.nan)
         self.start_s = np.nan
@@ -187,7 +188,8 @@ class Collective:
         np.maximum.at(self._owner_latency, paths.pair_owner, paths.pair_latency_s)
         for i in np.nonzero(~has_flow | (self._peer_pending == 0))[0]:
             self._maybe_done(int(i))
-        self.network.add(FlowBatch(paths.entry_flow, paths.entry_port, paths.entry_bytes, p, self._flows_done))
+        self.network.add(FlowBatch(paths.entry_flow, paths.entry_port, paths.entry_bytes, p, self._flows_done,
+                                   self.protocol_efficiency))
 
     def _flows_done(self, owners: np.ndarray, now: float) -> None:
         paths = self._paths

@@ -83,11 +83,12 @@ class Run:
     def _setup_latency_s(self) -> float:
         """Time from the last GPU reaching a collective to its first byte: the comm kernel's launch,
         plus, for normal-mode kernels, the notify round that exchanges per-destination counts (one
-        path latency). Low-latency kernels send without a notify round."""
+        path latency). Low-latency kernels send without a notify round but pay the system's fitted
+        per-call overhead (hardware.ll_kernel_overhead_us)."""
         spec = self.s.cluster
         launch = spec.gpu.kernel_launch_s
         if self.s.network.all_to_all == "low_latency":
-            return launch
+            return launch + spec.ll_kernel_overhead_s
         if self.s.parallel.ep_size > spec.gpus_per_node:
             rail_latency = spec.ib_cross_rail_latency_s if self.s.network.all_to_all == "direct" else spec.ib.latency_s
             return launch + rail_latency
@@ -109,7 +110,8 @@ class Run:
                 paths = build_paths(s.network.all_to_all, traffic, num_bytes, gpus, self.topology)
                 return paths if owner_sends else mirrored(paths, self.topology)
 
-            coll = Collective(self.env, self.network, gpus, build, owner_sends, self.setup_s)
+            efficiency = s.cluster.direct_alltoall_efficiency if s.network.all_to_all == "direct" else 1.0
+            coll = Collective(self.env, self.network, gpus, build, owner_sends, self.setup_s, efficiency)
             self.collectives[key] = coll
         return coll
 

@@ -28,6 +28,9 @@ class FlowBatch:
     entry_bytes: np.ndarray  # float, bytes this flow puts through that port
     num_flows: int
     on_done: Callable[[np.ndarray, float], None]  # (finished flow indices, time) -> None
+    # Useful bytes per byte of port capacity the protocol uses (NCCL all-to-all < 1): the flows load
+    # their ports 1/efficiency times their own rate; bytes carried are still the useful bytes.
+    protocol_efficiency: float = 1.0
     flow_size: np.ndarray = field(init=False)  # the flow's own measure: its largest per-port bytes
 
     def __post_init__(self):
@@ -140,7 +143,8 @@ class Network:
             keep = batch.entry_bytes > 0
             flows.append(index[batch.entry_flow[keep]])
             ports.append(batch.entry_port[keep])
-            weights.append(batch.entry_bytes[keep] / batch.flow_size[batch.entry_flow[keep]])
+            weights.append(batch.entry_bytes[keep] / batch.flow_size[batch.entry_flow[keep]]
+                           / batch.protocol_efficiency)
             remaining.append(batch.flow_size[present])
             batch_of.append(np.full(len(present), b))
             local.append(present)

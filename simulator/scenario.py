@@ -53,6 +53,8 @@ class HardwareSection(_Section):
     ib_latency_us: float = NonNeg
     ib_cross_leaf_latency_us: float = NonNeg
     spine_oversubscription: float = Field(ge=1)
+    ll_kernel_overhead_us: float = Field(default=0.0, ge=0)
+    direct_alltoall_efficiency: float = Field(default=1.0, gt=0, le=1)
     calibration: Optional[str] = None  # a shipped calibration name or a .json path; None = roofline
 
 

@@ -30,6 +30,13 @@ def test_every_predicted_metric_has_a_recorded_error():
             assert f"{case['id']} / {metric['name']}" in baseline
 
 
+def test_metrics_a_parameter_was_fitted_on_count_in_no_statistic():
+    rows = [r for case in select(load_cases(), ["deepep-low-latency-ep8"]) for r in run_case(case)]
+    fitted = [r for r in rows if r.status.startswith("fit")]
+    assert len(fitted) == 1 and fitted[0].metric == "dispatch latency"
+    assert summary_stats(rows)["num_predicted"] == len(rows) - 1
+
+
 def test_pending_cases_say_why_and_count_in_no_statistic():
     rows = run_case(next(c for c in load_cases() if "pending" in c))
     assert all(r.predicted is None and r.status for r in rows)
@@ -38,12 +45,12 @@ def test_pending_cases_say_why_and_count_in_no_statistic():
 
 def test_alltoall_busbw_is_algbw_times_n_minus_1_over_n():
     [row] = run_case(select(load_cases(), ["nccl-alltoall-h100-8gpu"])[0])
-    # a uniform NVLink all-to-all: each rank moves 7/8 of its buffer over its port at the achievable rate,
-    # so busbw = rate (plus a small launch/latency term)
+    # a uniform NVLink all-to-all: each rank moves 7/8 of its buffer over its port at the achievable
+    # rate times NCCL's all-to-all efficiency, so busbw = that rate (less a small launch/latency term)
     from simulator.scenario import build_scenario
     case = select(load_cases(), ["nccl-alltoall-h100-8gpu"])[0]
     s = build_scenario({"name": "x", **case["scenario"]})
-    rate = s.cluster.nvlink.achievable_bytes_per_s / 1e9
+    rate = s.cluster.nvlink.achievable_bytes_per_s * s.cluster.direct_alltoall_efficiency / 1e9
     assert row.predicted == pytest.approx(rate, rel=0.02)
     assert row.predicted < rate
 

@@ -31,7 +31,7 @@ class Row:
     published: float
     predicted: float | None
     error_pct: float | None
-    status: str  # "ok" or why it was not predicted
+    status: str  # "ok", "fit: <parameter>" (a parameter was fitted on it), or why it was not predicted
 
     @property
     def key(self) -> str:
@@ -109,8 +109,9 @@ def run_case(case: dict) -> list[Row]:
     rows = []
     for m in case["metrics"]:
         predicted = float(QUANTITIES[m["quantity"]](result, m))
+        status = f"fit: {m['fitted']}" if "fitted" in m else "ok"
         rows.append(Row(case["id"], m["name"], m["unit"], m["published"], predicted,
-                        (predicted / m["published"] - 1) * 100, "ok"))
+                        (predicted / m["published"] - 1) * 100, status))
     return rows
 
 
@@ -121,7 +122,8 @@ def select(cases: list[dict], patterns: list[str] | None) -> list[dict]:
 
 
 def summary_stats(rows: list[Row]) -> dict:
-    errs = np.array([abs(r.error_pct) for r in rows if r.error_pct is not None])
+    """Median and worst |error| over the metrics nothing was fitted on."""
+    errs = np.array([abs(r.error_pct) for r in rows if r.status == "ok"])
     if errs.size == 0:
         return {"median_abs_error_pct": None, "worst_abs_error_pct": None, "num_predicted": 0}
     return {"median_abs_error_pct": float(np.median(errs)), "worst_abs_error_pct": float(errs.max()),
