@@ -9,17 +9,12 @@ import pytest
 import yaml
 
 import simulator
+from tests.conftest import tiny_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Two nodes of four GPUs running the tiny model: the whole CLI path in about a second.
-TINY = {
-    "name": "cli-tiny",
-    "hardware": {"preset": "h100-seed", "nodes": 2, "gpus_per_node": 4},
-    "model": {"preset": "tiny-moe"},
-    "parallel": {"ep_size": 8},
-    "workload": {"mode": "train", "tokens_per_gpu": 128, "micro_batches": 2},
-}
+TINY = tiny_dict(name="cli-tiny", hardware={"preset": "h100-seed"}, workload={"tokens_per_gpu": 128})
 
 CONTRACT_FIELDS = (
     "scenario", "num_gpus", "step_time_s", "mfu", "model_tflops_per_gpu", "tokens_per_s",
