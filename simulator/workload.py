@@ -38,7 +38,8 @@ def batch_limit(s, num_chunks: int) -> tuple[int, int, int]:
     """
     h = s.model.hidden_size
     per_token = token_bytes(s.network.dispatch_dtype, h, s.network.all_to_all) + token_bytes(s.network.combine_dtype, h, s.network.all_to_all)
-    free = memory_per_gpu(s)["hbm_bytes"] - memory_per_gpu(s)["static_bytes"]
+    mem = memory_per_gpu(s)
+    free = mem["hbm_bytes"] - mem["static_bytes"]
     limit = int(free // per_token)
     available = math.ceil(s.workload.tokens_per_gpu / num_chunks) * s.parallel.ep_size
     batch = min(available, limit)
