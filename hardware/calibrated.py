@@ -187,14 +187,22 @@ class CalibratedCompute:
         # Published rates have no measured grid: the roofline with those rates is the whole model.
         self.published = self.fit["form"] == "roofline"
         if self.published:
-            self.fallback = RooflineCompute(replace(
-                gpu, matmul_efficiency=self.fit["flop_per_s"] / gpu.peak_flop_per_s(dtype),
-                memory_efficiency=self.fit["bytes_per_s"] / gpu.hbm_bytes_per_s,
-                kernel_launch_s=self.fit["overhead_s"]), dtype)
+            self.fallback = self._published_roofline(gpu, dtype, self.fit)
+            # Attention cores run in BF16 whatever the GEMM dtype: time them at the file's BF16 rate.
+            bf16 = data["fits"].get("bf16")
+            self.core_model = (self._published_roofline(gpu, "bf16", bf16)
+                               if bf16 is not None and bf16["form"] == "roofline" else self.fallback)
         elif dtype == "fp32":
             self.fallback = Fp32Roofline(gpu, self.fit["best_gemm_flop_per_s"])
         else:
             self.fallback = RooflineCompute(gpu, dtype)
+
+    @staticmethod
+    def _published_roofline(gpu: GPUSpec, dtype: str, fit: dict) -> RooflineCompute:
+        return RooflineCompute(replace(
+            gpu, matmul_efficiency=fit["flop_per_s"] / gpu.peak_flop_per_s(dtype),
+            memory_efficiency=fit["bytes_per_s"] / gpu.hbm_bytes_per_s,
+            kernel_launch_s=fit["overhead_s"]), dtype)
 
     def describe(self) -> dict:
         return {
@@ -258,8 +266,10 @@ class CalibratedCompute:
 
     def attention_core_s(self, flop: float, num_bytes: float) -> float:
         """Not benchmarked: the roofline of the fitted GEMM rate and the fitted streaming rate."""
-        if flop <= 0 or self.published:
-            return self.fallback.attention_core_s(flop, num_bytes)
+        if flop <= 0:
+            return 0.0
+        if self.published:
+            return self.core_model.attention_core_s(flop, num_bytes)
         block, gemm = self.fit["expert_block"], self.fit["gemm"]
         return (max(flop * (gemm["s_per_flop"] or 1.0 / self.fit["best_gemm_flop_per_s"]),
                     num_bytes * block["s_per_act_byte"]) + gemm["overhead_s"])

@@ -246,3 +246,13 @@ def test_real_moe_layer_is_predicted_within_a_loose_bound():
     from real_moe_check import check
     row = check(("test", 256, 512, 8, 2, 512, "uniform"), "cpu-local", reps=3)
     assert 1 / 3 < row["epsim_s"] / row["measured_s"] < 3
+
+
+def test_attention_core_runs_at_the_bf16_rate_when_gemms_use_fp8():
+    from hardware.calibrated import compute_model
+    s = make_scenario(workload={"gemm_dtype": "fp8"})
+    model = compute_model(s.cluster.gpu, "fp8", s.calibration_path)
+    bf16_rate = 794.5e12  # the shipped h100-sxm file's published BF16 matmul rate
+    flop = 1e12
+    assert model.attention_core_s(flop, 0.0) == pytest.approx(flop / bf16_rate + s.cluster.gpu.kernel_launch_s)
+    assert model.gemm_s(8192, 8192, 8192) < 2 * 8192**3 / bf16_rate  # while the GEMMs use FP8
