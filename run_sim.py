@@ -142,12 +142,12 @@ TERMINAL_HIDDEN = ("dispatch (MB/GPU)", "combine (MB/GPU)", "dispatch (ms)", "co
 
 
 def _print_sweep(table, axis_keys, files, plots, counts, num_skipped, wall_s) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from reports.report import display_table
+    from reports.table import wide_console
 
-    console = Console() if Console().is_terminal else Console(width=160)
+    console = wide_console(160)
     shown = display_table(table, axis_keys)
     shown = shown[[c for c in shown.columns if c not in TERMINAL_HIDDEN]]
     view = Table(title="sweep", title_justify="left")

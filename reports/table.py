@@ -46,11 +46,15 @@ def summary_tables(summary: dict) -> list[Table]:
     return [head, coll]
 
 
+def wide_console(width: int) -> Console:
+    """The terminal as it is, or, when output is piped or logged, `width` columns instead of
+    rich's default 80, so tables are not squeezed."""
+    console = Console()
+    return console if console.is_terminal else Console(width=width)
+
+
 def print_summary(summary: dict, files: dict | None = None, console: Console | None = None) -> None:
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # piped or logged: do not squeeze the columns to 80
-            console = Console(width=120)
+    console = console or wide_console(120)
     for table in summary_tables(summary):
         console.print(table)
     for name, path in (files or {}).items():

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from rich.console import Console
 from rich.table import Table
 
 from reports.files import write_atomic
+from reports.table import wide_console
 
 
 def validation_table(rows: list[dict], stats: dict) -> Table:
@@ -29,9 +29,7 @@ def validation_table(rows: list[dict], stats: dict) -> Table:
 
 
 def print_validation(rows: list[dict], stats: dict, files: dict | None = None) -> None:
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=140)
+    console = wide_console(140)
     console.print(validation_table(rows, stats))
     for name, path in (files or {}).items():
         console.print(f"{name}: {path}")
