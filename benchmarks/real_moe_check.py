@@ -1,6 +1,6 @@
 """A real single-process torch MoE layer timed on this CPU, next to epsim's prediction on cpu-local.
 
-    flock /tmp/epsim-bench.lock python benchmarks/real_moe_check.py [--calibration FILE] [--reps N]
+    flock /tmp/epsim-bench.lock python benchmarks/real_moe_check.py [--calibration FILE] [--fresh FILE]
 
 The layer is written independently of the calibration benchmark, with the fused gate+up weight
 ([hidden, 2 x intermediate]) that vLLM, Megatron and DeepSeek's inference code use: router GEMM,
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -76,16 +75,6 @@ class MoELayer:
         return torch.zeros_like(x).index_add_(0, src, ys)
 
 
-def time_layer(layer: MoELayer, x, reps: int) -> dict:
-    """The calibration's timing harness: warm-ups, medians, rounds repeated while contended."""
-    import torch
-
-    from hardware.calibration import time_call
-
-    with torch.inference_mode():
-        return time_call(lambda: layer(x), "cpu", warmup=2, reps=reps)
-
-
 def scenario_dict(name: str, hidden: int, intermediate: int, experts: int, top_k: int, tokens: int, routing: str,
                   calibration: str) -> dict:
     return {
@@ -102,49 +91,115 @@ def scenario_dict(name: str, hidden: int, intermediate: int, experts: int, top_k
     }
 
 
-def check(config: tuple, calibration: str, reps: int) -> dict:
-    """Measure one configuration and predict it two ways; returns the row of the table."""
-    import torch
-
+def predict(config: tuple, calibration: str, x, layer: MoELayer) -> dict:
+    """epsim's prediction of one configuration, two ways: the simulated layer (epsim's own routing of
+    the same distribution) and the compute model on the real layer's own tokens per expert."""
     from hardware.calibrated import compute_model
     from simulator.api import run_scenario
     from simulator.scenario import build_scenario
 
     name, hidden, intermediate, experts, top_k, tokens, routing = config
-    layer = MoELayer(hidden, intermediate, experts, top_k, routing)
-    x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(1))
-    timing = time_layer(layer, x, reps)
-    measured = timing["median_s"]
     scenario = build_scenario(scenario_dict(*config, calibration))
     summary, _ = run_scenario(scenario)
     model = compute_model(scenario.cluster.gpu, "fp32", scenario.calibration_path)
     counts = np.bincount(layer.route(x)[0].reshape(-1).numpy(), minlength=experts)
     same_routing = model.gemm_s(tokens, experts, hidden) + model.expert_ffn_s(counts, hidden, intermediate)
-    return {"config": name, "measured_s": measured, "epsim_s": summary["step_time_s"], "same_routing_s": same_routing,
-            "error": summary["step_time_s"] / measured - 1.0, "same_routing_error": same_routing / measured - 1.0,
-            "others_cpu_share": timing["others_cpu_share"], "out_of_range": summary["provenance"]["compute_model"].get("out_of_range", [])}
+    return {"epsim_s": summary["step_time_s"], "same_routing_s": same_routing,
+            "out_of_range": summary["provenance"]["compute_model"].get("out_of_range", [])}
+
+
+class Layers:
+    """The configurations' layers and inputs, timed one round per call of `time_pass` in a shuffled
+    order (the calibration's passes: a shared VM's speed wanders over tens of seconds, and spreading
+    each layer's rounds over the whole run averages it out)."""
+
+    def __init__(self, configs: tuple, reps: int, seed: int = 0):
+        import torch
+
+        self.configs, self.reps = configs, reps
+        self.layers = [MoELayer(h, i, e, k, routing) for _, h, i, e, k, _, routing in configs]
+        self.inputs = [torch.randn(c[5], c[1], generator=torch.Generator().manual_seed(1)) for c in configs]
+        self.rounds = [[] for _ in configs]
+        self.rng = np.random.default_rng(seed)
+
+    def time_pass(self, _index: int = 0) -> None:
+        import torch
+
+        from hardware.calibration import time_round
+
+        with torch.inference_mode():
+            for j in self.rng.permutation(len(self.configs)):
+                layer, x = self.layers[j], self.inputs[j]
+                self.rounds[j].append(time_round(lambda: layer(x), "cpu", warmup=1, reps=self.reps))
+
+    def rows(self, calibrations: list[str]) -> list[dict]:
+        """Measured timing next to each calibration's prediction (errors: prediction / measured - 1)."""
+        from hardware.calibration import combine_rounds
+
+        out = []
+        for config, layer, x, rounds in zip(self.configs, self.layers, self.inputs, self.rounds):
+            timing = combine_rounds(rounds)
+            row = {"config": config[0], "measured_s": timing["median_s"], "spread": timing["spread"],
+                   "others_cpu_share": timing["others_cpu_share"], "predictions": {}}
+            for cal in calibrations:
+                p = predict(config, cal, x, layer)
+                p["error"] = p["epsim_s"] / timing["median_s"] - 1.0
+                p["same_routing_error"] = p["same_routing_s"] / timing["median_s"] - 1.0
+                row["predictions"][cal] = p
+            out.append(row)
+        return out
+
+
+def check(config: tuple, calibration: str, reps: int = 3, passes: int = 3) -> dict:
+    """One configuration measured in `passes` rounds and predicted with `calibration`."""
+    layers = Layers((config,), reps)
+    for p in range(passes):
+        layers.time_pass(p)
+    row = layers.rows([calibration])[0]
+    return {**row, **row["predictions"][calibration]}
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calibration", default="cpu-local")
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--calibration", default="cpu-local", help="shipped name or file to predict with")
+    parser.add_argument("--passes", type=int, default=5, help="rounds per layer, spread over the run")
+    parser.add_argument("--reps", type=int, default=3, help="timed calls per round")
+    parser.add_argument("--fresh", metavar="FILE",
+                        help="also calibrate now, the layers' rounds interleaved between the calibration's "
+                             "passes, write the calibration to FILE and predict with it too")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, calibration {args.calibration}")
-    print(f"{'config':<22}{'h':>6}{'I':>6}{'E':>4}{'k':>3}{'T':>6} {'routing':<8}"
-          f"{'measured':>10}{'epsim':>10}{'err':>8}{'same-route':>12}{'err':>8}{'others':>8}")
-    worst = 0.0
-    for config in CONFIGS:
-        row = check(config, args.calibration, args.reps)
-        worst = max(worst, abs(row["error"]))
-        print(f"{config[0]:<22}{config[1]:>6}{config[2]:>6}{config[3]:>4}{config[4]:>3}{config[5]:>6} {config[6]:<8}"
-              f"{row['measured_s'] * 1e3:>8.1f}ms{row['epsim_s'] * 1e3:>8.1f}ms{row['error']:>+8.1%}"
-              f"{row['same_routing_s'] * 1e3:>10.1f}ms{row['same_routing_error']:>+8.1%}{row['others_cpu_share']:>8.0%}"
-              + (f"  out of range: {row['out_of_range']}" if row["out_of_range"] else ""))
-    print(f"worst |error| {worst:.1%} (target <= 15 %); 'others': CPU share other processes took while timing")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    layers = Layers(CONFIGS, args.reps)
+    calibrations = [args.calibration]
+    if args.fresh:
+        from hardware.calibration import run_calibration, write_calibration
+
+        data = run_calibration("cpu", between_passes=layers.time_pass)
+        write_calibration(args.fresh, data)
+        print(f"fresh calibration: {args.fresh} ({data['benchmark_wall_s']:.0f} s, {data['plan']['passes']} passes, "
+              "layers timed between them)")
+        calibrations.append(args.fresh)
+    else:
+        for p in range(args.passes):
+            layers.time_pass(p)
+    rows = layers.rows(calibrations)
+    for cal in calibrations:
+        print(f"\ncalibration {cal}")
+        print(f"{'config':<22}{'h':>6}{'I':>6}{'E':>4}{'k':>3}{'T':>6} {'routing':<8}"
+              f"{'measured':>10}{'spread':>8}{'epsim':>10}{'err':>8}{'same-route':>12}{'err':>8}")
+        worst = 0.0
+        for config, row in zip(CONFIGS, rows):
+            p = row["predictions"][cal]
+            worst = max(worst, abs(p["error"]))
+            print(f"{config[0]:<22}{config[1]:>6}{config[2]:>6}{config[3]:>4}{config[4]:>3}{config[5]:>6} "
+                  f"{config[6]:<8}{row['measured_s'] * 1e3:>8.1f}ms{row['spread']:>8.0%}{p['epsim_s'] * 1e3:>8.1f}ms"
+                  f"{p['error']:>+8.1%}{p['same_routing_s'] * 1e3:>10.1f}ms{p['same_routing_error']:>+8.1%}"
+                  + (f"  out of range: {p['out_of_range']}" if p["out_of_range"] else ""))
+        print(f"worst |error| {worst:.1%} (target <= 15 %)")
+    print("spread: (max - min) / median of a layer's rounds, how far the machine's speed wandered")
     return 0
 
 

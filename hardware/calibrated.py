@@ -27,14 +27,15 @@ from hardware.compute import BF16_BYTES, RooflineCompute
 from hardware.presets import resolve_data_file
 from hardware.spec import GPUSpec
 
-SCHEMA = "epsim-calibration/1"
+SCHEMA = "epsim-calibration/2"
 CONTENDED_CPU_SHARE = 0.25  # other processes' share of the CPUs above which a timing is left out
 CALIBRATION_DIR = Path(__file__).parent / "calibrations"
 ELEMENT_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp32": 4.0}
 GEMM_TERMS = ("overhead_s", "s_per_weight_byte_gemv", "s_per_weight_byte_gemm", "s_per_flop",
-              "s_per_flop_sqrt_m")
+              "s_per_flop_sqrt_m", "s_per_flop_narrow_n")
+NARROW_N = 16  # GEMMs with fewer output columns than one micro-kernel tile run another, slower path
 BLOCK_TERMS = ("layer_overhead_s", "expert_overhead_s", "s_per_weight_byte_gemv", "s_per_weight_byte_gemm",
-               "s_per_flop", "s_per_flop_sqrt_m", "s_per_act_byte", "s_per_permute_byte")
+               "s_per_flop", "s_per_flop_sqrt_m", "s_per_act_byte", "s_per_permute_byte", "s_per_fault_byte")
 
 
 # -- features: what a kernel does, shared by the fit and the prediction ---------------------------
@@ -50,27 +51,53 @@ def _weight_and_flop_terms(m: np.ndarray, weight_bytes: np.ndarray, flop: np.nda
 
 
 def gemm_features(m, n: int, k: int, elem_bytes: float) -> np.ndarray:
-    """GEMM_TERMS features of [m, k] x [k, n] GEMMs; an array m gives one row each."""
+    """GEMM_TERMS features of [m, k] x [k, n] GEMMs; an array m gives one row each. A narrow GEMM
+    (n < NARROW_N: a router over a few experts) has its FLOP on their own rate: CPU BLAS runs it
+    without the vectorised micro-kernel (5x slower per FLOP at n = 8 than at n = 16 here)."""
     scalar = np.ndim(m) == 0
     m = np.atleast_1d(np.asarray(m, dtype=np.float64))
-    terms = _weight_and_flop_terms(m, np.full(m.shape, k * n * elem_bytes), 2.0 * m * n * k)
-    out = np.concatenate([np.ones((m.size, 1)), terms], axis=1)
+    flop = 2.0 * m * n * k
+    narrow = n < NARROW_N
+    terms = _weight_and_flop_terms(m, np.full(m.shape, k * n * elem_bytes), 0.0 * flop if narrow else flop)
+    out = np.concatenate([np.ones((m.size, 1)), terms, (flop if narrow else 0.0 * flop)[:, None]], axis=1)
     return out[0] if scalar else out
 
 
+def block_allocations(m: np.ndarray, hidden_size: int, intermediate_size: int, elem_bytes: float,
+                      permute: bool, ffn: bool) -> np.ndarray:
+    """Bytes of each fresh tensor one call of the block allocates (calibration.expert_block): the
+    gathered rows, the output of each expert's FFN and the weighted rows (permute); per expert the
+    gate+up product, SiLU(gate), SiLU(gate) x up and the down projection's output (ffn)."""
+    h, i = hidden_size, intermediate_size
+    sizes = []
+    if permute:
+        rows = float(m.sum()) * h * elem_bytes
+        sizes += [rows, rows] + ([rows] if ffn else [])
+    if ffn:
+        sizes += [*(2.0 * m * i * elem_bytes), *(m * i * elem_bytes), *(m * i * elem_bytes), *(m * h * elem_bytes)]
+    return np.asarray(sizes)
+
+
 def block_features(tokens_per_expert, hidden_size: int, intermediate_size: int, elem_bytes: float,
-                   permute: bool = True) -> np.ndarray:
-    """The SwiGLU expert block's terms, in BLOCK_TERMS order, summed over active experts."""
+                   permute: bool = True, ffn: bool = True, fault_threshold: float | None = None) -> np.ndarray:
+    """The SwiGLU expert block's terms, in BLOCK_TERMS order, summed over active experts.
+
+    `ffn=False` is the block without its experts (the permute-only kernel the calibration times).
+    `fault_threshold`: allocations of at least this many bytes get fresh pages from the OS on every
+    call (glibc serves them by mmap), so each of their bytes pays a page fault; None: no such cost."""
     m = np.asarray(tokens_per_expert, dtype=np.float64)
     m = m[m > 0]
     h, i = hidden_size, intermediate_size
     total = float(m.sum())
+    on = 1.0 if ffn else 0.0
     flop = 6.0 * m * h * i  # per expert: gate+up 2 m h (2i), down 2 m i h
     weights = np.full(m.shape, 3.0 * h * i * elem_bytes)
-    terms = _weight_and_flop_terms(m, weights, flop).sum(axis=0)
-    act_bytes = 3.0 * total * i * elem_bytes  # read gate and up, write their product
-    permute_bytes = 4.0 * total * h * elem_bytes  # gather (read + write) and weighted combine (read + write)
-    return np.array([1.0 if permute else 0.0, float(m.size), *terms, act_bytes, permute_bytes if permute else 0.0])
+    terms = _weight_and_flop_terms(m, weights, flop).sum(axis=0) * on
+    act_bytes = 3.0 * total * i * elem_bytes * on  # read gate and up, write their product
+    permute_bytes = 4.0 * total * h * elem_bytes if permute else 0.0  # gather and weighted combine, read + write
+    allocs = block_allocations(m, h, i, elem_bytes, permute, ffn)
+    fault_bytes = float(allocs[allocs >= fault_threshold].sum()) if fault_threshold else 0.0
+    return np.array([1.0 if permute else 0.0, float(m.size) * on, *terms, act_bytes, permute_bytes, fault_bytes])
 
 
 def fit_nonnegative(features: np.ndarray, times_s: np.ndarray) -> np.ndarray:
@@ -95,23 +122,34 @@ def fit_nonnegative(features: np.ndarray, times_s: np.ndarray) -> np.ndarray:
 
 
 def uncontended(measurements: list[dict]) -> list[dict]:
-    """Measurements during which this process had its cores (see calibration.time_call)."""
+    """Measurements during which this process had its cores (see calibration.time_round)."""
     return [r for r in measurements if r.get("others_cpu_share", 0.0) <= CONTENDED_CPU_SHARE]
 
 
-def fit_dtype(measurements: list[dict], dtype: str, block_impl: str) -> dict:
+def block_rows(measurements: list[dict], block_impl: str) -> list[dict]:
+    """The rows the expert-block fit uses: the block in `block_impl` and the permute-only kernel."""
+    return [r for r in measurements if r["kind"] == "permute"
+            or (r["kind"] == "expert_block" and r["impl"] == block_impl)]
+
+
+def row_block_features(r: dict, elem_bytes: float, fault_threshold: float | None) -> np.ndarray:
+    return block_features(r["tokens_per_expert"], r["hidden_size"], r.get("intermediate_size", 0), elem_bytes,
+                          ffn=r["kind"] == "expert_block", fault_threshold=fault_threshold)
+
+
+def fit_dtype(measurements: list[dict], dtype: str, block_impl: str, fault_threshold: float | None = None) -> dict:
     """Fit the gemm and expert-block parameters of one dtype from raw measurements."""
     eb = ELEMENT_BYTES[dtype]
     measurements = uncontended(measurements)
     gemms = [r for r in measurements if r["kind"] == "gemm"]
-    blocks = [r for r in measurements if r["kind"] == "expert_block" and r["impl"] == block_impl]
+    rows = block_rows(measurements, block_impl)
+    blocks = [r for r in rows if r["kind"] == "expert_block"]
     if not gemms or not blocks:
         raise ValueError(f"need gemm and expert_block ({block_impl}) measurements to fit")
     g_coef = fit_nonnegative(np.array([gemm_features(r["m"], r["n"], r["k"], eb) for r in gemms]),
                              np.array([r["median_s"] for r in gemms]))
-    b_coef = fit_nonnegative(np.array([block_features(r["tokens_per_expert"], r["hidden_size"],
-                                                      r["intermediate_size"], eb) for r in blocks]),
-                             np.array([r["median_s"] for r in blocks]))
+    b_coef = fit_nonnegative(np.array([row_block_features(r, eb, fault_threshold) for r in rows]),
+                             np.array([r["median_s"] for r in rows]))
     tokens = [t for r in blocks for t in r["tokens_per_expert"] if t > 0]
     best_flop_per_s = max(2.0 * r["m"] * r["n"] * r["k"] / r["median_s"] for r in gemms)
     return {
@@ -119,6 +157,7 @@ def fit_dtype(measurements: list[dict], dtype: str, block_impl: str) -> dict:
         "block_impl": block_impl,
         "gemm": dict(zip(GEMM_TERMS, map(float, g_coef))),
         "expert_block": dict(zip(BLOCK_TERMS, map(float, b_coef))),
+        "page_fault_threshold_bytes": fault_threshold,
         "best_gemm_flop_per_s": best_flop_per_s,
         "valid_range": {
             "tokens_per_expert": [int(min(tokens)), int(max(tokens))],
@@ -156,6 +195,9 @@ def load_calibration(path: Path, dtype: str | None = None) -> dict:
         needed = {"additive": ("gemm", "expert_block", "valid_range", "best_gemm_flop_per_s"),
                   "roofline": ("flop_per_s", "bytes_per_s", "overhead_s")}[fit["form"]]
         missing = [key for key in needed if key not in fit]
+        if fit["form"] == "additive" and not missing:
+            missing = [f"{part}.{term}" for part, terms in (("gemm", GEMM_TERMS), ("expert_block", BLOCK_TERMS))
+                       for term in terms if term not in fit[part]]
         if missing:
             raise ValueError(f"calibration {path}: fits.{name} lacks {', '.join(missing)}")
     if dtype is not None and dtype not in fits:
@@ -284,7 +326,8 @@ class CalibratedCompute:
                             intermediate_size=intermediate_size):
             return self.fallback.expert_ffn_s(tokens, hidden_size, intermediate_size, permute)
         coef = np.array([self.fit["expert_block"][t] for t in BLOCK_TERMS])
-        return float(block_features(tokens, hidden_size, intermediate_size, self._eb, permute) @ coef)
+        return float(block_features(tokens, hidden_size, intermediate_size, self._eb, permute,
+                                    fault_threshold=self.fit.get("page_fault_threshold_bytes")) @ coef)
 
 
 def compute_model(gpu: GPUSpec, dtype: str, calibration: str | Path | None):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hardware.atomic import write_atomic
-from hardware.calibrated import SCHEMA, fit_dtype
+from hardware.calibrated import CONTENDED_CPU_SHARE, SCHEMA, fit_dtype
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 ZIPF_ALPHA = 1.2
@@ -38,11 +38,14 @@ class Plan:
     dtype: str
     block_shapes: tuple  # (hidden_size, intermediate_size, source)
     block_points: tuple  # (num_experts, top_k, num_tokens, distribution)
+    permute_points: tuple  # (hidden_size, num_tokens, top_k): the permute-only kernel, 16 experts
     gemm_shapes: tuple  # (n, k)
     gemm_tokens: tuple  # m values
     grouped_points: int  # how many block points (per shape) also run as one grouped GEMM
-    warmup: int
-    reps: int
+    passes: int  # sweeps over the whole grid, each in a fresh shuffled order
+    warmup: int  # untimed calls before each pass's timing of a point
+    reps: int  # timed calls per point per pass
+    drift_window_s: float  # rounds this close in time share the machine's speed (machine_speed)
     max_block_flop: float  # skip points above this many FLOP (keeps the CPU run short)
 
 
@@ -56,11 +59,17 @@ CPU_PLAN = Plan(
                   (16, 2, 128, "uniform"), (8, 2, 128, "balanced"), (8, 2, 256, "zipf"), (8, 2, 512, "balanced"),
                   (8, 2, 768, "zipf"), (8, 2, 1024, "uniform"), (4, 1, 1024, "uniform"), (4, 1, 2048, "zipf"),
                   (2, 1, 2048, "zipf"), (2, 1, 4096, "balanced")),
-    gemm_shapes=((8, 1024), (1024, 1024), (2048, 512), (512, 2048), (64, 256)),  # (8, 1024): a router
+    # Gathered rows from 1.5 to 96 MiB: across the last-level cache and glibc's 32 MiB mmap threshold.
+    permute_points=((384, 1024, 4), (768, 2048, 2), (768, 4096, 4), (1536, 1024, 2), (1536, 2048, 4),
+                    (2560, 1024, 8), (2560, 4096, 2)),
+    gemm_shapes=((8, 1024), (8, 2048), (1024, 1024), (2048, 512), (512, 2048), (256, 1024), (1536, 384),
+                 (64, 256)),  # n = 8: routers
     gemm_tokens=(1, 8, 64, 512, 2048),
     grouped_points=3,
-    warmup=2,
-    reps=7,
+    passes=7,
+    warmup=1,
+    reps=2,
+    drift_window_s=1.0,
     max_block_flop=12e9,
 )
 # CUDA: the presets' real expert shapes, tokens per expert 1 .. 8192.
@@ -69,11 +78,14 @@ CUDA_PLAN = Plan(
     block_shapes=((7168, 2048, "deepseek-v3"), (4096, 14336, "mixtral-8x7b"), (2048, 1408, "qwen-moe-like")),
     block_points=((32, 8, 128, "uniform"), (32, 8, 1024, "balanced"), (32, 8, 4096, "uniform"),
                   (32, 8, 16384, "zipf"), (8, 2, 32768, "balanced"), (4, 1, 32768, "uniform")),
+    permute_points=((7168, 4096, 8), (7168, 16384, 8), (4096, 32768, 2)),
     gemm_shapes=((256, 7168), (4096, 7168), (7168, 2048), (14336, 4096), (4096, 14336)),
     gemm_tokens=(1, 16, 128, 1024, 4096, 16384),
     grouped_points=6,
-    warmup=3,
-    reps=10,
+    passes=3,
+    warmup=2,
+    reps=5,
+    drift_window_s=1.0,
     max_block_flop=5e13,
 )
 PLANS = {"cpu": CPU_PLAN, "cuda": CUDA_PLAN}
@@ -90,7 +102,8 @@ def route(num_tokens: int, num_experts: int, top_k: int, distribution: str, rng:
 
 
 def expert_block(x, experts, gate_weights, w_gate_up, w_down, impl: str):
-    """One MoE layer's expert work: permute, SwiGLU per expert (loop or grouped), weighted combine."""
+    """One MoE layer's expert work: permute, SwiGLU per expert (loop or grouped), weighted combine.
+    impl "none" skips the experts (w_gate_up only gives their count): the permutation's own cost."""
     import torch
     import torch.nn.functional as F
 
@@ -100,7 +113,9 @@ def expert_block(x, experts, gate_weights, w_gate_up, w_down, impl: str):
     counts = torch.bincount(flat, minlength=w_gate_up.shape[0])
     src = order // top_k
     xs = x.index_select(0, src)
-    if impl == "grouped":
+    if impl == "none":  # the permute-only kernel: gather and weighted combine around no experts
+        ys = xs
+    elif impl == "grouped":
         offs = torch.cumsum(counts, 0).to(torch.int32)
         gate, up = torch._grouped_mm(xs, w_gate_up, offs=offs).chunk(2, dim=-1)
         ys = torch._grouped_mm(F.silu(gate) * up, w_down, offs=offs)
@@ -130,6 +145,19 @@ def pick_device(device: str) -> str:
     return torch.cuda.get_device_name(0) if device == "cuda" else cpu_name()
 
 
+def fault_threshold(device: str) -> float | None:
+    """Bytes from which a host allocation is a fresh mmap on every call (glibc's largest dynamic mmap
+    threshold on 64-bit, 32 MiB), so its pages fault each time; None where that does not happen
+    (GPU memory comes from torch's caching allocator)."""
+    if device != "cpu":
+        return None
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):
+        libc = ""
+    return float(32 << 20) if libc.startswith("glibc") else None
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -150,15 +178,9 @@ def others_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK") - time.process_time()
 
 
-def time_call(fn, device: str, warmup: int, reps: int, max_rounds: int = 3) -> dict:
-    """Median and spread of `reps` timings after `warmup` untimed calls.
-
-    On a shared machine a neighbour's process can take a core for seconds, and torch's thread
-    team then waits on the descheduled thread (10x slowdowns seen on a 2-core VM). A round is
-    repeated, up to `max_rounds`, while its spread (IQR / median) exceeds 15 % or other processes
-    used more than 10 % of the machine's CPUs meanwhile (`others_cpu_share`); the round with the
-    lowest median is kept, and the fit leaves out rounds that stayed contended.
-    """
+def time_round(fn, device: str, warmup: int, reps: int) -> dict:
+    """One round: `warmup` untimed calls, then `reps` timed ones; median, spread and the CPU share
+    other processes took meanwhile (`others_cpu_share`, from /proc/stat)."""
     import torch
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -166,29 +188,77 @@ def time_call(fn, device: str, warmup: int, reps: int, max_rounds: int = 3) -> d
     for _ in range(warmup):
         fn()
     sync()
-    best = None
-    for _ in range(max_rounds):
-        samples = []
-        others0, wall0 = others_busy_s(), time.perf_counter()
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            samples.append(time.perf_counter() - t0)
-        others = max(others_busy_s() - others0, 0.0) / ((time.perf_counter() - wall0) * num_cpus)
-        q = np.quantile(samples, [0.25, 0.5, 0.75])
-        round_ = {"median_s": float(q[1]), "iqr_s": float(q[2] - q[0]), "min_s": float(min(samples)),
-                  "max_s": float(max(samples)), "others_cpu_share": round(float(others), 3),
-                  "samples_s": [float(s) for s in samples]}
-        if best is None or round_["median_s"] < best["median_s"]:
-            best = round_
-        if round_["iqr_s"] <= 0.15 * round_["median_s"] and others <= 0.1:
-            break
-    return best
+    samples = []
+    others0, wall0 = others_busy_s(), time.perf_counter()
+    at = time.time()
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append(time.perf_counter() - t0)
+    others = max(others_busy_s() - others0, 0.0) / ((time.perf_counter() - wall0) * num_cpus)
+    return {"median_s": float(np.median(samples)), "others_cpu_share": round(float(others), 3),
+            "samples_s": [float(s) for s in samples], "at": at}
+
+
+def machine_speed(rounds: list[list[dict]], window_s: float, iterations: int = 4) -> list[list[float]]:
+    """How slow the machine ran during each round, relative to its median over the run (1.2: kernels
+    took 20 % longer then), estimated from all points together.
+
+    A shared VM slows down and speeds up by 10-30 % over seconds (benchmarks/noise_probe.py); the
+    GEMM-bound blocks that make most of the grid drift together, memory-bound kernels less so (on the
+    2-core VM: run-to-run scatter of the block medians 8.5 % -> 6.5 %, of the permute-only kernel
+    none better). Each pass times every point once in a shuffled order, so the
+    rounds within `window_s` / 2 of any round belong to many other points, and
+    log time(point, round) = log T(point) + log s(moment) separates: T is the median over a point's
+    rounds of time / s, s the median over the neighbouring rounds of other points of time / T
+    (alternated a few times), normalised to median 1 over the run."""
+    point = np.array([j for j, rs in enumerate(rounds) for _ in rs])
+    at = np.array([r["at"] for rs in rounds for r in rs])
+    y = np.log([r["median_s"] for rs in rounds for r in rs])
+    order = np.argsort(at, kind="stable")
+    lo = np.searchsorted(at[order], at - window_s / 2, side="left")
+    hi = np.searchsorted(at[order], at + window_s / 2, side="right")
+    neighbours = [order[a:b][point[order[a:b]] != point[n]] for n, (a, b) in enumerate(zip(lo, hi))]
+    log_s = np.zeros(y.size)
+    for _ in range(iterations):
+        base = np.array([np.median((y - log_s)[point == j]) for j in range(len(rounds))])
+        resid = y - base[point]
+        log_s = np.array([np.median(resid[nb]) if nb.size else 0.0 for nb in neighbours])
+        log_s -= np.median(log_s)
+    speeds, n = [], 0
+    for rs in rounds:
+        speeds.append([float(v) for v in np.exp(log_s[n:n + len(rs)])])
+        n += len(rs)
+    return speeds
+
+
+def combine_rounds(rounds: list[dict], speeds: list[float] | None = None) -> dict:
+    """One point's timing from its rounds (one per pass): the median of the rounds' medians, each
+    divided by the machine's speed at that moment (`machine_speed`; none: 1).
+
+    Rounds during which other processes took more than CONTENDED_CPU_SHARE of the CPUs are left out
+    while any other round remains; a point with only contended rounds keeps the least contended
+    share so the fit leaves it out. `spread` is (max - min) / median over the rounds' raw medians:
+    how far the machine's speed wandered between the passes."""
+    speeds = speeds or [1.0] * len(rounds)
+    clean = [n for n, r in enumerate(rounds) if r["others_cpu_share"] <= CONTENDED_CPU_SHARE] or range(len(rounds))
+    raw = np.array([rounds[n]["median_s"] for n in clean])
+    corrected = raw / np.array([speeds[n] for n in clean])
+    samples = np.concatenate([rounds[n]["samples_s"] for n in clean])
+    q = np.quantile(samples, [0.25, 0.75])
+    return {"median_s": float(np.median(corrected)), "raw_median_s": float(np.median(raw)),
+            "iqr_s": float(q[1] - q[0]), "min_s": float(samples.min()), "max_s": float(samples.max()),
+            "spread": float((raw.max() - raw.min()) / np.median(raw)),
+            "others_cpu_share": min(r["others_cpu_share"] for r in rounds),
+            "rounds": [{"median_s": r["median_s"], "speed": round(v, 4), "others_cpu_share": r["others_cpu_share"],
+                        "samples_s": r["samples_s"], "at": r["at"]} for r, v in zip(rounds, speeds)]}
 
 
 def tasks(plan: Plan) -> list[dict]:
     out = [{"kind": "gemm", "m": m, "n": n, "k": k} for n, k in plan.gemm_shapes for m in plan.gemm_tokens]
+    out += [{"kind": "permute", "hidden_size": h, "num_experts": 16, "top_k": k, "num_tokens": t,
+             "distribution": "uniform"} for h, t, k in plan.permute_points]
     for h, i, source in plan.block_shapes:
         points = [p for p in plan.block_points if 6.0 * h * i * p[1] * p[2] <= plan.max_block_flop]
         for j, (e, k, t, dist) in enumerate(points):
@@ -200,10 +270,13 @@ def tasks(plan: Plan) -> list[dict]:
     return out
 
 
-def measure(task: dict, device: str, plan: Plan, rng: np.random.Generator) -> dict:
+def prepare(task: dict, device: str, dtype_name: str, rng: np.random.Generator, weights: dict):
+    """The inputs of one measurement and the call that runs it: (fn, facts to record) or
+    (None, {"skipped": why}). Expert weights are made once per (hidden, intermediate, experts) and
+    shared by the points that use them, as one layer's weights serve all its batches."""
     import torch
 
-    dtype = getattr(torch, TORCH_DTYPES[plan.dtype])
+    dtype = getattr(torch, TORCH_DTYPES[dtype_name])
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
 
     def rand(*shape, scale=1.0):
@@ -211,41 +284,64 @@ def measure(task: dict, device: str, plan: Plan, rng: np.random.Generator) -> di
 
     if task["kind"] == "gemm":
         a, b = rand(task["m"], task["k"]), rand(task["k"], task["n"], scale=task["k"] ** -0.5)
-        return {**task, **time_call(lambda: a @ b, device, plan.warmup, plan.reps)}
-    h, i, e = task["hidden_size"], task["intermediate_size"], task["num_experts"]
+        return (lambda: a @ b), {}
+    h, e = task["hidden_size"], task["num_experts"]
+    if task["kind"] == "permute":
+        w_gate_up = w_down = torch.empty(e, 0, 0, device=device)  # expert_block reads only their count
+        impl = "none"
+    else:
+        i, impl = task["intermediate_size"], task["impl"]
+        if (h, i, e) not in weights:
+            weights[h, i, e] = (rand(e, h, 2 * i, scale=h ** -0.5), rand(e, i, h, scale=i ** -0.5))
+        w_gate_up, w_down = weights[h, i, e]
     experts_np = route(task["num_tokens"], e, task["top_k"], task["distribution"], rng)
     experts = torch.from_numpy(experts_np).to(device)
     x = rand(task["num_tokens"], h)
     gate_weights = torch.softmax(rand(task["num_tokens"], task["top_k"]).float(), -1).to(dtype)
-    w_gate_up, w_down = rand(e, h, 2 * i, scale=h ** -0.5), rand(e, i, h, scale=i ** -0.5)
-    if task["impl"] == "grouped":
+    if impl == "grouped":
         try:
             expert_block(x, experts, gate_weights, w_gate_up, w_down, "grouped")
         except (AttributeError, RuntimeError, NotImplementedError) as exc:
-            return {**task, "skipped": f"torch._grouped_mm unavailable: {exc}"}
-    timing = time_call(lambda: expert_block(x, experts, gate_weights, w_gate_up, w_down, task["impl"]),
-                       device, plan.warmup, plan.reps)
+            return None, {"skipped": f"torch._grouped_mm unavailable: {exc}"}
     counts = np.bincount(experts_np.reshape(-1), minlength=e)
-    return {**task, "tokens_per_expert": [int(c) for c in counts], **timing}
+    return ((lambda: expert_block(x, experts, gate_weights, w_gate_up, w_down, impl)),
+            {"tokens_per_expert": [int(c) for c in counts]})
 
 
-def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None, seed: int = 0) -> dict:
-    """Benchmark `device` and fit; returns the calibration (not yet written). `progress(done, total,
-    label)` is called after each measurement."""
+def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None, seed: int = 0,
+                    between_passes=None) -> dict:
+    """Benchmark `device` and fit; returns the calibration (not yet written).
+
+    The grid is timed in `plan.passes` passes, each in its own shuffled order, and each point keeps
+    the median of its passes: a shared VM's speed wanders by 10-30 % over tens of seconds (see
+    benchmarks/noise_probe.py), and spreading every point over the whole run makes all points see
+    the same mix of fast and slow spells, so their ratios (what the fit learns) hold.
+    `progress(done, total, label)` is called after each timing; `between_passes(index)` after each
+    pass (benchmarks/real_moe_check.py interleaves its real layers there)."""
     import torch
 
     name = pick_device(device)
     plan = plan or PLANS[device]
     rng = np.random.default_rng(seed)
-    todo = tasks(plan)
     started = time.perf_counter()
-    measurements = []
+    measurements, kernels, weights = [], [], {}
     with torch.inference_mode():
-        for n, task in enumerate(todo):
-            measurements.append(measure(task, device, plan, rng))
-            if progress is not None:
-                progress(n + 1, len(todo), task["kind"])
-    measurements = [m for m in measurements if "skipped" not in m]
+        for task in tasks(plan):
+            fn, facts = prepare(task, device, plan.dtype, rng, weights)
+            if fn is not None:
+                measurements.append({**task, **facts})
+                kernels.append(fn)
+        rounds = [[] for _ in kernels]
+        total = plan.passes * len(kernels)
+        for p in range(plan.passes):
+            for n, j in enumerate(rng.permutation(len(kernels))):
+                rounds[j].append(time_round(kernels[j], device, plan.warmup, plan.reps))
+                if progress is not None:
+                    progress(p * len(kernels) + n + 1, total, f"pass {p + 1}/{plan.passes} {measurements[j]['kind']}")
+            if between_passes is not None:
+                between_passes(p)
+    speeds = machine_speed(rounds, plan.drift_window_s) if plan.passes > 1 else [None] * len(rounds)
+    measurements = [{**m, **combine_rounds(r, v)} for m, r, v in zip(measurements, rounds, speeds)]
     block_impl = "grouped" if device == "cuda" and any(m.get("impl") == "grouped" for m in measurements) else "loop"
     return {
         "schema": SCHEMA,
@@ -257,10 +353,11 @@ def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None
         "load_average_1min": os.getloadavg()[0],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "benchmark_wall_s": time.perf_counter() - started,
-        "plan": {"warmup": plan.warmup, "reps": plan.reps, "zipf_alpha": ZIPF_ALPHA,
+        "plan": {"passes": plan.passes, "warmup": plan.warmup, "reps": plan.reps,
+                 "drift_window_s": plan.drift_window_s, "zipf_alpha": ZIPF_ALPHA,
                  "block_shapes": [list(s) for s in plan.block_shapes]},
         "measurements": {plan.dtype: measurements},
-        "fits": {plan.dtype: fit_dtype(measurements, plan.dtype, block_impl)},
+        "fits": {plan.dtype: fit_dtype(measurements, plan.dtype, block_impl, fault_threshold(device))},
     }
 
 

@@ -19,9 +19,10 @@ from tests.conftest import make_scenario
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_AND_FLOP = {"s_per_weight_byte_gemv": 2e-11, "s_per_weight_byte_gemm": 6e-11, "s_per_flop": 8e-12,
                     "s_per_flop_sqrt_m": 3e-11}
-GEMM_TRUE = {"overhead_s": 5e-6, **WEIGHTS_AND_FLOP}
+GEMM_TRUE = {"overhead_s": 5e-6, **WEIGHTS_AND_FLOP, "s_per_flop_narrow_n": 4e-11}
 BLOCK_TRUE = {"layer_overhead_s": 2e-4, "expert_overhead_s": 5e-5, **WEIGHTS_AND_FLOP, "s_per_act_byte": 2e-10,
-              "s_per_permute_byte": 4e-10}
+              "s_per_permute_byte": 4e-10, "s_per_fault_byte": 3e-10}
+FAULT_THRESHOLD = float(1 << 20)
 
 
 def synthetic_measurements() -> list[dict]:
@@ -30,7 +31,7 @@ def synthetic_measurements() -> list[dict]:
     rows = []
     g = np.array([GEMM_TRUE[t] for t in GEMM_TERMS])
     for m in (1, 2, 4, 8, 16, 64, 256, 1024, 4096):
-        for n, k in ((64, 256), (512, 1024)):
+        for n, k in ((64, 256), (512, 1024), (8, 512)):
             rows.append({"kind": "gemm", "m": m, "n": n, "k": k, "median_s": float(gemm_features(m, n, k, eb) @ g)})
     b = np.array([BLOCK_TRUE[t] for t in BLOCK_TERMS])
     rng = np.random.default_rng(0)
@@ -38,21 +39,26 @@ def synthetic_measurements() -> list[dict]:
         for e, mean in ((8, 1), (8, 4), (8, 16), (8, 64), (4, 256), (4, 1024), (2, 4096), (16, 30)):
             tokens = np.maximum(rng.poisson(mean, e), 1).tolist()
             rows.append({"kind": "expert_block", "impl": "loop", "hidden_size": h, "intermediate_size": i,
-                         "tokens_per_expert": tokens, "median_s": float(block_features(tokens, h, i, eb) @ b)})
+                         "tokens_per_expert": tokens,
+                         "median_s": float(block_features(tokens, h, i, eb, fault_threshold=FAULT_THRESHOLD) @ b)})
+    for h, copies in ((384, 64), (768, 512), (1536, 2048), (2560, 128), (640, 8192)):
+        tokens = [copies // 16] * 16
+        rows.append({"kind": "permute", "hidden_size": h, "tokens_per_expert": tokens, "median_s": float(
+            block_features(tokens, h, 0, eb, ffn=False, fault_threshold=FAULT_THRESHOLD) @ b)})
     return rows
 
 
 def calibration_file(tmp_path, dtype="fp32") -> Path:
     rows = synthetic_measurements()
     data = {"schema": SCHEMA, "source": "measured", "device": "test cpu", "torch_version": "x", "date": "d",
-            "measurements": {dtype: rows}, "fits": {dtype: fit_dtype(rows, dtype, "loop")}}
+            "measurements": {dtype: rows}, "fits": {dtype: fit_dtype(rows, dtype, "loop", FAULT_THRESHOLD)}}
     path = tmp_path / "cal.json"
     path.write_text(json.dumps(data))
     return path
 
 
 def test_fit_recovers_the_parameters_that_made_the_times():
-    fit = fit_dtype(synthetic_measurements(), "fp32", "loop")
+    fit = fit_dtype(synthetic_measurements(), "fp32", "loop", FAULT_THRESHOLD)
     for term, value in GEMM_TRUE.items():
         assert fit["gemm"][term] == pytest.approx(value, rel=1e-6)
     for term, value in BLOCK_TRUE.items():
@@ -76,6 +82,18 @@ def test_expert_block_inside_the_range_is_the_fitted_sum_of_its_terms(tiny, tmp_
     assert model.gemm_s(m, n, k) == pytest.approx(
         5e-6 + n * k * 4 * 6e-11 + 2 * m * n * k * (8e-12 + 3e-11 / np.sqrt(m)), rel=1e-6)
     assert model.out_of_range == []
+
+
+def test_allocations_at_or_above_the_threshold_pay_for_their_pages():
+    mib = float(1 << 20)
+    h, i, eb = 1024, 256, 4.0
+    fault = BLOCK_TERMS.index("s_per_fault_byte")
+    # 4096 rows x 1024 x 4 B = 16 MiB: gathered, expert output, weighted; per expert gate+up 8 MiB, down 16 MiB
+    assert block_features([4096], h, i, eb, fault_threshold=8 * mib)[fault] == 72 * mib
+    assert block_features([4096], h, i, eb, ffn=False, fault_threshold=8 * mib)[fault] == 32 * mib
+    assert block_features([4096], h, i, eb, fault_threshold=None)[fault] == 0.0
+    # two experts of 2048: gate+up 4 MiB each stay under it, their down outputs (8 MiB each) do not
+    assert block_features([2048, 2048], h, i, eb, fault_threshold=8 * mib)[fault] == 64 * mib
 
 
 def test_outside_the_measured_range_falls_back_to_roofline_warns_once_and_says_so(tiny, tmp_path):
@@ -226,14 +244,19 @@ def test_a_small_cpu_calibration_runs_and_fits():
     from hardware.calibration import Plan, run_calibration, tasks
     plan = Plan(dtype="fp32", block_shapes=((64, 96, "test"), (128, 64, "test")),
                 block_points=((4, 2, 16, "uniform"), (4, 2, 64, "zipf"), (2, 1, 128, "balanced")),
-                gemm_shapes=((64, 128), (128, 64)), gemm_tokens=(1, 16, 128), grouped_points=1,
-                warmup=1, reps=2, max_block_flop=1e9)
-    seen = []
-    data = run_calibration("cpu", lambda done, total, label: seen.append(done), plan)
-    assert seen == list(range(1, len(tasks(plan)) + 1))
+                permute_points=((96, 64, 2),), gemm_shapes=((64, 128), (128, 64)), gemm_tokens=(1, 16, 128),
+                grouped_points=1, passes=2, warmup=1, reps=2, drift_window_s=1.0, max_block_flop=1e9)
+    seen, between = [], []
+    data = run_calibration("cpu", lambda done, total, label: seen.append(done), plan, between_passes=between.append)
+    assert seen == list(range(1, 2 * len(tasks(plan)) + 1)) and between == [0, 1]
     fit = data["fits"]["fp32"]
     assert fit["form"] == "additive" and fit["best_gemm_flop_per_s"] > 0
-    assert all(r["median_s"] > 0 for r in data["measurements"]["fp32"])
+    rows = data["measurements"]["fp32"]
+    assert {r["kind"] for r in rows} == {"gemm", "permute", "expert_block"}
+    for r in rows:  # one round per pass; the point's median is the median of its (uncontended) rounds'
+        assert len(r["rounds"]) == 2 and all(len(x["samples_s"]) == 2 for x in r["rounds"])
+        medians = [x["median_s"] for x in r["rounds"]]
+        assert min(medians) <= r["median_s"] <= max(medians)
 
 
 def test_real_moe_layer_is_predicted_within_a_loose_bound():
@@ -256,3 +279,24 @@ def test_attention_core_runs_at_the_bf16_rate_when_gemms_use_fp8():
     flop = 1e12
     assert model.attention_core_s(flop, 0.0) == pytest.approx(flop / bf16_rate + s.cluster.gpu.kernel_launch_s)
     assert model.gemm_s(8192, 8192, 8192) < 2 * 8192**3 / bf16_rate  # while the GEMMs use FP8
+
+
+def test_machine_speed_recovers_a_drift_shared_by_all_points():
+    """Every point timed once per pass in shuffled order while the machine's speed wanders: dividing
+    by the estimated speed leaves the points' ratios, which the raw medians do not."""
+    from hardware.calibration import combine_rounds, machine_speed
+    rng = np.random.default_rng(0)
+    true = np.exp(rng.uniform(np.log(1e-4), np.log(1e-1), 40))
+    rounds, clock = [[] for _ in true], 0.0
+    for _ in range(5):
+        for j in rng.permutation(true.size):
+            slow = 1.0 + 0.3 * np.sin(clock / 4.0)  # a 25-s cycle, 30 % deep
+            t = true[j] * slow * rng.lognormal(0.0, 0.02)
+            rounds[j].append({"median_s": t, "samples_s": [t], "others_cpu_share": 0.0, "at": clock})
+            clock += 0.1
+    speeds = machine_speed(rounds, window_s=1.0)
+    raw = np.array([combine_rounds(r)["median_s"] for r in rounds]) / true
+    fixed = np.array([combine_rounds(r, v)["median_s"] for r, v in zip(rounds, speeds)]) / true
+    assert np.std(np.log(raw)) > 0.04
+    assert np.std(np.log(fixed)) < 0.015
+    assert 0.9 < np.median(fixed) < 1.1  # speeds are relative to the run's median
