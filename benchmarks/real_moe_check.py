@@ -5,10 +5,15 @@
 The layer is written independently of the calibration benchmark, with the fused gate+up weight
 ([hidden, 2 x intermediate]) that vLLM, Megatron and DeepSeek's inference code use: router GEMM,
 softmax, top-k and renormalised weights, permutation by expert, per-expert SwiGLU FFNs, weighted
-combine. Skewed configurations add a Zipf bias to the
-router logits. epsim predicts the same layer as `scope: moe_layer` on one "GPU" of `cpu-local`, with
-its own routing of the same distribution; the compute model is also evaluated on the real layer's
-own tokens per expert (same routing, compute model only). Target: within 15 % each.
+combine. Skewed configurations add a Zipf bias to the router logits. epsim predicts the same layer
+as `scope: moe_layer` on one "GPU" of `cpu-local`, with its own routing of the same distribution;
+the compute model is also evaluated on the real layer's own tokens per expert (same routing,
+compute model only). Target: within 15 % each.
+
+Each layer is timed in rounds spread over the run (default 5), like the calibration's passes.
+`--fresh FILE` calibrates now and times the layers' rounds between the calibration's passes, so
+the calibration and the layers see the same spell of this VM's drifting speed; the table then
+shows the predictions of both the named calibration and the fresh one.
 """
 from __future__ import annotations
 
