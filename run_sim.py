@@ -224,10 +224,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         write_calibration(out, calibration)
     except OSError as exc:
         return fail(f"--out = {str(out)!r}: cannot write the calibration there ({exc.strerror})")
-    fit = next(iter(calibration["fits"].values()))
+    best = ", ".join(f"{dtype} {fit['best_gemm_flop_per_s'] / 1e9:,.1f}" for dtype, fit in calibration["fits"].items())
     print(f"{calibration['device']}, torch {calibration['torch_version']}, {calibration['num_threads']} threads: "
           f"{sum(map(len, calibration['measurements'].values()))} measurements in "
-          f"{calibration['benchmark_wall_s']:.0f} s; best GEMM {fit['best_gemm_flop_per_s'] / 1e9:.1f} GFLOP/s")
+          f"{calibration['benchmark_wall_s']:.0f} s; best GEMM GFLOP/s: {best}")
+    for dtype, why in calibration.get("skipped", {}).items():
+        print(f"{dtype} not measured: {why}")
     print(f"wrote {out}")
     return 0
 

@@ -238,6 +238,9 @@ class CalibratedCompute:
             self.fallback = Fp32Roofline(gpu, self.fit["best_gemm_flop_per_s"])
         else:
             self.fallback = RooflineCompute(gpu, dtype)
+        # Attention cores run in BF16 whatever the GEMM dtype: an FP8 file's measured BF16 fit times them.
+        bf16 = data["fits"].get("bf16")
+        self.core_fit = bf16 if dtype == "fp8" and bf16 is not None and bf16["form"] == "additive" else self.fit
 
     @staticmethod
     def _published_roofline(gpu: GPUSpec, dtype: str, fit: dict) -> RooflineCompute:
@@ -312,8 +315,9 @@ class CalibratedCompute:
             return 0.0
         if self.published:
             return self.core_model.attention_core_s(flop, num_bytes)
-        block, gemm = self.fit["expert_block"], self.fit["gemm"]
-        return (max(flop * (gemm["s_per_flop"] or 1.0 / self.fit["best_gemm_flop_per_s"]),
+        fit = self.core_fit
+        block, gemm = fit["expert_block"], fit["gemm"]
+        return (max(flop * (gemm["s_per_flop"] or 1.0 / fit["best_gemm_flop_per_s"]),
                     num_bytes * block["s_per_act_byte"]) + gemm["overhead_s"])
 
     def expert_ffn_s(self, tokens_per_expert: np.ndarray, hidden_size: int, intermediate_size: int,

@@ -7,6 +7,11 @@ per-expert GEMMs and, where torch offers it, as one grouped GEMM (torch._grouped
 routed by sampled top-k with ragged counts (balanced, uniform or Zipf-skewed). Single GEMMs are
 timed too (routers, shared experts, dense layers use them).
 
+FP8 (where the device has it, measured beside BF16 on CUDA): expert weights stored in e4m3 with one
+scale per matrix, activations quantised before each GEMM (per-tensor scale), torch._scaled_mm with
+BF16 output; SiLU, permute and combine stay in BF16. cuBLASLt's per-tensor scaling, not DeepGEMM's
+1 x 128 blocks: the GEMM rate is comparable, the quantisation a little cheaper.
+
 This is the only module that imports torch, and only inside functions.
 """
 from __future__ import annotations
@@ -24,7 +29,8 @@ import numpy as np
 from hardware.atomic import write_atomic
 from hardware.calibrated import CONTENDED_CPU_SHARE, SCHEMA, fit_dtype
 
-TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp8": "bfloat16"}  # fp8: activations stay BF16
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
 ZIPF_ALPHA = 1.2
 
 
@@ -35,7 +41,7 @@ class DeviceUnavailable(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What to measure. Shapes come from the model presets, scaled down where the device must."""
-    dtype: str
+    dtypes: tuple  # GEMM dtypes, each measured and fitted on its own
     block_shapes: tuple  # (hidden_size, intermediate_size, source)
     block_points: tuple  # (num_experts, top_k, num_tokens, distribution)
     permute_points: tuple  # (hidden_size, num_tokens, top_k): the permute-only kernel, 16 experts
@@ -52,7 +58,7 @@ class Plan:
 # CPU: AVX2 cores run torch's BF16 matmul emulated (< 1 GFLOP/s on the Zen 3 this was written on), so
 # the CPU computes in FP32. Shapes: tiny-moe as is; Mixtral-8x7B / 8 and DeepSeek-V3 / 4 and / 7.
 CPU_PLAN = Plan(
-    dtype="fp32",
+    dtypes=("fp32",),
     block_shapes=((256, 512, "tiny-moe"), (512, 1792, "mixtral-8x7b / 8"), (1024, 288, "deepseek-v3 / 7"),
                   (1792, 512, "deepseek-v3 / 4")),
     block_points=((16, 2, 8, "uniform"), (16, 2, 16, "zipf"), (16, 2, 32, "balanced"), (16, 2, 64, "uniform"),
@@ -74,7 +80,7 @@ CPU_PLAN = Plan(
 )
 # CUDA: the presets' real expert shapes, tokens per expert 1 .. 8192.
 CUDA_PLAN = Plan(
-    dtype="bf16",
+    dtypes=("bf16", "fp8"),
     block_shapes=((7168, 2048, "deepseek-v3"), (4096, 14336, "mixtral-8x7b"), (2048, 1408, "qwen-moe-like")),
     block_points=((32, 8, 128, "uniform"), (32, 8, 1024, "balanced"), (32, 8, 4096, "uniform"),
                   (32, 8, 16384, "zipf"), (8, 2, 32768, "balanced"), (4, 1, 32768, "uniform")),
@@ -101,9 +107,39 @@ def route(num_tokens: int, num_experts: int, top_k: int, distribution: str, rng:
     return np.argsort(-gumbel, axis=1)[:, :top_k]
 
 
+def fp8_quantize(t):
+    """e4m3 values and the one float32 scale that maps t's largest magnitude onto FP8_MAX."""
+    import torch
+
+    scale = (t.abs().amax().float() / FP8_MAX).clamp(min=1e-12)
+    return (t.float() / scale).to(torch.float8_e4m3fn), scale
+
+
+class Fp8Experts:
+    """One expert matrix per expert ([experts, k, n] given) in e4m3 with its scale, stored [n, k] so
+    that .t() is the column-major operand torch._scaled_mm takes."""
+
+    def __init__(self, weights):
+        self.shape = tuple(weights.shape)
+        pairs = [fp8_quantize(weights[e].t().contiguous()) for e in range(weights.shape[0])]
+        self.q, self.scales = [q for q, _ in pairs], [s for _, s in pairs]
+
+    def matmul(self, a, e: int):
+        """a @ expert e's matrix: quantise a (per-tensor scale), FP8 GEMM, BF16 out."""
+        import torch
+
+        aq, scale = fp8_quantize(a)
+        return torch._scaled_mm(aq, self.q[e].t(), scale_a=scale, scale_b=self.scales[e], out_dtype=torch.bfloat16)
+
+
+def expert_matmul(a, weights, e: int):
+    return weights.matmul(a, e) if isinstance(weights, Fp8Experts) else a @ weights[e]
+
+
 def expert_block(x, experts, gate_weights, w_gate_up, w_down, impl: str):
     """One MoE layer's expert work: permute, SwiGLU per expert (loop or grouped), weighted combine.
-    impl "none" skips the experts (w_gate_up only gives their count): the permutation's own cost."""
+    impl "none" skips the experts (w_gate_up only gives their count): the permutation's own cost.
+    Fp8Experts weights run the loop in FP8."""
     import torch
     import torch.nn.functional as F
 
@@ -125,11 +161,24 @@ def expert_block(x, experts, gate_weights, w_gate_up, w_down, impl: str):
         for e, count in enumerate(counts.tolist()):
             if count == 0:
                 continue
-            gate, up = (xs[start:start + count] @ w_gate_up[e]).chunk(2, dim=-1)
-            ys[start:start + count] = (F.silu(gate) * up) @ w_down[e]
+            gate, up = expert_matmul(xs[start:start + count], w_gate_up, e).chunk(2, dim=-1)
+            ys[start:start + count] = expert_matmul(F.silu(gate) * up, w_down, e)
             start += count
     ys = ys * gate_weights.reshape(-1)[order].unsqueeze(1)
     return torch.zeros_like(x).index_add_(0, src, ys)
+
+
+def fp8_unavailable(device: str) -> str | None:
+    """Why FP8 GEMMs cannot run on `device` (None: they can)."""
+    import torch
+
+    try:
+        a = torch.ones(16, 16, device=device).to(torch.float8_e4m3fn)
+        one = torch.ones((), device=device)
+        torch._scaled_mm(a, a.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    except (AttributeError, RuntimeError, NotImplementedError, TypeError) as exc:
+        return f"torch._scaled_mm with float8_e4m3fn failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return None
 
 
 def pick_device(device: str) -> str:
@@ -256,44 +305,53 @@ def combine_rounds(rounds: list[dict], speeds: list[float] | None = None) -> dic
 
 
 def tasks(plan: Plan) -> list[dict]:
-    out = [{"kind": "gemm", "m": m, "n": n, "k": k} for n, k in plan.gemm_shapes for m in plan.gemm_tokens]
-    out += [{"kind": "permute", "hidden_size": h, "num_experts": 16, "top_k": k, "num_tokens": t,
-             "distribution": "uniform"} for h, t, k in plan.permute_points]
-    for h, i, source in plan.block_shapes:
-        points = [p for p in plan.block_points if 6.0 * h * i * p[1] * p[2] <= plan.max_block_flop]
-        for j, (e, k, t, dist) in enumerate(points):
-            impls = ("loop", "grouped") if j % max(1, len(points) // plan.grouped_points) == 0 else ("loop",)
-            for impl in impls:
-                out.append({"kind": "expert_block", "impl": impl, "hidden_size": h, "intermediate_size": i,
-                            "shape_source": source, "num_experts": e, "top_k": k, "num_tokens": t,
-                            "distribution": dist})
+    out = []
+    for dtype in plan.dtypes:
+        out += [{"kind": "gemm", "dtype": dtype, "m": m, "n": n, "k": k}
+                for n, k in plan.gemm_shapes for m in plan.gemm_tokens]
+        out += [{"kind": "permute", "dtype": dtype, "hidden_size": h, "num_experts": 16, "top_k": k,
+                 "num_tokens": t, "distribution": "uniform"} for h, t, k in plan.permute_points]
+        for h, i, source in plan.block_shapes:
+            points = [p for p in plan.block_points if 6.0 * h * i * p[1] * p[2] <= plan.max_block_flop]
+            for j, (e, k, t, dist) in enumerate(points):
+                grouped = dtype != "fp8" and j % max(1, len(points) // plan.grouped_points) == 0
+                for impl in ("loop", "grouped") if grouped else ("loop",):
+                    out.append({"kind": "expert_block", "dtype": dtype, "impl": impl, "hidden_size": h,
+                                "intermediate_size": i, "shape_source": source, "num_experts": e, "top_k": k,
+                                "num_tokens": t, "distribution": dist})
     return out
 
 
-def prepare(task: dict, device: str, dtype_name: str, rng: np.random.Generator, weights: dict):
+def prepare(task: dict, device: str, rng: np.random.Generator, weights: dict):
     """The inputs of one measurement and the call that runs it: (fn, facts to record) or
-    (None, {"skipped": why}). Expert weights are made once per (hidden, intermediate, experts) and
-    shared by the points that use them, as one layer's weights serve all its batches."""
+    (None, {"skipped": why}). Expert weights are made once per (hidden, intermediate, experts, dtype)
+    and shared by the points that use them, as one layer's weights serve all its batches."""
     import torch
 
-    dtype = getattr(torch, TORCH_DTYPES[dtype_name])
-    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    fp8 = task["dtype"] == "fp8"
+    dtype = getattr(torch, TORCH_DTYPES[task["dtype"]])
+    gen = torch.Generator(device=device).manual_seed(int(rng.integers(2**31)))
 
     def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
+        return (torch.randn(*shape, generator=gen, device=device) * scale).to(dtype)
 
     if task["kind"] == "gemm":
         a, b = rand(task["m"], task["k"]), rand(task["k"], task["n"], scale=task["k"] ** -0.5)
-        return (lambda: a @ b), {}
+        if not fp8:
+            return (lambda: a @ b), {}
+        (aq, sa), (bq, sb) = fp8_quantize(a), fp8_quantize(b.t().contiguous())
+        return (lambda: torch._scaled_mm(aq, bq.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)), {}
     h, e = task["hidden_size"], task["num_experts"]
     if task["kind"] == "permute":
         w_gate_up = w_down = torch.empty(e, 0, 0, device=device)  # expert_block reads only their count
         impl = "none"
     else:
         i, impl = task["intermediate_size"], task["impl"]
-        if (h, i, e) not in weights:
-            weights[h, i, e] = (rand(e, h, 2 * i, scale=h ** -0.5), rand(e, i, h, scale=i ** -0.5))
-        w_gate_up, w_down = weights[h, i, e]
+        key = (h, i, e, task["dtype"])
+        if key not in weights:
+            w_gate_up, w_down = rand(e, h, 2 * i, scale=h ** -0.5), rand(e, i, h, scale=i ** -0.5)
+            weights[key] = (Fp8Experts(w_gate_up), Fp8Experts(w_down)) if fp8 else (w_gate_up, w_down)
+        w_gate_up, w_down = weights[key]
     experts_np = route(task["num_tokens"], e, task["top_k"], task["distribution"], rng)
     experts = torch.from_numpy(experts_np).to(device)
     x = rand(task["num_tokens"], h)
@@ -324,10 +382,14 @@ def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None
     plan = plan or PLANS[device]
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
+    todo, skipped = tasks(plan), {}
+    if "fp8" in plan.dtypes and (why := fp8_unavailable(device)):
+        skipped["fp8"] = why
+        todo = [t for t in todo if t["dtype"] != "fp8"]
     measurements, kernels, weights = [], [], {}
     with torch.inference_mode():
-        for task in tasks(plan):
-            fn, facts = prepare(task, device, plan.dtype, rng, weights)
+        for task in todo:
+            fn, facts = prepare(task, device, rng, weights)
             if fn is not None:
                 measurements.append({**task, **facts})
                 kernels.append(fn)
@@ -337,12 +399,17 @@ def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None
             for n, j in enumerate(rng.permutation(len(kernels))):
                 rounds[j].append(time_round(kernels[j], device, plan.warmup, plan.reps))
                 if progress is not None:
-                    progress(p * len(kernels) + n + 1, total, f"pass {p + 1}/{plan.passes} {measurements[j]['kind']}")
+                    m = measurements[j]
+                    progress(p * len(kernels) + n + 1, total, f"pass {p + 1}/{plan.passes} {m['dtype']} {m['kind']}")
             if between_passes is not None:
                 between_passes(p)
     speeds = machine_speed(rounds, plan.drift_window_s) if plan.passes > 1 else [None] * len(rounds)
     measurements = [{**m, **combine_rounds(r, v)} for m, r, v in zip(measurements, rounds, speeds)]
-    block_impl = "grouped" if device == "cuda" and any(m.get("impl") == "grouped" for m in measurements) else "loop"
+    by_dtype = {d: [m for m in measurements if m["dtype"] == d] for d in plan.dtypes if d not in skipped}
+    fits = {}
+    for dtype, rows in by_dtype.items():
+        grouped = device == "cuda" and any(m.get("impl") == "grouped" for m in rows)
+        fits[dtype] = fit_dtype(rows, dtype, "grouped" if grouped else "loop", fault_threshold(device))
     return {
         "schema": SCHEMA,
         "source": "measured",
@@ -356,8 +423,9 @@ def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None
         "plan": {"passes": plan.passes, "warmup": plan.warmup, "reps": plan.reps,
                  "drift_window_s": plan.drift_window_s, "zipf_alpha": ZIPF_ALPHA,
                  "block_shapes": [list(s) for s in plan.block_shapes]},
-        "measurements": {plan.dtype: measurements},
-        "fits": {plan.dtype: fit_dtype(measurements, plan.dtype, block_impl, fault_threshold(device))},
+        **({"skipped": skipped} if skipped else {}),
+        "measurements": by_dtype,
+        "fits": fits,
     }
 
 

@@ -239,24 +239,44 @@ def test_expert_block_loop_and_grouped_compute_the_moe_layer_output():
         torch.testing.assert_close(expert_block(x, experts, weights, w1, w2, "grouped"), expect, rtol=1e-4, atol=1e-3)
 
 
-def test_a_small_cpu_calibration_runs_and_fits():
+def test_a_small_cpu_calibration_runs_and_fits_each_dtype():
     pytest.importorskip("torch")
-    from hardware.calibration import Plan, run_calibration, tasks
-    plan = Plan(dtype="fp32", block_shapes=((64, 96, "test"), (128, 64, "test")),
+    from hardware.calibration import Plan, fp8_unavailable, run_calibration, tasks
+    dtypes = ("fp32",) if fp8_unavailable("cpu") else ("fp32", "fp8")  # torch's CPU _scaled_mm runs FP8
+    plan = Plan(dtypes=dtypes, block_shapes=((64, 96, "test"), (128, 64, "test")),
                 block_points=((4, 2, 16, "uniform"), (4, 2, 64, "zipf"), (2, 1, 128, "balanced")),
                 permute_points=((96, 64, 2),), gemm_shapes=((64, 128), (128, 64)), gemm_tokens=(1, 16, 128),
                 grouped_points=1, passes=2, warmup=1, reps=2, drift_window_s=1.0, max_block_flop=1e9)
     seen, between = [], []
     data = run_calibration("cpu", lambda done, total, label: seen.append(done), plan, between_passes=between.append)
     assert seen == list(range(1, 2 * len(tasks(plan)) + 1)) and between == [0, 1]
-    fit = data["fits"]["fp32"]
-    assert fit["form"] == "additive" and fit["best_gemm_flop_per_s"] > 0
-    rows = data["measurements"]["fp32"]
-    assert {r["kind"] for r in rows} == {"gemm", "permute", "expert_block"}
-    for r in rows:  # one round per pass; the point's median is the median of its (uncontended) rounds'
-        assert len(r["rounds"]) == 2 and all(len(x["samples_s"]) == 2 for x in r["rounds"])
-        medians = [x["median_s"] for x in r["rounds"]]
-        assert min(medians) <= r["median_s"] <= max(medians)
+    assert set(data["fits"]) == set(data["measurements"]) == set(dtypes)
+    for dtype in dtypes:
+        fit = data["fits"][dtype]
+        assert fit["form"] == "additive" and fit["best_gemm_flop_per_s"] > 0
+        rows = data["measurements"][dtype]
+        assert {r["kind"] for r in rows} == {"gemm", "permute", "expert_block"}
+        assert all(r["dtype"] == dtype for r in rows)
+        for r in rows:  # one round per pass; the point's median is the median of its (uncontended) rounds'
+            assert len(r["rounds"]) == 2 and all(len(x["samples_s"]) == 2 for x in r["rounds"])
+            assert r["raw_median_s"] > 0 and r["median_s"] > 0
+
+
+def test_fp8_expert_block_computes_the_layer_within_fp8_error():
+    torch = pytest.importorskip("torch")
+    from hardware.calibration import Fp8Experts, expert_block, fp8_unavailable, route
+    if fp8_unavailable("cpu"):
+        pytest.skip("this torch has no FP8 _scaled_mm on CPU")
+    h, i, e, k, t = 64, 32, 4, 2, 24
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(t, h, generator=g)
+    experts = torch.from_numpy(route(t, e, k, "uniform", np.random.default_rng(0)))
+    weights = torch.softmax(torch.randn(t, k, generator=g), -1)
+    w1, w2 = torch.randn(e, h, 2 * i, generator=g) * h ** -0.5, torch.randn(e, i, h, generator=g) * i ** -0.5
+    expect = expert_block(x, experts, weights, w1, w2, "loop")
+    got = expert_block(x.bfloat16(), experts, weights.bfloat16(), Fp8Experts(w1), Fp8Experts(w2), "loop").float()
+    assert got.dtype == torch.float32 and got.shape == expect.shape
+    assert float((got - expect).norm() / expect.norm()) < 0.1  # e4m3: 3 mantissa bits
 
 
 def test_real_moe_layer_is_predicted_within_a_loose_bound():
@@ -300,3 +320,16 @@ def test_machine_speed_recovers_a_drift_shared_by_all_points():
     assert np.std(np.log(raw)) > 0.04
     assert np.std(np.log(fixed)) < 0.015
     assert 0.9 < np.median(fixed) < 1.1  # speeds are relative to the run's median
+
+
+def test_a_measured_fp8_calibration_times_attention_cores_with_its_bf16_fit(tiny, tmp_path):
+    rows = synthetic_measurements()
+    faster = [{**r, "median_s": r["median_s"] / 2} for r in rows]  # FP8 GEMMs twice as fast
+    data = {"schema": SCHEMA, "source": "measured", "device": "test gpu", "torch_version": "x", "date": "d",
+            "measurements": {"bf16": rows, "fp8": faster},
+            "fits": {"bf16": fit_dtype(rows, "bf16", "loop"), "fp8": fit_dtype(faster, "fp8", "loop")}}
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(data))
+    fp8, bf16 = (compute_model(tiny.cluster.gpu, d, path) for d in ("fp8", "bf16"))
+    assert fp8.attention_core_s(1e9, 1e6) == bf16.attention_core_s(1e9, 1e6)
+    assert fp8.gemm_s(512, 512, 1024) < bf16.gemm_s(512, 512, 1024)
