@@ -10,10 +10,11 @@ as `scope: moe_layer` on one "GPU" of `cpu-local`, with its own routing of the s
 the compute model is also evaluated on the real layer's own tokens per expert (same routing,
 compute model only). Target: within 15 % each.
 
-Each layer is timed in rounds spread over the run (default 5), like the calibration's passes.
-`--fresh FILE` calibrates now and times the layers' rounds between the calibration's passes, so
-the calibration and the layers see the same spell of this VM's drifting speed; the table then
-shows the predictions of both the named calibration and the fresh one.
+Each layer is timed in rounds spread over the run (default 7), like the calibration's passes.
+`--fresh FILE` calibrates now with the layers timed among the calibration's points, in the same
+shuffled passes, and divides both by the same estimate of this VM's drifting speed
+(calibration.machine_speed); the layers never enter the fit. The table then shows the predictions
+of both the named calibration and the fresh one.
 """
 from __future__ import annotations
 
@@ -114,9 +115,9 @@ def predict(config: tuple, calibration: str, x, layer: MoELayer) -> dict:
 
 
 class Layers:
-    """The configurations' layers and inputs, timed one round per call of `time_pass` in a shuffled
-    order (the calibration's passes: a shared VM's speed wanders over tens of seconds, and spreading
-    each layer's rounds over the whole run averages it out)."""
+    """The configurations' layers and inputs. Timed either in passes of their own (`time_pass`, one
+    round per layer in a shuffled order, rounds spread over the run) or among the calibration's
+    points (`kernels`, see main)."""
 
     def __init__(self, configs: tuple, reps: int, seed: int = 0):
         import torch
@@ -127,7 +128,10 @@ class Layers:
         self.rounds = [[] for _ in configs]
         self.rng = np.random.default_rng(seed)
 
-    def time_pass(self, _index: int = 0) -> None:
+    def kernels(self) -> dict:
+        return {c[0]: (lambda layer=layer, x=x: layer(x)) for c, layer, x in zip(self.configs, self.layers, self.inputs)}
+
+    def time_pass(self) -> None:
         import torch
 
         from hardware.calibration import time_round
@@ -137,15 +141,18 @@ class Layers:
                 layer, x = self.layers[j], self.inputs[j]
                 self.rounds[j].append(time_round(lambda: layer(x), "cpu", warmup=1, reps=self.reps))
 
-    def rows(self, calibrations: list[str]) -> list[dict]:
-        """Measured timing next to each calibration's prediction (errors: prediction / measured - 1)."""
+    def own_timings(self) -> dict:
         from hardware.calibration import combine_rounds
 
+        return {c[0]: combine_rounds(rounds) for c, rounds in zip(self.configs, self.rounds)}
+
+    def rows(self, calibrations: list[str], timings: dict) -> list[dict]:
+        """Measured timing next to each calibration's prediction (errors: prediction / measured - 1)."""
         out = []
-        for config, layer, x, rounds in zip(self.configs, self.layers, self.inputs, self.rounds):
-            timing = combine_rounds(rounds)
-            row = {"config": config[0], "measured_s": timing["median_s"], "spread": timing["spread"],
-                   "others_cpu_share": timing["others_cpu_share"], "predictions": {}}
+        for config, layer, x in zip(self.configs, self.layers, self.inputs):
+            timing = timings[config[0]]
+            row = {"config": config[0], "measured_s": timing["median_s"], "raw_s": timing["raw_median_s"],
+                   "spread": timing["spread"], "others_cpu_share": timing["others_cpu_share"], "predictions": {}}
             for cal in calibrations:
                 p = predict(config, cal, x, layer)
                 p["error"] = p["epsim_s"] / timing["median_s"] - 1.0
@@ -158,20 +165,21 @@ class Layers:
 def check(config: tuple, calibration: str, reps: int = 3, passes: int = 3) -> dict:
     """One configuration measured in `passes` rounds and predicted with `calibration`."""
     layers = Layers((config,), reps)
-    for p in range(passes):
-        layers.time_pass(p)
-    row = layers.rows([calibration])[0]
+    for _ in range(passes):
+        layers.time_pass()
+    row = layers.rows([calibration], layers.own_timings())[0]
     return {**row, **row["predictions"][calibration]}
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calibration", default="cpu-local", help="shipped name or file to predict with")
-    parser.add_argument("--passes", type=int, default=5, help="rounds per layer, spread over the run")
-    parser.add_argument("--reps", type=int, default=3, help="timed calls per round")
+    parser.add_argument("--passes", type=int, default=7, help="rounds per layer, spread over the run")
+    parser.add_argument("--reps", type=int, default=2, help="timed calls per round")
     parser.add_argument("--fresh", metavar="FILE",
-                        help="also calibrate now, the layers' rounds interleaved between the calibration's "
-                             "passes, write the calibration to FILE and predict with it too")
+                        help="also calibrate now, the layers timed among the calibration's points in its passes "
+                             "and corrected by the same machine speeds; write the calibration to FILE and "
+                             "predict with it too")
     args = parser.parse_args(argv)
     import torch
 
@@ -182,29 +190,34 @@ def main(argv: list[str]) -> int:
     if args.fresh:
         from hardware.calibration import run_calibration, write_calibration
 
-        data = run_calibration("cpu", between_passes=layers.time_pass)
+        data = run_calibration("cpu", extra=layers.kernels())
+        timings = data.pop("extra")
         write_calibration(args.fresh, data)
         print(f"fresh calibration: {args.fresh} ({data['benchmark_wall_s']:.0f} s, {data['plan']['passes']} passes, "
-              "layers timed between them)")
+              "the layers timed among its points)")
         calibrations.append(args.fresh)
     else:
-        for p in range(args.passes):
-            layers.time_pass(p)
-    rows = layers.rows(calibrations)
+        for _ in range(args.passes):
+            layers.time_pass()
+        timings = layers.own_timings()
+    rows = layers.rows(calibrations, timings)
     for cal in calibrations:
         print(f"\ncalibration {cal}")
         print(f"{'config':<22}{'h':>6}{'I':>6}{'E':>4}{'k':>3}{'T':>6} {'routing':<8}"
-              f"{'measured':>10}{'spread':>8}{'epsim':>10}{'err':>8}{'same-route':>12}{'err':>8}")
+              f"{'measured':>10}{'raw':>9}{'spread':>8}{'epsim':>10}{'err':>8}{'same-route':>12}{'err':>8}")
         worst = 0.0
         for config, row in zip(CONFIGS, rows):
             p = row["predictions"][cal]
             worst = max(worst, abs(p["error"]))
             print(f"{config[0]:<22}{config[1]:>6}{config[2]:>6}{config[3]:>4}{config[4]:>3}{config[5]:>6} "
-                  f"{config[6]:<8}{row['measured_s'] * 1e3:>8.1f}ms{row['spread']:>8.0%}{p['epsim_s'] * 1e3:>8.1f}ms"
-                  f"{p['error']:>+8.1%}{p['same_routing_s'] * 1e3:>10.1f}ms{p['same_routing_error']:>+8.1%}"
+                  f"{config[6]:<8}{row['measured_s'] * 1e3:>8.1f}ms{row['raw_s'] * 1e3:>7.1f}ms{row['spread']:>8.0%}"
+                  f"{p['epsim_s'] * 1e3:>8.1f}ms{p['error']:>+8.1%}{p['same_routing_s'] * 1e3:>10.1f}ms"
+                  f"{p['same_routing_error']:>+8.1%}"
                   + (f"  out of range: {p['out_of_range']}" if p["out_of_range"] else ""))
         print(f"worst |error| {worst:.1%} (target <= 15 %)")
-    print("spread: (max - min) / median of a layer's rounds, how far the machine's speed wandered")
+    print("measured: median of the layer's rounds, each divided by the machine's speed at that moment where the\n"
+          "layers ran among a calibration's points (--fresh), else as timed; raw: as timed; spread: (max - min) /\n"
+          "median of the rounds' raw medians, how far the machine's speed wandered")
     return 0
 
 

@@ -367,15 +367,16 @@ def prepare(task: dict, device: str, rng: np.random.Generator, weights: dict):
 
 
 def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None, seed: int = 0,
-                    between_passes=None) -> dict:
+                    extra: dict | None = None) -> dict:
     """Benchmark `device` and fit; returns the calibration (not yet written).
 
     The grid is timed in `plan.passes` passes, each in its own shuffled order, and each point keeps
     the median of its passes: a shared VM's speed wanders by 10-30 % over tens of seconds (see
     benchmarks/noise_probe.py), and spreading every point over the whole run makes all points see
     the same mix of fast and slow spells, so their ratios (what the fit learns) hold.
-    `progress(done, total, label)` is called after each timing; `between_passes(index)` after each
-    pass (benchmarks/real_moe_check.py interleaves its real layers there)."""
+    `progress(done, total, label)` is called after each timing. `extra` ({label: call}) are timed in
+    the same passes and corrected by the same machine speeds but never fitted: the result's "extra"
+    holds their timings (benchmarks/real_moe_check.py times its real layers so)."""
     import torch
 
     name = pick_device(device)
@@ -390,9 +391,14 @@ def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None
     with torch.inference_mode():
         for task in todo:
             fn, facts = prepare(task, device, rng, weights)
-            if fn is not None:
+            if fn is None:
+                skipped.setdefault(f"{task['dtype']} {task['kind']} {task.get('impl', '')}".strip(), facts["skipped"])
+            else:
                 measurements.append({**task, **facts})
                 kernels.append(fn)
+        for label, fn in (extra or {}).items():
+            measurements.append({"kind": "extra", "label": label})
+            kernels.append(fn)
         rounds = [[] for _ in kernels]
         total = plan.passes * len(kernels)
         for p in range(plan.passes):
@@ -400,12 +406,13 @@ def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None
                 rounds[j].append(time_round(kernels[j], device, plan.warmup, plan.reps))
                 if progress is not None:
                     m = measurements[j]
-                    progress(p * len(kernels) + n + 1, total, f"pass {p + 1}/{plan.passes} {m['dtype']} {m['kind']}")
-            if between_passes is not None:
-                between_passes(p)
+                    progress(p * len(kernels) + n + 1, total,
+                             f"pass {p + 1}/{plan.passes} {m.get('dtype', '')} {m.get('label', m['kind'])}")
     speeds = machine_speed(rounds, plan.drift_window_s) if plan.passes > 1 else [None] * len(rounds)
     measurements = [{**m, **combine_rounds(r, v)} for m, r, v in zip(measurements, rounds, speeds)]
-    by_dtype = {d: [m for m in measurements if m["dtype"] == d] for d in plan.dtypes if d not in skipped}
+    timed_extra = {m["label"]: {k: v for k, v in m.items() if k not in ("kind", "label")}
+                   for m in measurements if m["kind"] == "extra"}
+    by_dtype = {d: [m for m in measurements if m.get("dtype") == d] for d in plan.dtypes if d not in skipped}
     fits = {}
     for dtype, rows in by_dtype.items():
         grouped = device == "cuda" and any(m.get("impl") == "grouped" for m in rows)
@@ -424,6 +431,7 @@ def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None
                  "drift_window_s": plan.drift_window_s, "zipf_alpha": ZIPF_ALPHA,
                  "block_shapes": [list(s) for s in plan.block_shapes]},
         **({"skipped": skipped} if skipped else {}),
+        **({"extra": timed_extra} if extra else {}),
         "measurements": by_dtype,
         "fits": fits,
     }

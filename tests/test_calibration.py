@@ -247,9 +247,12 @@ def test_a_small_cpu_calibration_runs_and_fits_each_dtype():
                 block_points=((4, 2, 16, "uniform"), (4, 2, 64, "zipf"), (2, 1, 128, "balanced")),
                 permute_points=((96, 64, 2),), gemm_shapes=((64, 128), (128, 64)), gemm_tokens=(1, 16, 128),
                 grouped_points=1, passes=2, warmup=1, reps=2, drift_window_s=1.0, max_block_flop=1e9)
-    seen, between = [], []
-    data = run_calibration("cpu", lambda done, total, label: seen.append(done), plan, between_passes=between.append)
-    assert seen == list(range(1, 2 * len(tasks(plan)) + 1)) and between == [0, 1]
+    seen, calls = [], []
+    data = run_calibration("cpu", lambda done, total, label: seen.append(done), plan,
+                           extra={"probe": lambda: calls.append(1)})
+    assert seen == list(range(1, 2 * (len(tasks(plan)) + 1) + 1))
+    assert len(calls) == 2 * (plan.warmup + plan.reps)  # timed in both passes, never fitted
+    assert set(data["extra"]) == {"probe"} and len(data["extra"]["probe"]["rounds"]) == 2
     assert set(data["fits"]) == set(data["measurements"]) == set(dtypes)
     for dtype in dtypes:
         fit = data["fits"][dtype]
