@@ -5,9 +5,12 @@ Two fitted forms, per dtype in the file:
   non-negative least-squares fit on relative error settles them. A GEMM: overhead + weight bytes at
   one of two rates (one token streams them through a matrix-vector product; more tokens pack them
   for a blocked GEMM) + FLOP x (a + b / sqrt(m)), an efficiency curve rising with the tokens m (its
-  arithmetic intensity). The expert block is fitted whole, as the engine calls it: a layer constant
-  (argsort, bincount, launches), a cost per active expert (loop, slicing, SiLU launch), each
-  expert's weight and FLOP terms, the SwiGLU activation bytes and the permute/combine bytes.
+  arithmetic intensity); narrow GEMMs (n < NARROW_N) have their FLOP on a rate of their own. The
+  expert block is fitted whole, as the engine calls it, together with the permute-only kernel: a
+  layer constant (argsort, bincount, launches), a cost per active expert (loop, slicing, SiLU
+  launch), each expert's weight and FLOP terms, the SwiGLU activation bytes, the permute/combine
+  bytes and the bytes of allocations at or above the file's page-fault threshold (host memory that
+  glibc maps fresh on every call; none on GPUs).
 - `roofline` (derived from publications): max(FLOP / flop_per_s, bytes / bytes_per_s) + overhead,
   the RooflineCompute formulas with the published rates in place of the preset's efficiencies.
 Outside the measured range (tokens per expert, hidden and intermediate sizes) the model falls back to
