@@ -61,8 +61,9 @@ def gemm_features(m, n: int, k: int, elem_bytes: float) -> np.ndarray:
     m = np.atleast_1d(np.asarray(m, dtype=np.float64))
     flop = 2.0 * m * n * k
     narrow = n < NARROW_N
-    terms = _weight_and_flop_terms(m, np.full(m.shape, k * n * elem_bytes), 0.0 * flop if narrow else flop)
-    out = np.concatenate([np.ones((m.size, 1)), terms, (flop if narrow else 0.0 * flop)[:, None]], axis=1)
+    none = np.zeros_like(flop)
+    terms = _weight_and_flop_terms(m, np.full(m.shape, k * n * elem_bytes), none if narrow else flop)
+    out = np.concatenate([np.ones((m.size, 1)), terms, (flop if narrow else none)[:, None]], axis=1)
     return out[0] if scalar else out
 
 
@@ -151,6 +152,8 @@ def fit_dtype(measurements: list[dict], dtype: str, block_impl: str, fault_thres
         raise ValueError(f"need gemm and expert_block ({block_impl}) measurements to fit")
     g_coef = fit_nonnegative(np.array([gemm_features(r["m"], r["n"], r["k"], eb) for r in gemms]),
                              np.array([r["median_s"] for r in gemms]))
+    if not any(r["n"] < NARROW_N for r in gemms):  # no narrow GEMM measured: time them at the wide rate
+        g_coef[GEMM_TERMS.index("s_per_flop_narrow_n")] = g_coef[GEMM_TERMS.index("s_per_flop")]
     b_coef = fit_nonnegative(np.array([row_block_features(r, eb, fault_threshold) for r in rows]),
                              np.array([r["median_s"] for r in rows]))
     tokens = [t for r in blocks for t in r["tokens_per_expert"] if t > 0]

@@ -85,7 +85,7 @@ CUDA_PLAN = Plan(
     block_points=((32, 8, 128, "uniform"), (32, 8, 1024, "balanced"), (32, 8, 4096, "uniform"),
                   (32, 8, 16384, "zipf"), (8, 2, 32768, "balanced"), (4, 1, 32768, "uniform")),
     permute_points=((7168, 4096, 8), (7168, 16384, 8), (4096, 32768, 2)),
-    gemm_shapes=((256, 7168), (4096, 7168), (7168, 2048), (14336, 4096), (4096, 14336)),
+    gemm_shapes=((8, 4096), (256, 7168), (4096, 7168), (7168, 2048), (14336, 4096), (4096, 14336)),  # n=8: router
     gemm_tokens=(1, 16, 128, 1024, 4096, 16384),
     grouped_points=6,
     passes=3,
@@ -308,7 +308,8 @@ def tasks(plan: Plan) -> list[dict]:
     out = []
     for dtype in plan.dtypes:
         out += [{"kind": "gemm", "dtype": dtype, "m": m, "n": n, "k": k}
-                for n, k in plan.gemm_shapes for m in plan.gemm_tokens]
+                for n, k in plan.gemm_shapes for m in plan.gemm_tokens
+                if dtype != "fp8" or (n % 16 == 0 and k % 16 == 0)]  # _scaled_mm: n, k multiples of 16
         out += [{"kind": "permute", "dtype": dtype, "hidden_size": h, "num_experts": 16, "top_k": k,
                  "num_tokens": t, "distribution": "uniform"} for h, t, k in plan.permute_points]
         for h, i, source in plan.block_shapes:

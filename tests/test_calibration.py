@@ -336,3 +336,17 @@ def test_a_measured_fp8_calibration_times_attention_cores_with_its_bf16_fit(tiny
     fp8, bf16 = (compute_model(tiny.cluster.gpu, d, path) for d in ("fp8", "bf16"))
     assert fp8.attention_core_s(1e9, 1e6) == bf16.attention_core_s(1e9, 1e6)
     assert fp8.gemm_s(512, 512, 1024) < bf16.gemm_s(512, 512, 1024)
+
+
+def test_without_narrow_gemms_measured_narrow_ones_run_at_the_wide_rate():
+    rows = [r for r in synthetic_measurements() if r["kind"] != "gemm" or r["n"] >= 16]
+    fit = fit_dtype(rows, "fp32", "loop", FAULT_THRESHOLD)
+    assert fit["gemm"]["s_per_flop_narrow_n"] == fit["gemm"]["s_per_flop"] == pytest.approx(GEMM_TRUE["s_per_flop"])
+
+
+def test_fp8_plans_leave_out_gemms_scaled_mm_cannot_take():
+    from hardware.calibration import CUDA_PLAN, tasks
+    fp8 = [t for t in tasks(CUDA_PLAN) if t["dtype"] == "fp8" and t["kind"] == "gemm"]
+    bf16 = [t for t in tasks(CUDA_PLAN) if t["dtype"] == "bf16" and t["kind"] == "gemm"]
+    assert fp8 and all(t["n"] % 16 == 0 and t["k"] % 16 == 0 for t in fp8)
+    assert any(t["n"] == 8 for t in bf16)  # the router is measured in BF16
