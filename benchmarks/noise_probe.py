@@ -9,7 +9,7 @@ a small elementwise add. Per kernel: the coefficient of variation of its median 
 0.2 / 1 / 5 s and the lag-1 autocorrelation of those medians (near 1: slow drift, which more
 repetitions in one place cannot average away; near 0: fast noise), then the correlation between
 kernels of their 1-s medians and the variation left after dividing by the compute-bound GEMM's
-(what hardware/calibration.machine_speed relies on). The calibration's answer to slow drift: every
+(what hardware/timing.machine_speed relies on). The calibration's answer to slow drift: every
 point timed once per pass, passes spread over the whole run, speeds estimated from all points.
 """
 from __future__ import annotations

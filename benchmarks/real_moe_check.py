@@ -13,7 +13,7 @@ compute model only). Target: within 15 % each.
 Each layer is timed in rounds spread over the run (default 7), like the calibration's passes.
 `--fresh FILE` calibrates now with the layers timed among the calibration's points, in the same
 shuffled passes, and divides both by the same estimate of this VM's drifting speed
-(calibration.machine_speed); the layers never enter the fit. The table then shows the predictions
+(hardware/timing.machine_speed); the layers never enter the fit. The table then shows the predictions
 of both the named calibration and the fresh one.
 """
 from __future__ import annotations
@@ -134,7 +134,7 @@ class Layers:
     def time_pass(self) -> None:
         import torch
 
-        from hardware.calibration import time_round
+        from hardware.timing import time_round
 
         with torch.inference_mode():
             for j in self.rng.permutation(len(self.configs)):
@@ -142,7 +142,7 @@ class Layers:
                 self.rounds[j].append(time_round(lambda: layer(x), "cpu", warmup=1, reps=self.reps))
 
     def own_timings(self) -> dict:
-        from hardware.calibration import combine_rounds
+        from hardware.timing import combine_rounds
 
         return {c[0]: combine_rounds(rounds) for c, rounds in zip(self.configs, self.rounds)}
 

@@ -126,7 +126,7 @@ def fit_nonnegative(features: np.ndarray, times_s: np.ndarray) -> np.ndarray:
 
 
 def uncontended(measurements: list[dict]) -> list[dict]:
-    """Measurements during which this process had its cores (see calibration.time_round)."""
+    """Measurements during which this process had its cores (see timing.time_round)."""
     return [r for r in measurements if r.get("others_cpu_share", 0.0) <= CONTENDED_CPU_SHARE]
 
 

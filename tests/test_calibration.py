@@ -307,7 +307,7 @@ def test_attention_core_runs_at_the_bf16_rate_when_gemms_use_fp8():
 def test_machine_speed_recovers_a_drift_shared_by_all_points():
     """Every point timed once per pass in shuffled order while the machine's speed wanders: dividing
     by the estimated speed leaves the points' ratios, which the raw medians do not."""
-    from hardware.calibration import combine_rounds, machine_speed
+    from hardware.timing import combine_rounds, machine_speed
     rng = np.random.default_rng(0)
     true = np.exp(rng.uniform(np.log(1e-4), np.log(1e-1), 40))
     rounds, clock = [[] for _ in true], 0.0
