@@ -26,11 +26,11 @@ def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> No
 
 # -- run ------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from reports.files import write_run_files
     from reports.table import print_summary
     from reports.trace import DEFAULT_EVENT_LIMIT, estimate_slices, write_trace
     from simulator.api import simulate_scenario
     from simulator.errors import ScenarioError
+    from simulator.results import write_run_files
     from simulator.scenario import load_scenario, parse_override
 
     try:
@@ -69,11 +69,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from reports.plots import scaling_plots
     from reports.report import write_report
-    from reports.sweep_files import (flatten, point_json_record, read_point_summary, sweep_table,
-                                     write_point, write_sweep_table)
-    from simulator import sweep
     from simulator.errors import ScenarioError
     from simulator.scenario import build_scenario, read_scenario_file
+    from simulator.studies import sweep
 
     t0 = time.perf_counter()
     try:
@@ -93,49 +91,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         return fail(f"--out = {str(out)!r}: must be a folder, not an existing file")
 
-    rows: dict[int, dict] = {}
-    todo = []
-    for p in points:
-        record = sweep.finished_record(out, p)
-        if record is None:
-            todo.append(p)
-        else:  # done before: keep its row, do not simulate it again
-            summary = read_point_summary(sweep.point_dir(out, p))
-            rows[p.index] = flatten(point_json_record(p, record["status"], record["error"], record.get("wall_s")),
-                                    summary)
     axis_keys = [a.key for a in axes]
     console = Console(stderr=True)
-    console.print(f"sweep {name}: {len(points)} points, {len(points) - len(todo)} already done, "
-                  f"{len(todo)} to run ({args.executor}, jobs {args.jobs}) -> {out}")
-    counts = {"ok": 0, "invalid": 0, "failed": 0}
-
-    def on_done(point, outcome: dict) -> None:
-        record = point_json_record(point, outcome["status"], outcome["error"], outcome["wall_s"])
-        resolved = sweep.dump_yaml(point.resolved) if point.resolved else None
-        write_point(sweep.point_dir(out, point), record, outcome["summary"], outcome["rows"], resolved)
-        rows[point.index] = flatten(record, outcome["summary"])
-        write_sweep_table(out, sweep_table(list(rows.values())))
-        counts[outcome["status"]] += 1
-        if outcome["error"]:
-            console.print(f"  {point.label}: {outcome['status']}: {outcome['error']}", soft_wrap=True, highlight=False)
-        progress.advance(task)
-
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("simulating", total=len(todo))
+        task = progress.add_task("simulating", total=None)
+
+        def on_start(num_done: int, num_todo: int) -> None:
+            console.print(f"sweep {name}: {len(points)} points, {num_done} already done, "
+                          f"{num_todo} to run ({args.executor}, jobs {args.jobs}) -> {out}")
+            progress.update(task, total=num_todo)
+
+        def on_point(point, outcome: dict) -> None:
+            if outcome["error"]:
+                console.print(f"  {point.label}: {outcome['status']}: {outcome['error']}", soft_wrap=True,
+                              highlight=False)
+            progress.advance(task)
+
         try:
-            if todo:
-                sweep.run_points(todo, on_done, args.executor, args.jobs, args.address)
+            result = sweep.run_sweep(points, out, args.executor, args.jobs, args.address, on_start, on_point)
         except ScenarioError as exc:
             return fail(str(exc))
-    table = sweep_table(list(rows.values()))
-    files = write_sweep_table(out, table)
+    table, files = result.table, dict(result.table_files)
     # zipped axes move together: the first is the x axis, the rest are not separate lines
     plots = scaling_plots(table, axis_keys[:1] if args.zip else axis_keys, out / "plots", name)
     files.update(write_report(out, name, str(args.scenario), base_yaml, sweep.describe_axes(fixed, axes, args.zip),
                               table, axis_keys, plots))
-    _print_sweep(table, axis_keys, files, plots, counts, len(points) - len(todo), time.perf_counter() - t0)
-    return 1 if counts["failed"] else 0
+    _print_sweep(table, axis_keys, files, plots, result.counts, result.num_skipped, time.perf_counter() - t0)
+    return 1 if result.counts["failed"] else 0
 
 
 TERMINAL_HIDDEN = ("dispatch (MB/GPU)", "combine (MB/GPU)", "dispatch (ms)", "combine (ms)")  # in report.md
@@ -165,8 +148,8 @@ def _print_sweep(table, axis_keys, files, plots, counts, num_skipped, wall_s) ->
 # -- golden ---------------------------------------------------------------------------------------
 def cmd_golden(args: argparse.Namespace) -> int:
     """Re-simulate the reference scenarios against tests/golden/; --update rewrites them."""
-    from reports.files import write_atomic
-    from simulator import golden
+    from hardware.atomic import write_atomic
+    from simulator.studies import golden
     from simulator.errors import ScenarioError
 
     golden_dir, scenarios_dir = Path(args.dir), Path(args.scenarios_dir)
@@ -237,7 +220,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 # -- validate -------------------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
     from reports.validation import print_validation, write_validation
-    from simulator.validation.harness import (BASELINE_FILE, baseline_of, load_cases, rows_as_dicts, run_case,
+    from simulator.studies.validation.harness import (BASELINE_FILE, baseline_of, load_cases, rows_as_dicts, run_case,
                                               select, summary_stats)
 
     cases = select(load_cases(), args.case)
@@ -247,8 +230,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     stats = summary_stats(rows)
     files = write_validation(Path(args.out), rows_as_dicts(rows))
     if args.record:
-        from reports.files import write_atomic
         import json
+
+        from hardware.atomic import write_atomic
         write_atomic(BASELINE_FILE, json.dumps(baseline_of(rows), indent=2, sort_keys=True) + "\n")
         files["recorded baseline"] = BASELINE_FILE
     print_validation(rows_as_dicts(rows), stats, files)

@@ -62,7 +62,7 @@ def one_point(ep: int) -> dict:
     summary = summarize(result)
     t3 = time.perf_counter()
     return {"ep": ep, "wall_s": t3 - t0, "elaborate_s": t1 - t0, "simulate_s": t2 - t1, "metrics_s": t3 - t2,
-            "events": result.num_events, "solves": result.network.num_solves,
+            "events": result.num_events, "solves": result.network_solves,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "step_time_ms": summary["step_time_s"] * 1e3, "mfu": summary["mfu"], "relaxed": relaxed}
 

@@ -12,7 +12,8 @@ scale per matrix, activations quantised before each GEMM (per-tensor scale), tor
 BF16 output; SiLU, permute and combine stay in BF16. cuBLASLt's per-tensor scaling, not DeepGEMM's
 1 x 128 blocks: the GEMM rate is comparable, the quantisation a little cheaper.
 
-This is the only module that imports torch, and only inside functions.
+torch is imported only inside functions, here and in hardware/timing.py (which times the grid);
+the engine never imports it.
 """
 from __future__ import annotations
 

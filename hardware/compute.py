@@ -1,8 +1,9 @@
 """Compute model: how long a kernel takes on one GPU at full SM rate.
 
 Roofline: time = max(FLOP / (peak x matmul_efficiency), bytes / (HBM x memory_efficiency))
-plus one kernel launch. The efficiency parameters come from the hardware preset; a calibration
-file (its own capability) will replace them with measured curves. All functions return seconds.
+plus one kernel launch, with the efficiencies of the hardware preset. This is the model without a
+calibration file; hardware/calibrated.py keeps its interface and times kernels from a measured fit
+(falling back to this roofline outside the measured range). All functions return seconds.
 """
 from __future__ import annotations
 

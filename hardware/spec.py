@@ -58,16 +58,6 @@ class ClusterSpec:
         return self.num_nodes * self.gpus_per_node
 
 
-# Preset fields (YAML units) that every hardware description must have after overrides.
-HARDWARE_FIELDS = (
-    "gpu_name", "gpus_per_node", "peak_bf16_tflops", "peak_fp8_tflops", "hbm_gb", "hbm_tb_per_s",
-    "num_sms", "matmul_efficiency", "memory_efficiency", "kernel_launch_us",
-    "nvlink_gb_per_s", "nvlink_efficiency", "nvlink_latency_us",
-    "ib_gbit_per_s", "ib_efficiency", "ib_latency_us", "ib_cross_leaf_latency_us",
-    "spine_oversubscription", "ll_kernel_overhead_us", "direct_alltoall_efficiency",
-)
-
-
 def cluster_from_fields(name: str, num_nodes: int, fields: dict) -> ClusterSpec:
     """Convert validated preset fields (GB/s, TFLOPS, us, Gbit/s) to an SI ClusterSpec."""
     gpu = GPUSpec(

@@ -16,6 +16,7 @@ same local rank share a leaf switch; other pairs cross the spine.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -66,6 +67,34 @@ class Topology:
 
     def spine_down(self, rail):
         return 4 * self.num_gpus + self.spec.gpus_per_node + np.asarray(rail)
+
+    @cached_property
+    def _opposite(self) -> np.ndarray:
+        g, r = self.num_gpus, self.spec.gpus_per_node
+        gpu = np.arange(g)
+        opposite = np.empty(self.num_ports, dtype=np.int64)
+        opposite[self.nvl_out(gpu)], opposite[self.nvl_in(gpu)] = self.nvl_in(gpu), self.nvl_out(gpu)
+        opposite[self.nic_out(gpu)], opposite[self.nic_in(gpu)] = self.nic_in(gpu), self.nic_out(gpu)
+        if self.has_spine:
+            rail = np.arange(r)
+            opposite[self.spine_up(rail)], opposite[self.spine_down(rail)] = self.spine_down(rail), self.spine_up(rail)
+        return opposite
+
+    def opposite_port(self, ports: np.ndarray) -> np.ndarray:
+        """Each port's other direction (out <-> in, spine up <-> down): a combine's paths are its
+        dispatch's, mirrored."""
+        return self._opposite[np.asarray(ports)]
+
+    @cached_property
+    def _port_gpu(self) -> np.ndarray:
+        g = self.num_gpus
+        owner = np.full(self.num_ports, -1, dtype=np.int64)
+        owner[: 4 * g] = np.tile(np.arange(g), 4)
+        return owner
+
+    def port_gpu(self) -> np.ndarray:
+        """The GPU each NVLink / NIC port belongs to; -1 for spine ports."""
+        return self._port_gpu
 
     def port_class(self) -> np.ndarray:
         """Index into PORT_CLASSES for every port."""

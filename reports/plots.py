@@ -15,7 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-COMM_KINDS = ("dispatch", "combine", "dispatch_bwd", "combine_bwd")
+from hardware.atomic import write_atomic  # noqa: E402
+from simulator.engine.collective import COLLECTIVES  # noqa: E402
+
 BREAKDOWN = (("compute_s", "compute", "#4c72b0"), ("exposed_comm_s", "exposed comm", "#dd8452"),
              ("idle_s", "idle", "#b0b0b0"))
 
@@ -84,7 +86,7 @@ def _line_figure(table, x, others, title, panels, path: Path) -> Path:
         if ax.get_legend_handles_labels()[1]:
             ax.legend(fontsize=8)
     _title(fig, title, table, x)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _breakdown_figure(table, x, others, title, path: Path) -> Path:
@@ -109,7 +111,7 @@ def _breakdown_figure(table, x, others, title, path: Path) -> Path:
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     _title(fig, title, table, x)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def scaling_plots(table: pd.DataFrame, axes: list[str], out_dir: Path, scenario: str = "") -> dict[str, Path]:
@@ -121,7 +123,7 @@ def scaling_plots(table: pd.DataFrame, axes: list[str], out_dir: Path, scenario:
     out_dir.mkdir(parents=True, exist_ok=True)
     others = [a for a in axes if a != x]
     pre = f"{scenario}: " if scenario else ""
-    kinds = [k for k in COMM_KINDS if f"{k}_mean_time_s" in table]
+    kinds = [k for k in COLLECTIVES if f"{k}_mean_time_s" in table]
     paths = {
         "mfu": _line_figure(table, x, others, f"{pre}MFU vs {x}",
                             [("MFU (% of peak dense BF16)", [("mfu", "", 100.0)])], out_dir / "mfu.png"),
@@ -146,8 +148,11 @@ def scaling_plots(table: pd.DataFrame, axes: list[str], out_dir: Path, scenario:
     return paths
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path, dpi: int = 110) -> Path:
+    """Write a figure as PNG (atomically) and free it."""
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
     return path

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.files import write_atomic
+from hardware.atomic import write_atomic
 
 # Columns shown in the report (the CSV/Parquet hold them all), with their display units.
 REPORT_COLUMNS = (

@@ -15,21 +15,20 @@ per-port numbers are in summary.json.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 
-from reports.files import write_atomic
-from simulator.engine import RunResult
+from hardware.atomic import write_atomic
+from hardware.topology import Topology
+from simulator.engine import RunRecord
+from simulator.engine.gpu import COMPUTE, RECEIVE, SEND
 
-STREAM_TID = {"compute": 1, "receive": 2, "send": 3}
-STREAM_NAME = {"compute": "compute stream", "receive": "receive stream (dispatch)",
-               "send": "send stream (combine)"}
+STREAM_TID = {COMPUTE: 1, RECEIVE: 2, SEND: 3}
+STREAM_NAME = {COMPUTE: "compute stream", RECEIVE: "receive stream (dispatch)", SEND: "send stream (combine)"}
 DEFAULT_MAX_GPUS = 64
 # Above this many slices the default is to skip the trace (~150 bytes per slice: ~30 MB).
 DEFAULT_EVENT_LIMIT = 200_000
-LABEL = re.compile(r"L(?P<layer>\d+) (?P<op>\w+) mb(?P<mb>\d+) c(?P<chunk>\d+)")
 US_PER_S = 1e6
 
 
@@ -40,8 +39,8 @@ def sampled_gpus(num_gpus: int, max_gpus: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, num_gpus - 1, max_gpus)})
 
 
-def estimate_slices(result: RunResult, max_gpus: int = DEFAULT_MAX_GPUS) -> int:
-    return sum(len(result.gpus[g].intervals) for g in sampled_gpus(len(result.gpus), max_gpus))
+def estimate_slices(result: RunRecord, max_gpus: int = DEFAULT_MAX_GPUS) -> int:
+    return sum(len(result.intervals[g]) for g in sampled_gpus(result.num_gpus, max_gpus))
 
 
 def _us(t_s: float) -> float:
@@ -49,20 +48,10 @@ def _us(t_s: float) -> float:
     return round(float(t_s) * US_PER_S, 4)
 
 
-def _slice_args(label: str) -> dict:
-    m = LABEL.fullmatch(label)
-    if not m:
-        return {}
-    op = m["op"]
-    return {"layer": int(m["layer"]), "op": op.removesuffix("_bwd"),
-            "phase": "backward" if op.endswith("_bwd") else "forward",
-            "micro_batch": int(m["mb"]), "chunk": int(m["chunk"])}
-
-
-def utilisation_steps(result: RunResult) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def utilisation_steps(result: RunRecord) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{'nvlink'|'ib': (times_s, fraction of the class's out-port line rate from each time on)}."""
-    topo = result.network.topology
-    peak = topo.port_peak_bytes_per_s()
+    topo = Topology(result.scenario.cluster)
+    peak = result.ports.peak_bytes_per_s
     capacity = {"nvlink": float(peak[topo.nvl_out(0)]) * topo.num_gpus,
                 "ib": float(peak[topo.nic_out(0)]) * topo.num_gpus}
     edges: dict[str, list[tuple[float, float]]] = {"nvlink": [], "ib": []}
@@ -90,24 +79,24 @@ def utilisation_steps(result: RunResult) -> dict[str, tuple[np.ndarray, np.ndarr
     return out
 
 
-def trace_document(result: RunResult, max_gpus: int = DEFAULT_MAX_GPUS) -> dict:
+def trace_document(result: RunRecord, max_gpus: int = DEFAULT_MAX_GPUS) -> dict:
     """The trace as a JSON-ready dict ({"traceEvents": [...], "displayTimeUnit", "otherData"})."""
     s = result.scenario
-    n = len(result.gpus)
+    n = result.num_gpus
     gpus = sampled_gpus(n, max_gpus)
-    gpn, p = s.cluster.gpus_per_node, s.parallel.ep_size
+    gpn, ranks = s.cluster.gpus_per_node, s.ranks
     events: list[dict] = []
     for order, g in enumerate(gpus):
-        events.append({"ph": "M", "name": "process_name", "pid": g, "tid": 0,
-                       "args": {"name": f"GPU {g} (node {g // gpn}, EP group {g // p}, rank {g % p})"}})
+        where = f"node {g // gpn}, EP group {ranks.ep_group_of(g)}, rank {ranks.ep_rank[g]}"
+        events.append({"ph": "M", "name": "process_name", "pid": g, "tid": 0, "args": {"name": f"GPU {g} ({where})"}})
         events.append({"ph": "M", "name": "process_sort_index", "pid": g, "tid": 0, "args": {"sort_index": order}})
         for stream, tid in STREAM_TID.items():
             events.append({"ph": "M", "name": "thread_name", "pid": g, "tid": tid, "args": {"name": STREAM_NAME[stream]}})
             events.append({"ph": "M", "name": "thread_sort_index", "pid": g, "tid": tid, "args": {"sort_index": tid}})
-        for stream, start_s, end_s, label in result.gpus[g].intervals:
-            events.append({"ph": "X", "name": label, "cat": "compute" if stream == "compute" else "comm",
-                           "pid": g, "tid": STREAM_TID[stream], "ts": _us(start_s), "dur": round(_us(end_s) - _us(start_s), 4),
-                           "args": _slice_args(label)})
+        for iv in result.intervals[g]:
+            events.append({"ph": "X", "name": iv.op.label, "cat": "compute" if iv.stream == COMPUTE else "comm",
+                           "pid": g, "tid": STREAM_TID[iv.stream], "ts": _us(iv.start_s),
+                           "dur": round(_us(iv.end_s) - _us(iv.start_s), 4), "args": iv.op._asdict()})
     net = n  # a pid past every GPU's
     events.append({"ph": "M", "name": "process_name", "pid": net, "tid": 0, "args": {"name": "network (whole cluster)"}})
     events.append({"ph": "M", "name": "process_sort_index", "pid": net, "tid": 0, "args": {"sort_index": -1}})
@@ -129,7 +118,7 @@ def trace_document(result: RunResult, max_gpus: int = DEFAULT_MAX_GPUS) -> dict:
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
 
 
-def write_trace(path: Path, result: RunResult, max_gpus: int = DEFAULT_MAX_GPUS) -> Path:
+def write_trace(path: Path, result: RunRecord, max_gpus: int = DEFAULT_MAX_GPUS) -> Path:
     path = Path(path)
     write_atomic(path, json.dumps(trace_document(result, max_gpus), separators=(",", ":")) + "\n")
     return path

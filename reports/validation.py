@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from reports.files import write_atomic
+from hardware.atomic import write_atomic
 from reports.table import wide_console
 
 
@@ -44,9 +44,9 @@ def write_validation(out_dir: Path, rows: list[dict]) -> dict[str, Path]:
 
 
 def parity_plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from reports.plots import save_png
 
     done = [r for r in rows if r["predicted"] is not None]
     fig, ax = plt.subplots(figsize=(6.5, 6))
@@ -68,9 +68,4 @@ def parity_plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("epsim predicted (same unit)")
     ax.set_title("epsim vs published measurements")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path, dpi=120)

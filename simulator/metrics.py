@@ -1,15 +1,15 @@
-"""RunResult -> the numbers of summary.json and the per-layer / per-GPU table. Pure functions."""
+"""RunRecord -> the numbers of summary.json and the per-layer / per-GPU table. Pure functions."""
 from __future__ import annotations
 
 import numpy as np
 
 from hardware.topology import PORT_CLASSES
 from simulator import __version__
-from simulator.engine import RunResult
-from simulator.gpu import COMPUTE
-from simulator.layout import memory_per_gpu, moe_layers_in_scope
-from simulator.model import __doc__ as FLOP_CONVENTION
-from simulator.pipeline import COLLECTIVE_KINDS
+from simulator.engine.collective import COLLECTIVES, CollectiveId
+from simulator.engine.gpu import COMPUTE
+from simulator.engine.record import RunRecord
+from simulator.model import FLOP_CONVENTION
+from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope
 
 TRAIN_FLOP_FACTOR = 3.0  # forward + backward (2x forward)
 
@@ -29,30 +29,29 @@ def union_length(starts: np.ndarray, ends: np.ndarray) -> float:
     return float(total + reach[-1] - seg_start)
 
 
-def step_flop(r: RunResult) -> float:
+def step_flop(r: RunRecord) -> float:
     s = r.scenario
     tokens = s.workload.tokens_per_gpu * s.workload.micro_batches * s.num_gpus
     per_token = s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope)
     return tokens * per_token * (TRAIN_FLOP_FACTOR if s.workload.mode == "train" else 1.0)
 
 
-def comm_intervals(r: RunResult) -> list[list[tuple[float, float]]]:
+def comm_intervals(r: RunRecord) -> list[list[tuple[float, float]]]:
     """Per GPU: [first byte sent, own part done] of every collective it took part in."""
-    out: list[list[tuple[float, float]]] = [[] for _ in r.gpus]
+    out: list[list[tuple[float, float]]] = [[] for _ in range(r.num_gpus)]
     for coll in r.collectives.values():
-        done = np.maximum(coll.owner_done_s, coll.peer_done_s)
-        for local, g in enumerate(coll.group):
-            out[g].append((coll.start_s, float(done[local])))
+        for local, g in enumerate(coll.gpus):
+            out[g].append((coll.start_s, float(coll.done_s[local])))
     return out
 
 
-def breakdown(r: RunResult) -> dict[str, float]:
+def breakdown(r: RunRecord) -> dict[str, float]:
     """Per-GPU mean of compute / exposed comm / idle; the three add up to the step time."""
     comm = comm_intervals(r)
     compute_s, exposed_s = [], []
-    for gpu, ivs in zip(r.gpus, comm):
-        cs = np.array([iv[1] for iv in gpu.intervals if iv[0] == COMPUTE])
-        ce = np.array([iv[2] for iv in gpu.intervals if iv[0] == COMPUTE])
+    for intervals, ivs in zip(r.intervals, comm):
+        cs = np.array([iv.start_s for iv in intervals if iv.stream == COMPUTE])
+        ce = np.array([iv.end_s for iv in intervals if iv.stream == COMPUTE])
         busy = union_length(cs, ce)
         ms = np.array([iv[0] for iv in ivs])
         me = np.array([iv[1] for iv in ivs])
@@ -63,16 +62,16 @@ def breakdown(r: RunResult) -> dict[str, float]:
     return {"compute": c, "exposed_comm": x, "idle": max(r.step_time_s - c - x, 0.0)}
 
 
-def collective_stats(r: RunResult) -> dict:
+def collective_stats(r: RunRecord) -> dict:
     out = {}
     p = r.scenario.parallel.ep_size
-    for kind in COLLECTIVE_KINDS:
-        colls = [c for key, c in r.collectives.items() if key[0] == kind]
+    for kind in COLLECTIVES:
+        colls = [c for c in r.collectives.values() if c.kind == kind]
         if not colls:
             continue
         times = np.concatenate([c.recv_done_s - c.start_s for c in colls])
         out[kind] = {
-            "count": len(colls) // r.scenario.dp_size,
+            "count": len(colls) // r.scenario.ranks.num_ep_groups,
             "mean_time_s": float(times.mean()),
             "max_time_s": float(times.max()),
             "mean_bytes_per_gpu": float(np.mean([c.bytes_out / p for c in colls])),
@@ -82,12 +81,10 @@ def collective_stats(r: RunResult) -> dict:
     return out
 
 
-def bandwidth(r: RunResult) -> tuple[dict, dict]:
+def bandwidth(r: RunRecord) -> tuple[dict, dict]:
     """(per busy time, weighted by bytes; per step time, averaged over links) for each link class."""
-    topo = r.network.topology
-    cls = topo.port_class()
-    peak = topo.port_peak_bytes_per_s()
-    nbytes, busy = r.network.port_bytes, r.network.port_busy_s
+    cls, peak = r.ports.port_class, r.ports.peak_bytes_per_s
+    nbytes, busy = r.ports.num_bytes, r.ports.busy_s
     busy_util, step_util = {}, {}
     for c, name in enumerate(PORT_CLASSES):
         sel = cls == c
@@ -100,19 +97,19 @@ def bandwidth(r: RunResult) -> tuple[dict, dict]:
     return busy_util, step_util
 
 
-def load_imbalance(r: RunResult) -> float:
+def load_imbalance(r: RunRecord) -> float:
     """max / mean routed token copies per GPU, per (group, MoE layer, micro-batch), then averaged."""
     s = r.scenario
     ratios = []
-    for group in range(s.dp_size):
+    for group in range(s.ranks.num_ep_groups):
         for layer in range(moe_layers_in_scope(s)):
             for mb in range(s.workload.micro_batches):
-                recv = sum(r.workload.traffic[group, layer, mb, c].recv_copies for c in range(r.workload.num_chunks))
+                recv = sum(r.counts[group, layer, mb, c].recv_copies for c in range(r.num_chunks))
                 ratios.append(recv.max() / recv.mean())
     return float(np.mean(ratios))
 
 
-def summarize(r: RunResult) -> dict:
+def summarize(r: RunRecord) -> dict:
     s = r.scenario
     g = s.num_gpus
     flop = step_flop(r)
@@ -134,18 +131,19 @@ def summarize(r: RunResult) -> dict:
         "load_imbalance": load_imbalance(r),
         "model_flop_per_step": flop,
         "model_flop_per_token_forward": s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope),
-        "layout": {"ep_size": s.parallel.ep_size, "dp_size": s.dp_size, "tp_size": 1, "pp_size": 1,
+        "layout": {"ep_size": s.parallel.ep_size, "dp_size": s.dp_size, "tp_size": s.ranks.tp_size,
+                   "pp_size": s.ranks.pp_size,
                    "nodes": s.cluster.num_nodes, "gpus_per_node": s.cluster.gpus_per_node},
-        "batching": {"chunks": r.workload.num_chunks, "tokens_per_batch_limit": r.workload.tokens_per_batch_limit,
-                     "rounds": r.workload.rounds},
+        "batching": {"chunks": r.num_chunks, "tokens_per_batch_limit": r.tokens_per_batch_limit,
+                     "rounds": r.rounds},
         "memory_per_gpu_bytes": {"static": mem["static_bytes"], "hbm": mem["hbm_bytes"],
                                  "expert_params": mem["expert_params"], "replicated_params": mem["replicated_params"]},
         "simulated_events": r.num_events,
-        "network_solves": r.network.num_solves,
+        "network_solves": r.network_solves,
         "provenance": {
-            "compute_model": r.compute.describe(),
+            "compute_model": r.compute_model,
             "network_model": (f"fluid max-min fair share over per-direction ports (NVLink, NIC"
-                              f"{', spine' if r.network.topology.has_spine else ''}); one flow per token owner "
+                              f"{', spine' if r.has_spine else ''}); one flow per token owner "
                               f"per collective; all_to_all={s.network.all_to_all}"),
             "hardware_preset": s.hardware_preset,
             "model_preset": s.model_preset,
@@ -157,23 +155,22 @@ def summarize(r: RunResult) -> dict:
     }
 
 
-def per_layer_gpu_rows(r: RunResult) -> list[dict]:
+def per_layer_gpu_rows(r: RunRecord) -> list[dict]:
     """One row per (MoE layer, GPU): routed tokens, expert compute and collective times, summed
     over micro-batches and chunks (forward)."""
     s = r.scenario
-    p = s.parallel.ep_size
     rows = []
-    for group in range(s.dp_size):
+    for group in range(s.ranks.num_ep_groups):
         for layer in range(moe_layers_in_scope(s)):
-            keys = [(mb, c) for mb in range(s.workload.micro_batches) for c in range(r.workload.num_chunks)]
-            recv = sum(r.workload.traffic[group, layer, mb, c].recv_copies for mb, c in keys)
-            work = sum(r.workload.expert_work_s[group, layer, mb, c] for mb, c in keys)
+            keys = [(mb, c) for mb in range(s.workload.micro_batches) for c in range(r.num_chunks)]
+            recv = sum(r.counts[group, layer, mb, c].recv_copies for mb, c in keys)
+            work = sum(r.counts[group, layer, mb, c].expert_compute_s for mb, c in keys)
             times = {}
             for kind in ("dispatch", "combine"):
-                colls = [r.collectives[kind, group, layer, mb, c] for mb, c in keys]
+                colls = [r.collectives[CollectiveId(kind, group, layer, mb, c)] for mb, c in keys]
                 times[kind] = sum(c.recv_done_s - c.start_s for c in colls)
-            for local in range(p):
-                rows.append({"moe_layer": layer, "gpu": group * p + local, "ep_group": group,
+            for local, gpu in enumerate(s.ranks.ep_groups[group].tolist()):
+                rows.append({"moe_layer": layer, "gpu": gpu, "ep_group": group,
                              "routed_token_copies": int(recv[local]),
                              "expert_compute_s": float(work[local]),
                              "dispatch_s": float(times["dispatch"][local]),

@@ -1,4 +1,10 @@
-"""The model being trained or served, and its FLOP count.
+"""The model being trained or served, and its FLOP count (FLOP_CONVENTION, quoted in summary.json)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Provenance text: summary.json's provenance.flop_convention is this, whitespace collapsed.
+FLOP_CONVENTION = """The model being trained or served, and its FLOP count.
 
 FLOP convention (stated in summary.json's provenance and the README): a multiply-add is 2 FLOP;
 per token and layer, forward:
@@ -14,9 +20,6 @@ per token and layer, forward:
 Training counts 3x the forward (backward = 2x). Embedding and LM head are outside the layers in
 scope (a pipeline stage) and are not counted.
 """
-from __future__ import annotations
-
-from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,7 +130,7 @@ def test_summary_provenance_names_the_calibration_file_and_device():
 
 
 def test_a_calibrated_scenario_gives_identical_summaries(tmp_path):
-    from reports.files import summary_json
+    from simulator.results import summary_json
     path = str(calibration_file(tmp_path))
     runs = [summary_json(summarize(simulate(make_scenario(hardware={"calibration": path},
                                                           workload={"gemm_dtype": "fp32"})))) for _ in range(2)]

@@ -3,12 +3,13 @@ import json
 
 import numpy as np
 import pytest
-import simpy
 
 from simulator.engine import Run, simulate
-from simulator.gpu import COMPUTE, GPU
-from simulator.layout import moe_layers_in_scope
+from simulator.engine.collective import CollectiveId
+from simulator.engine.gpu import COMPUTE, GPU
+from simulator.engine.program import BACKWARD, FORWARD, OpId
 from simulator.metrics import summarize
+from simulator.scenario.memory import moe_layers_in_scope
 from tests.conftest import make_scenario
 
 SINGLE_NODE_BALANCED = dict(
@@ -30,7 +31,7 @@ def test_compute_overlapping_comm_runs_at_the_remaining_sm_fraction(env):
         gpu._set_sms(-20)
 
     def work():
-        yield from gpu.compute(2.0, "k")
+        yield from gpu.compute(2.0, OpId(0, "experts", FORWARD, 0, 0))
         done["t"] = env.now
 
     env.process(hold())
@@ -40,12 +41,21 @@ def test_compute_overlapping_comm_runs_at_the_remaining_sm_fraction(env):
     assert done["t"] == pytest.approx(2.2)
 
 
+def kernel_seconds(run: Run, gpu: int) -> list[float]:
+    """Every kernel the GPU's program runs, at full SM rate, over all its chains."""
+    program = run.programs[gpu]
+    group, local = run.group_of[gpu], run.ep_rank[gpu]
+    kernels = [op.side_kernel() if op.collective else op for op in program.ops if not op.collective or op.overlapped]
+    return [run.work_s(op, group, local, mb, c) for mb, c in program.chains for op in kernels]
+
+
 def test_balanced_single_node_all_to_all_takes_busiest_port_bytes_over_rate():
     s = make_scenario(**SINGLE_NODE_BALANCED)
-    r = simulate(s)
+    run = Run(s)
+    run.simulate()
     nvl = s.cluster.nvlink
     for kind in ("dispatch", "combine"):
-        coll = r.collectives[kind, 0, 0, 0, 0]
+        coll = run.collectives[CollectiveId(kind, 0, 0, 0, 0)]
         paths = coll._paths
         load = np.bincount(paths.entry_port, paths.entry_bytes)
         rate = nvl.achievable_bytes_per_s * s.cluster.direct_alltoall_efficiency  # direct = NCCL's protocol
@@ -60,17 +70,13 @@ def test_overlap_none_step_time_is_the_sum_of_its_phases():
     run = Run(s)
     r = run.simulate()
     ends = []
-    for gpu in r.gpus:
+    for gpu, intervals in enumerate(r.intervals):
         # serialised: the GPU's ops tile [0, its last end] with no gap and no overlap
-        durations = [end - start for _, start, end, _ in gpu.intervals]
-        ends.append(max(end for _, _, end, _ in gpu.intervals))
+        durations = [iv.end_s - iv.start_s for iv in intervals]
+        ends.append(max(iv.end_s for iv in intervals))
         assert sum(durations) == pytest.approx(ends[-1], rel=1e-9)
-        compute = [end - start for stream, start, end, _ in gpu.intervals if stream == COMPUTE]
-        p = s.parallel.ep_size
-        group, local = divmod(gpu.index, p)
-        expected = [run.work_s(op._replace(kind="compute", name=op.overlapped or op.name), group, local, mb, c)
-                    for mb in range(s.workload.micro_batches) for c in range(run.workload.num_chunks)
-                    for op in run.ops if op.kind == "compute" or op.overlapped]
+        compute = [iv.end_s - iv.start_s for iv in intervals if iv.stream == COMPUTE]
+        expected = kernel_seconds(run, gpu)
         assert sum(compute) == pytest.approx(sum(w for w in expected if w > 0), rel=1e-9)
     assert r.step_time_s == pytest.approx(max(ends))
 
@@ -84,25 +90,25 @@ def test_three_stream_is_bounded_by_serial_time_and_by_the_busiest_resource(rout
     r3 = overlapped.simulate()
     r0 = simulate(make_scenario(**sections, pipeline={"overlap": "none", "chunks": 2}))
     assert r3.step_time_s <= r0.step_time_s * (1 + 1e-9)
-    compute = max(sum(overlapped.work_s(op._replace(kind="compute", name=op.overlapped or op.name),
-                                        *divmod(g, overlapped.s.parallel.ep_size), mb, c)
-                      for mb in range(2) for c in range(overlapped.workload.num_chunks)
-                      for op in overlapped.ops if op.kind == "compute" or op.overlapped)
-                  for g in range(overlapped.s.num_gpus))
-    busiest_port = np.max(r3.network.port_bytes / r3.network.capacity)
+    compute = max(sum(kernel_seconds(overlapped, g)) for g in range(overlapped.s.num_gpus))
+    busiest_port = np.max(r3.ports.num_bytes / r3.ports.capacity_bytes_per_s)
     assert r3.step_time_s >= max(compute, busiest_port) * (1 - 1e-9)
 
 
 def test_bytes_sent_equal_bytes_received_in_every_collective():
-    r = simulate(make_scenario(routing={"distribution": "zipf"}))
-    topo = r.network.topology
+    run = Run(make_scenario(routing={"distribution": "zipf"}))
+    r = run.simulate()
+    topo = run.topology
     g = topo.num_gpus
-    for coll in r.collectives.values():
+    for coll in run.collectives.values():
         ports, nbytes = coll._paths.entry_port, coll._paths.entry_bytes
         out_bytes = nbytes[topo.is_gpu_egress(ports)].sum()
         in_bytes = nbytes[((ports >= g) & (ports < 2 * g)) | ((ports >= 3 * g) & (ports < 4 * g))].sum()
         assert out_bytes == pytest.approx(in_bytes, rel=1e-12)
-    pb = r.network.port_bytes
+    for rec in r.collectives.values():  # the record's per-GPU egress bytes add up to its totals
+        assert rec.nvlink_bytes_per_gpu.sum() == pytest.approx(rec.bytes_nvlink, rel=1e-12)
+        assert rec.ib_bytes_per_gpu.sum() == pytest.approx(rec.bytes_ib, rel=1e-12)
+    pb = r.ports.num_bytes
     assert pb[:g].sum() == pytest.approx(pb[g:2 * g].sum())
     assert pb[2 * g:3 * g].sum() == pytest.approx(pb[3 * g:4 * g].sum())
 
@@ -112,13 +118,13 @@ def test_tokens_routed_equal_tokens_times_top_k():
     r = simulate(s)
     for layer in range(moe_layers_in_scope(s)):
         for mb in range(s.workload.micro_batches):
-            routed = sum(r.workload.traffic[0, layer, mb, c].expert_tokens.sum() for c in range(r.workload.num_chunks))
-            copies = sum(r.workload.traffic[0, layer, mb, c].recv_copies.sum() for c in range(r.workload.num_chunks))
+            routed = sum(r.counts[0, layer, mb, c].expert_tokens.sum() for c in range(r.num_chunks))
+            copies = sum(r.counts[0, layer, mb, c].recv_copies.sum() for c in range(r.num_chunks))
             assert routed == copies == s.workload.tokens_per_gpu * s.parallel.ep_size * s.model.top_k
 
 
 def test_same_scenario_and_seed_give_identical_summaries():
-    from reports.files import summary_json
+    from simulator.results import summary_json
     a = summary_json(summarize(simulate(make_scenario(routing={"distribution": "zipf", "seed": 7}))))
     b = summary_json(summarize(simulate(make_scenario(routing={"distribution": "zipf", "seed": 7}))))
     c = summary_json(summarize(simulate(make_scenario(routing={"distribution": "zipf", "seed": 8}))))
@@ -142,7 +148,7 @@ def test_data_parallel_groups_run_their_own_collectives_on_a_shared_network():
     s = make_scenario(parallel={"ep_size": 4})
     r = simulate(s)
     assert s.dp_size == 2
-    groups = {key[1] for key in r.collectives}
+    groups = {cid.ep_group for cid in r.collectives}
     assert groups == {0, 1}
     for coll in r.collectives.values():
         assert not np.isnan(coll.recv_done_s).any()
@@ -158,10 +164,10 @@ def test_every_collective_completes_on_every_gpu_under_skewed_routing():
     s = make_scenario(routing={"distribution": "zipf", "zipf_alpha": 1.5},
                       workload={"micro_batches": 3}, pipeline={"chunks": 3})
     r = simulate(s)
-    events = [e for gpu in r.gpus for e in gpu.intervals]
+    events = [iv for intervals in r.intervals for iv in intervals]
     assert len(r.collectives) == 4 * 2 * 3 * 3  # kinds x MoE layers x micro-batches x chunks
     assert all(not np.isnan(c.recv_done_s).any() for c in r.collectives.values())
-    assert max(e[2] for e in events) == pytest.approx(r.step_time_s)
+    assert max(iv.end_s for iv in events) == pytest.approx(r.step_time_s)
 
 
 def test_default_scenario_runs_and_reports_every_contract_field():
@@ -183,21 +189,21 @@ def test_more_gpus_than_experts_puts_expert_i_on_gpu_i_and_nothing_on_the_rest()
     s = make_scenario(hardware={"nodes": 4, "gpus_per_node": 4}, parallel={"ep_size": 16},
                       model={"num_experts": 8})
     r = simulate(s)
-    recv = sum(r.workload.traffic[0, 0, mb, c].recv_copies for mb in range(2) for c in range(r.workload.num_chunks))
+    recv = sum(r.counts[0, 0, mb, c].recv_copies for mb in range(2) for c in range(r.num_chunks))
     assert (recv[:8] > 0).all() and (recv[8:] == 0).all()
-    assert (r.workload.expert_gpu == np.arange(8)).all()
+    assert (r.expert_gpu == np.arange(8)).all()
 
 
 def test_dualpipe_overlaps_the_forward_of_one_micro_batch_with_the_backward_of_the_previous():
     s = make_scenario(pipeline={"schedule": "dualpipe", "chunks": 1}, workload={"micro_batches": 3})
     r = simulate(s)
-    gpu = r.gpus[0]
-    fwd = {mb: [iv for iv in gpu.intervals if f"mb{mb} " in iv[3] and "_bwd" not in iv[3]] for mb in range(3)}
-    bwd = {mb: [iv for iv in gpu.intervals if f"mb{mb} " in iv[3] and "_bwd" in iv[3]] for mb in range(3)}
+    ivs = r.intervals[0]
+    fwd = {mb: [iv for iv in ivs if iv.op.micro_batch == mb and iv.op.phase == FORWARD] for mb in range(3)}
+    bwd = {mb: [iv for iv in ivs if iv.op.micro_batch == mb and iv.op.phase == BACKWARD] for mb in range(3)}
     # forward of mb m starts only after forward of m-1 ends, and runs while backward of m-1 is going on
     for mb in (1, 2):
-        assert min(iv[1] for iv in fwd[mb]) >= max(iv[2] for iv in fwd[mb - 1]) - 1e-12
-        assert min(iv[1] for iv in fwd[mb]) < max(iv[2] for iv in bwd[mb - 1])
+        assert min(iv.start_s for iv in fwd[mb]) >= max(iv.end_s for iv in fwd[mb - 1]) - 1e-12
+        assert min(iv.start_s for iv in fwd[mb]) < max(iv.end_s for iv in bwd[mb - 1])
     assert all(not np.isnan(c.recv_done_s).any() for c in r.collectives.values())
 
 

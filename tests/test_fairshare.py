@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from simulator.fairshare import max_min_rates
+from simulator.engine.fairshare import max_min_rates
 
 
 def rates(entries, capacity, num_flows):

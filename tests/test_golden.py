@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator import golden
+from simulator.studies import golden
 from tests.test_cli import TINY, run_sim, write_scenario
 
 ROOT_GOLDEN = Path(__file__).parent / "golden"

@@ -3,9 +3,12 @@ import numpy as np
 import pytest
 
 from hardware.topology import Topology
-from simulator.collective import Collective, build_paths
-from simulator.network import FlowBatch, Network
-from simulator.traffic import ChunkTraffic
+from simulator.engine.collective import Collective
+from simulator.engine.network import FlowBatch, Network
+from simulator.engine.paths import build_paths
+from simulator.ranks import RankLayout
+from simulator.wire import ALL_TO_ALL
+from simulator.workload.traffic import ChunkTraffic
 from tests.conftest import make_scenario
 
 MB = 1e6
@@ -21,6 +24,11 @@ def run_batches(env, net, batches):
         net.add(FlowBatch(f, p, b, n, lambda owners, t, name=name: done.setdefault(name, []).append((list(owners), t))))
     env.run()
     return done
+
+
+def ep_group(num_gpus: int, gpus_per_node: int):
+    """The one EP group spanning every GPU."""
+    return RankLayout(num_gpus, gpus_per_node, ep_size=num_gpus).ep_group(0)
 
 
 def topology(**hardware):
@@ -74,7 +82,8 @@ def test_collective_of_one_pair_ends_at_setup_plus_bytes_over_rate_plus_latency(
     traffic = single_pair_traffic(4, 0, 2, tokens=1000)
     num_bytes = 1000 * 512.0
     setup = 3e-6
-    coll = Collective(env, net, group, lambda: build_paths("direct", traffic, 512.0, group, topo), True, setup)
+    paths = build_paths(ALL_TO_ALL["direct"], traffic, 512.0, ep_group(4, 4), topo)
+    coll = Collective(env, net, group, lambda: paths, True, setup)
     events = [coll.arrive(i) for i in range(4)]
     env.run()
     nvl = topo.spec.nvlink
@@ -94,13 +103,13 @@ def test_hierarchical_crosses_ib_once_per_node_then_forwards_over_nvlink(env):
     nodes = np.zeros((p, 2), dtype=np.int64)
     nodes[0, 1] = 100  # the same 100 tokens go to both: one IB crossing
     traffic = ChunkTraffic(pair, pair.copy(), nodes, np.zeros(16, np.int64))
-    paths = build_paths("hierarchical", traffic, 10.0, np.arange(p), topo)
+    paths = build_paths(ALL_TO_ALL["hierarchical"], traffic, 10.0, ep_group(p, 4), topo)
     load = np.bincount(paths.entry_port, paths.entry_bytes, minlength=topo.num_ports)
     assert load[topo.nic_out(0)] == pytest.approx(1000)
     assert load[topo.nic_in(4)] == pytest.approx(1000)  # the forwarder: node 1, local rank 0
     assert load[topo.nvl_out(4)] == pytest.approx(2000)
     assert load[topo.nvl_in(5)] == pytest.approx(1000) and load[topo.nvl_in(6)] == pytest.approx(1000)
-    direct = build_paths("direct", traffic, 10.0, np.arange(p), topo)
+    direct = build_paths(ALL_TO_ALL["direct"], traffic, 10.0, ep_group(p, 4), topo)
     dload = np.bincount(direct.entry_port, direct.entry_bytes, minlength=topo.num_ports)
     assert dload[topo.nic_out(0)] == pytest.approx(2000)  # direct sends a copy per destination GPU
 
@@ -127,7 +136,7 @@ def test_an_oversubscribed_spine_slows_cross_rail_traffic_only(env):
     pair[0, 4] = 1000  # same rail (0 -> 4): leaf only
     pair[1, 6] = 1000  # rail 1 -> rail 2: through the spine
     traffic = ChunkTraffic(pair, pair.copy(), np.zeros((p, 2), np.int64), np.zeros(16, np.int64))
-    paths = build_paths("direct", traffic, 100.0, np.arange(p), topo)
+    paths = build_paths(ALL_TO_ALL["direct"], traffic, 100.0, ep_group(p, 4), topo)
     load = np.bincount(paths.entry_port, paths.entry_bytes, minlength=topo.num_ports)
     assert load[topo.spine_up(0)] == 0
     assert load[topo.spine_up(1)] == pytest.approx(1e5) and load[topo.spine_down(2)] == pytest.approx(1e5)

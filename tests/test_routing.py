@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from math import comb
 
-from simulator.placement import round_robin
-from simulator.routing import Router
-from simulator.traffic import micro_batch_traffic
+from simulator.workload.placement import round_robin
+from simulator.workload.routing import Router
+from simulator.workload.traffic import micro_batch_traffic
 
 E, K = 256, 8
 
@@ -61,8 +61,8 @@ def test_traffic_counts_distinct_tokens_per_gpu_pair_and_copies_without_dedupe()
     # 2 GPUs, 4 experts: expert e on GPU e % 2; one token per GPU
     expert_gpu = round_robin(4, 2)
     experts = np.array([[0, 2], [1, 2]])  # GPU 0's token -> experts 0, 2 (both GPU 0); GPU 1's -> GPU 1 and 0
-    [t] = micro_batch_traffic(experts, tokens_per_gpu=1, num_chunks=1, expert_gpu=expert_gpu, gpus_per_node=8,
-                              num_experts=4)
+    [t] = micro_batch_traffic(experts, tokens_per_gpu=1, num_chunks=1, expert_gpu=expert_gpu,
+                              member_node=np.zeros(2, dtype=np.int64), num_experts=4)
     assert t.pair_tokens.tolist() == [[1, 0], [1, 1]]
     assert t.pair_copies.tolist() == [[2, 0], [1, 1]]
     assert t.expert_tokens.tolist() == [1, 1, 2, 0]

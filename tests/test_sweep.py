@@ -5,7 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from simulator import sweep
+from simulator.studies import sweep
 from simulator.errors import ScenarioError
 from tests.test_cli import TINY, run_sim, write_scenario
 

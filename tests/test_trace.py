@@ -6,6 +6,7 @@ import re
 import numpy as np
 import pytest
 
+from hardware.topology import Topology
 from reports.trace import STREAM_TID, sampled_gpus, trace_document, utilisation_steps
 from simulator.api import simulate_scenario
 from tests.test_cli import run_sim, write_scenario
@@ -40,17 +41,18 @@ def test_trace_is_a_trace_event_object_with_well_formed_events(doc):
 
 def test_every_gpu_is_a_process_with_a_named_thread_per_stream(doc, result):
     names = {ev["pid"]: ev["args"]["name"] for ev in doc["traceEvents"] if ev["name"] == "process_name"}
-    assert [n for pid, n in names.items() if pid < len(result.gpus)] == [
-        f"GPU {g} (node {g // 4}, EP group 0, rank {g})" for g in range(len(result.gpus))]
+    assert [n for pid, n in names.items() if pid < result.num_gpus] == [
+        f"GPU {g} (node {g // 4}, EP group 0, rank {g})" for g in range(result.num_gpus)]
     threads = {(ev["pid"], ev["tid"]) for ev in doc["traceEvents"] if ev["name"] == "thread_name"}
-    assert threads == {(g, tid) for g in range(len(result.gpus)) for tid in STREAM_TID.values()}
+    assert threads == {(g, tid) for g in range(result.num_gpus) for tid in STREAM_TID.values()}
 
 
 def test_one_slice_per_recorded_interval_at_its_simulated_time(doc, result):
     slices = [ev for ev in doc["traceEvents"] if ev["ph"] == "X"]
-    assert len(slices) == sum(len(g.intervals) for g in result.gpus)
-    stream, start_s, end_s, label = result.gpus[3].intervals[5]
-    match = [ev for ev in slices if ev["pid"] == 3 and ev["name"] == label and ev["tid"] == STREAM_TID[stream]]
+    assert len(slices) == sum(len(ivs) for ivs in result.intervals)
+    stream, start_s, end_s, op = result.intervals[3][5]
+    match = [ev for ev in slices if ev["pid"] == 3 and ev["name"] == op.label and ev["tid"] == STREAM_TID[stream]]
+    assert match[0]["args"] == op._asdict()
     assert match[0]["ts"] == pytest.approx(start_s * 1e6, abs=1e-4)  # rounded to 0.1 ns
     assert match[0]["dur"] == pytest.approx((end_s - start_s) * 1e6, abs=2e-4)
 
@@ -66,8 +68,8 @@ def test_slices_are_named_by_layer_op_micro_batch_and_chunk_with_the_phase_in_ar
 
 def test_utilisation_counters_carry_every_byte_of_the_collectives(result):
     """Integral of (utilisation x class line rate) over time == bytes the collectives moved."""
-    topo = result.network.topology
-    peak = topo.port_peak_bytes_per_s()
+    topo = Topology(result.scenario.cluster)
+    peak = result.ports.peak_bytes_per_s
     steps = utilisation_steps(result)
     for cls, out_port in (("nvlink", topo.nvl_out(0)), ("ib", topo.nic_out(0))):
         times, level = steps[cls]
@@ -80,7 +82,7 @@ def test_utilisation_counters_carry_every_byte_of_the_collectives(result):
 def test_counters_are_in_a_network_process(doc, result):
     counters = [ev for ev in doc["traceEvents"] if ev["ph"] == "C"]
     assert {ev["name"] for ev in counters} == {"NVLink utilisation (% of line rate)", "IB utilisation (% of line rate)"}
-    assert {ev["pid"] for ev in counters} == {len(result.gpus)}
+    assert {ev["pid"] for ev in counters} == {result.num_gpus}
 
 
 def test_large_clusters_are_sampled_and_the_file_says_which_gpus(result):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.validation.harness import load_baseline, load_cases, run_case, select, summary_stats
+from simulator.studies.validation.harness import load_baseline, load_cases, run_case, select, summary_stats
 
 FAST = ["deepep-normal-intranode-ep8", "deepep-normal-internode-ep16", "deepep-low-latency-ep8",
         "deepep-low-latency-ep64", "nccl-alltoall-h100-8gpu-nvlink"]

@@ -5,166 +5,23 @@ Every error is a ScenarioError naming the key path, the value and the rule.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from hardware.calibrated import calibration_path, load_calibration
 from hardware.presets import PRESET_DIR as HARDWARE_PRESET_DIR
 from hardware.presets import load_yaml_mapping, preset_path
-from hardware.spec import ClusterSpec, cluster_from_fields
+from hardware.spec import cluster_from_fields
 from simulator.errors import ScenarioError
-from simulator.layout import check_layout
 from simulator.model import AttentionSpec, ModelSpec
+from simulator.scenario.rules import check_layout
+from simulator.scenario.schema import (NOT_YET, SECTIONS, TOP_LEVEL_KEYS, HardwareSection, ModelSection,
+                                       Scenario)
 
-MODEL_PRESET_DIR = Path(__file__).parent / "models"
-
-Pos = Field(gt=0)
-Frac = Field(gt=0, le=1)
-NonNeg = Field(ge=0)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-class HardwareSection(_Section):
-    preset: str = "h100-seed"
-    description: str = ""
-    nodes: int = Pos
-    gpu_name: str
-    gpus_per_node: int = Pos
-    peak_bf16_tflops: float = Pos
-    peak_fp8_tflops: float = Pos
-    hbm_gb: float = Pos
-    hbm_tb_per_s: float = Pos
-    num_sms: int = Pos
-    matmul_efficiency: float = Frac
-    memory_efficiency: float = Frac
-    kernel_launch_us: float = NonNeg
-    nvlink_gb_per_s: float = Pos
-    nvlink_efficiency: float = Frac
-    nvlink_latency_us: float = NonNeg
-    ib_gbit_per_s: float = Pos
-    ib_efficiency: float = Frac
-    ib_latency_us: float = NonNeg
-    ib_cross_leaf_latency_us: float = NonNeg
-    spine_oversubscription: float = Field(ge=1)
-    ll_kernel_overhead_us: float = Field(default=0.0, ge=0)
-    direct_alltoall_efficiency: float = Field(default=1.0, gt=0, le=1)
-    calibration: Optional[str] = None  # a shipped calibration name or a .json path; None = roofline
-
-
-class AttentionSection(_Section):
-    kind: Literal["mla", "gqa"]
-    num_heads: int = Pos
-    num_kv_heads: int = Field(default=0, ge=0)
-    head_dim: int = Field(default=0, ge=0)
-    q_lora_rank: int = Field(default=0, ge=0)
-    kv_lora_rank: int = Field(default=0, ge=0)
-    qk_nope_head_dim: int = Field(default=0, ge=0)
-    qk_rope_head_dim: int = Field(default=0, ge=0)
-    v_head_dim: int = Field(default=0, ge=0)
-
-
-class ModelSection(_Section):
-    preset: str = "deepseek-v3"
-    hidden_size: int = Pos
-    moe_intermediate_size: int = Pos
-    num_experts: int = Pos
-    top_k: int = Pos
-    num_shared_experts: int = NonNeg
-    num_layers: int = Pos
-    num_dense_layers: int = NonNeg
-    dense_intermediate_size: int = Pos
-    vocab_size: int = Pos
-    attention: AttentionSection
-
-
-class ParallelSection(_Section):
-    ep_size: int = Pos
-    tp_size: int = Field(default=1, gt=0)
-    pp_size: int = Field(default=1, gt=0)
-
-
-class WorkloadSection(_Section):
-    mode: Literal["train", "prefill", "decode"] = "train"
-    scope: Literal["model", "moe_layer"] = "model"
-    tokens_per_gpu: int = Field(default=4096, gt=0)
-    micro_batches: int = Field(default=2, gt=0)
-    seq_len: int = Field(default=4096, gt=0)
-    gemm_dtype: Literal["bf16", "fp8", "fp32"] = "bf16"  # fp32: CPUs, with an fp32 calibration
-
-
-class RoutingSection(_Section):
-    distribution: Literal["uniform", "balanced", "zipf", "trace"] = "uniform"
-    zipf_alpha: float = Field(default=1.0, gt=0)
-    seed: int = Field(default=0, ge=0)
-    max_nodes_per_token: Optional[int] = Field(default=None, gt=0)
-    adaptive_alpha: float = Field(default=0.0, ge=0)
-
-
-class PlacementSection(_Section):
-    strategy: Literal["round_robin", "topology_aware", "eplb"] = "round_robin"
-    redundant_experts: int = Field(default=0, ge=0)
-
-
-class NetworkSection(_Section):
-    all_to_all: Literal["direct", "hierarchical", "low_latency"] = "hierarchical"
-    dispatch_dtype: Literal["fp8", "bf16"] = "fp8"
-    combine_dtype: Literal["fp8", "bf16"] = "bf16"
-    comm_sms: int = Field(default=20, ge=0)
-
-
-class PipelineSection(_Section):
-    overlap: Literal["none", "three_stream"] = "three_stream"
-    chunks: int = Field(default=2, gt=0)
-    # lockstep: micro-batches run forward, then backward, side by side; dualpipe: the forward of
-    # micro-batch m overlaps the backward of m-1 (DeepSeek-V3's DualPipe steady state).
-    schedule: Literal["lockstep", "dualpipe"] = "lockstep"
-
-
-SECTIONS = {
-    "parallel": ParallelSection, "workload": WorkloadSection, "routing": RoutingSection,
-    "placement": PlacementSection, "network": NetworkSection, "pipeline": PipelineSection,
-}
-TOP_LEVEL_KEYS = ("name", "hardware", "model", *SECTIONS)
-
-# Values the schema knows but this version does not simulate yet: (key, value) -> what is supported.
-NOT_YET = {
-    ("workload.mode", "decode"): "supported today: train, prefill",
-    ("routing.distribution", "trace"): "supported today: uniform, balanced, zipf",
-    ("placement.strategy", "topology_aware"): "supported today: round_robin",
-    ("placement.strategy", "eplb"): "supported today: round_robin",
-}
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    cluster: ClusterSpec
-    model: ModelSpec
-    parallel: ParallelSection
-    workload: WorkloadSection
-    routing: RoutingSection
-    placement: PlacementSection
-    network: NetworkSection
-    pipeline: PipelineSection
-    hardware_preset: str
-    model_preset: str
-    resolved: dict  # the fully merged YAML-level scenario (for hashing and reports)
-    calibration_path: Optional[Path] = None  # the checked calibration file the compute model reads
-
-    @property
-    def num_gpus(self) -> int:
-        return self.cluster.num_gpus
-
-    @property
-    def dp_size(self) -> int:
-        return self.num_gpus // self.parallel.ep_size
+MODEL_PRESET_DIR = Path(__file__).parent.parent / "models"
 
 
 def _raise_from_pydantic(exc: ValidationError, prefix: str, model_cls) -> None:

@@ -24,16 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import yaml
 
 from simulator import __version__
 from simulator.api import run_scenario
 from simulator.errors import ScenarioError
 from simulator.scenario import apply_overrides, build_scenario, parse_override, read_scenario_file
+from simulator.studies.sweep_store import (POINT_FILE, flatten, point_json_record, read_point_summary, sweep_table,
+                                           write_point, write_sweep_table)
 
 OK, INVALID, FAILED = "ok", "invalid", "failed"
 POINTS_DIR = "points"
-POINT_FILE = "point.json"
 RAY_HINT = "Ray is an optional extra; install it with: pip install 'epsim[ray]'  (or: pip install ray)"
 
 
@@ -221,6 +223,54 @@ def run_points(points: list[Point], on_done: OnDone, executor: str = "local", jo
         run_ray(points, on_done, address)
     else:
         run_local(points, on_done, min(jobs, max(len(points), 1)))
+
+
+# -- a whole sweep, written as it goes ------------------------------------------------------------
+@dataclass
+class SweepResult:
+    table: pd.DataFrame  # one row per point, grid order
+    counts: dict[str, int]  # status -> points simulated in this call
+    num_skipped: int  # points already done on disk (not simulated again)
+    table_files: dict[str, Path]
+
+
+def run_sweep(points: list[Point], out_dir: Path, executor: str = "local", jobs: int = 1,
+              address: str | None = None, on_start: Callable[[int, int], None] | None = None,
+              on_point: OnDone | None = None) -> SweepResult:
+    """Run the points of a grid that `out_dir` does not already hold, writing each point's folder
+    and the combined table the moment it finishes, so a sweep killed half-way loses nothing and
+    a rerun resumes. on_start(num_done_before, num_to_run) is called once before any point runs;
+    on_point(point, outcome) after each point is written."""
+    check_executor(executor, jobs)
+    out_dir = Path(out_dir)
+    rows: dict[int, dict] = {}
+    todo = []
+    for p in points:
+        record = finished_record(out_dir, p)
+        if record is None:
+            todo.append(p)
+        else:  # done before: keep its row, do not simulate it again
+            summary = read_point_summary(point_dir(out_dir, p))
+            rows[p.index] = flatten(point_json_record(p, record["status"], record["error"], record.get("wall_s")),
+                                    summary)
+    if on_start:
+        on_start(len(points) - len(todo), len(todo))
+    counts = {OK: 0, INVALID: 0, FAILED: 0}
+
+    def on_done(point: Point, outcome: dict) -> None:
+        record = point_json_record(point, outcome["status"], outcome["error"], outcome["wall_s"])
+        resolved = dump_yaml(point.resolved) if point.resolved else None
+        write_point(point_dir(out_dir, point), record, outcome["summary"], outcome["rows"], resolved)
+        rows[point.index] = flatten(record, outcome["summary"])
+        write_sweep_table(out_dir, sweep_table(list(rows.values())))
+        counts[outcome["status"]] += 1
+        if on_point:
+            on_point(point, outcome)
+
+    if todo:
+        run_points(todo, on_done, executor, jobs, address)
+    table = sweep_table(list(rows.values()))
+    return SweepResult(table, counts, len(points) - len(todo), write_sweep_table(out_dir, table))
 
 
 def describe_axes(fixed: list[tuple[str, object]], axes: list[Axis], zipped: bool = False) -> dict:

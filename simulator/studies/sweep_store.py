@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.files import summary_json, write_atomic, write_run_files
+from hardware.atomic import write_atomic
+from simulator.results import write_run_files
 
 POINT_FILE = "point.json"
 TABLE_CSV = "sweep.csv"
@@ -86,9 +87,7 @@ def write_sweep_table(out_dir: Path, table: pd.DataFrame) -> dict[str, Path]:
     out_dir = Path(out_dir)
     paths = {"table_csv": out_dir / TABLE_CSV, "table_parquet": out_dir / TABLE_PARQUET}
     write_atomic(paths["table_csv"], table.to_csv(index=False))
-    tmp = out_dir / f".{TABLE_PARQUET}.tmp"
-    table.to_parquet(tmp, index=False)
-    tmp.replace(paths["table_parquet"])
+    write_atomic(paths["table_parquet"], lambda tmp: table.to_parquet(tmp, index=False))
     return paths
 
 
@@ -98,6 +97,3 @@ def point_json_record(point, status: str, error: str | None, wall_s: float | Non
             "coords": [[k, v] for k, v in point.coords], "status": status, "error": error,
             "wall_s": wall_s}
 
-
-__all__ = ["write_point", "flatten", "sweep_table", "write_sweep_table", "point_json_record",
-           "read_point_summary", "summary_json"]

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from hardware.compute import RooflineCompute
-from simulator.collective import token_bytes
-from simulator.layout import memory_per_gpu, moe_layers_in_scope
-from simulator.placement import place
-from simulator.routing import Router
-from simulator.traffic import ChunkTraffic, chunk_bounds, micro_batch_traffic
+from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope
+from simulator.wire import token_bytes
+from simulator.workload.placement import place
+from simulator.workload.routing import Router
+from simulator.workload.traffic import chunk_bounds, micro_batch_traffic
 
 
 @dataclass
@@ -37,7 +37,8 @@ def batch_limit(s, num_chunks: int) -> tuple[int, int, int]:
     it. When it does not fit, chunks are split further into rounds.
     """
     h = s.model.hidden_size
-    per_token = token_bytes(s.network.dispatch_dtype, h, s.network.all_to_all) + token_bytes(s.network.combine_dtype, h, s.network.all_to_all)
+    a2a = s.network.all_to_all
+    per_token = token_bytes(s.network.dispatch_dtype, h, a2a) + token_bytes(s.network.combine_dtype, h, a2a)
     mem = memory_per_gpu(s)
     free = mem["hbm_bytes"] - mem["static_bytes"]
     limit = int(free // per_token)
@@ -49,23 +50,23 @@ def batch_limit(s, num_chunks: int) -> tuple[int, int, int]:
 
 def build_workload(s, compute: RooflineCompute) -> Workload:
     p = s.parallel.ep_size
-    gpn = s.cluster.gpus_per_node
     m = s.model
     batch, rounds, num_chunks = batch_limit(s, s.pipeline.chunks)
     expert_gpu = place(s.placement.strategy, m.num_experts, p)
     local = np.arange(p)
-    expert_node = expert_gpu // gpn if p > gpn else np.zeros(m.num_experts, dtype=np.int64)
     on_gpu = [np.nonzero(expert_gpu == g)[0] for g in range(p)]
     traffic, work = {}, {}
-    for group in range(s.dp_size):
+    for group in range(s.ranks.num_ep_groups):
+        member_node = s.ranks.ep_group(group).node
+        expert_node = member_node[expert_gpu]
         for layer in range(moe_layers_in_scope(s)):
             router = Router(m.num_experts, m.top_k, s.routing.distribution, s.routing.zipf_alpha, expert_node,
                             s.routing.max_nodes_per_token, np.random.default_rng([s.routing.seed, group, layer]))
             for mb in range(s.workload.micro_batches):
                 rng = np.random.default_rng([s.routing.seed, group, layer, mb, 1])
                 experts = router.route(p * s.workload.tokens_per_gpu, rng)
-                chunks = micro_batch_traffic(experts, s.workload.tokens_per_gpu, num_chunks, expert_gpu, gpn,
-                                             m.num_experts)
+                chunks = micro_batch_traffic(experts, s.workload.tokens_per_gpu, num_chunks, expert_gpu,
+                                             member_node, m.num_experts)
                 for c, t in enumerate(chunks):
                     traffic[group, layer, mb, c] = t
                     work[group, layer, mb, c] = np.array([
@@ -107,5 +108,3 @@ def dense_work_s(s, compute: RooflineCompute, num_tokens: int) -> dict[str, floa
         "dense_ffn": compute.expert_ffn_s(np.array([n]), h, m.dense_intermediate_size, permute=False),
     }
 
-
-__all__ = ["Workload", "ChunkTraffic", "build_workload", "dense_work_s", "batch_limit"]

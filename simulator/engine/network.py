@@ -15,7 +15,7 @@ import numpy as np
 import simpy
 
 from hardware.topology import Topology
-from simulator.fairshare import max_min_rates
+from simulator.engine.fairshare import max_min_rates
 
 COALESCE = 1e-3
 

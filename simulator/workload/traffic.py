@@ -33,18 +33,18 @@ def _distinct_per_row(ids: np.ndarray) -> np.ndarray:
     return s, first
 
 
-def count_chunk(experts: np.ndarray, src: np.ndarray, expert_gpu: np.ndarray, gpus_per_node: int,
-                num_gpus: int, num_experts: int) -> tuple[np.ndarray, ...]:
-    """Counts for tokens `experts` [n, k] sent from GPUs `src` [n] (indices inside the EP group)."""
-    p = num_gpus
-    num_nodes = max(1, p // gpus_per_node)
+def count_chunk(experts: np.ndarray, src: np.ndarray, expert_gpu: np.ndarray, member_node: np.ndarray,
+                num_experts: int) -> tuple[np.ndarray, ...]:
+    """Counts for tokens `experts` [n, k] sent from GPUs `src` [n] (EP ranks). member_node[r] is the
+    node of EP rank r, numbered inside the group."""
+    p = len(member_node)
+    num_nodes = int(member_node.max()) + 1
     gpu = expert_gpu[experts]
     copies = np.bincount((src[:, None] * p + gpu).ravel(), minlength=p * p).reshape(p, p)
     sorted_gpu, first = _distinct_per_row(gpu)
     src_k = np.broadcast_to(src[:, None], gpu.shape)
     tokens = np.bincount((src_k * p + sorted_gpu)[first], minlength=p * p).reshape(p, p)
-    sorted_node, first_node = _distinct_per_row(sorted_gpu // gpus_per_node if p > gpus_per_node
-                                                else np.zeros_like(sorted_gpu))
+    sorted_node, first_node = _distinct_per_row(member_node[sorted_gpu])
     nodes = np.bincount((src_k * num_nodes + sorted_node)[first_node],
                         minlength=p * num_nodes).reshape(p, num_nodes)
     per_expert = np.bincount(experts.ravel(), minlength=num_experts)
@@ -58,10 +58,10 @@ def chunk_bounds(num_tokens: int, num_chunks: int) -> list[tuple[int, int]]:
 
 
 def micro_batch_traffic(experts: np.ndarray, tokens_per_gpu: int, num_chunks: int, expert_gpu: np.ndarray,
-                        gpus_per_node: int, num_experts: int) -> list[ChunkTraffic]:
-    """Per-chunk traffic of one micro-batch: `experts` is [P * tokens_per_gpu, k], GPU-major."""
-    p = len(experts) // tokens_per_gpu
-    num_nodes = max(1, p // gpus_per_node)
+                        member_node: np.ndarray, num_experts: int) -> list[ChunkTraffic]:
+    """Per-chunk traffic of one micro-batch: `experts` is [P * tokens_per_gpu, k], EP-rank-major."""
+    p = len(member_node)
+    num_nodes = int(member_node.max()) + 1
     out = []
     for lo, hi in chunk_bounds(tokens_per_gpu, num_chunks):
         acc = [np.zeros((p, p), np.int64), np.zeros((p, p), np.int64),
@@ -69,7 +69,7 @@ def micro_batch_traffic(experts: np.ndarray, tokens_per_gpu: int, num_chunks: in
         for first_src in range(0, p, BLOCK_SOURCES):
             srcs = np.arange(first_src, min(p, first_src + BLOCK_SOURCES))
             rows = (srcs[:, None] * tokens_per_gpu + np.arange(lo, hi)).ravel()
-            counts = count_chunk(experts[rows], np.repeat(srcs, hi - lo), expert_gpu, gpus_per_node, p, num_experts)
+            counts = count_chunk(experts[rows], np.repeat(srcs, hi - lo), expert_gpu, member_node, num_experts)
             for a, c in zip(acc, counts):
                 a += c
         out.append(ChunkTraffic(pair_tokens=acc[0], pair_copies=acc[1], node_tokens=acc[2], expert_tokens=acc[3]))

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from simulator.engine import RunResult, simulate
-from simulator.gpu import COMPUTE
+from simulator.engine import RunRecord, simulate
+from simulator.engine.collective import COLLECTIVES
+from simulator.engine.gpu import COMPUTE
 from simulator.metrics import breakdown, summarize
 from simulator.scenario import build_scenario
 
@@ -46,30 +47,30 @@ def _kinds(metric: dict) -> list[str]:
     return metric["kind"].split(",")
 
 
-def collective_time_s(r: RunResult, kinds: list[str]) -> float:
-    times = [c.recv_done_s - c.start_s for key, c in r.collectives.items() if key[0] in kinds]
+def collective_time_s(r: RunRecord, kinds: list[str]) -> float:
+    times = [c.recv_done_s - c.start_s for c in r.collectives.values() if c.kind in kinds]
     return float(np.concatenate(times).mean())
 
 
-def _logical_gb_per_s(r: RunResult, kind: str, per_gpu_units: float) -> float:
+def _logical_gb_per_s(r: RunRecord, kind: str, per_gpu_units: float) -> float:
     s = r.scenario
-    factor = FP8_LOGICAL_FACTOR if getattr(s.network, f"{'dispatch' if 'dispatch' in kind else 'combine'}_dtype") == "fp8" else 1.0
+    factor = FP8_LOGICAL_FACTOR if getattr(s.network, COLLECTIVES[kind].dtype_key) == "fp8" else 1.0
     return per_gpu_units * s.model.hidden_size * 2 * factor / collective_time_s(r, [kind]) / 1e9
 
 
-def deepep_nvlink_gb_per_s(r: RunResult, metric: dict) -> float:
+def deepep_nvlink_gb_per_s(r: RunRecord, metric: dict) -> float:
     """Received token copies per GPU (a token once per distinct destination GPU, itself included)."""
-    per_gpu = np.mean([t.pair_tokens.sum(axis=0).mean() for t in r.workload.traffic.values()])
+    per_gpu = np.mean([c.recv_tokens.mean() for c in r.counts.values()])
     return _logical_gb_per_s(r, metric["kind"], per_gpu)
 
 
-def deepep_rdma_gb_per_s(r: RunResult, metric: dict) -> float:
+def deepep_rdma_gb_per_s(r: RunRecord, metric: dict) -> float:
     """(token, destination node) pairs per GPU, the local node included."""
-    per_gpu = np.mean([t.node_tokens.sum(axis=1).mean() for t in r.workload.traffic.values()])
+    per_gpu = np.mean([c.node_pairs.mean() for c in r.counts.values()])
     return _logical_gb_per_s(r, metric["kind"], per_gpu)
 
 
-def alltoall_busbw_gb_per_s(r: RunResult, metric: dict) -> float:
+def alltoall_busbw_gb_per_s(r: RunRecord, metric: dict) -> float:
     s = r.scenario
     n = s.parallel.ep_size
     rank_bytes = s.workload.tokens_per_gpu * n * 2 * s.model.hidden_size  # nccl-tests size: the whole send buffer
@@ -77,15 +78,15 @@ def alltoall_busbw_gb_per_s(r: RunResult, metric: dict) -> float:
     return algbw * (n - 1) / n / 1e9
 
 
-def compute_op_us(r: RunResult, metric: dict) -> float:
+def compute_op_us(r: RunRecord, metric: dict) -> float:
     """Mean time of one compute op per (GPU, layer, micro-batch), its chunks summed."""
     name = metric["kind"]
     totals: dict[tuple, float] = {}
-    for gpu in r.gpus:
-        for stream, start, end, label in gpu.intervals:
-            layer, op, mb, _chunk = label.split(" ")
-            if stream == COMPUTE and op == name:
-                totals[gpu.index, layer, mb] = totals.get((gpu.index, layer, mb), 0.0) + end - start
+    for gpu, intervals in enumerate(r.intervals):
+        for iv in intervals:
+            if iv.stream == COMPUTE and iv.op.name == name:
+                key = (gpu, iv.op.layer, iv.op.micro_batch)
+                totals[key] = totals.get(key, 0.0) + iv.end_s - iv.start_s
     return float(np.mean(list(totals.values()))) * 1e6
 
 

@@ -6,9 +6,22 @@ streams one resource, so nothing overlaps.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import simpy
 
+from simulator.engine.program import OpId
+
 COMPUTE, SEND, RECEIVE = "compute", "send", "receive"
+STREAMS = (COMPUTE, RECEIVE, SEND)
+
+
+class Interval(NamedTuple):
+    """One kernel, or this GPU's part of a collective, on one stream."""
+    stream: str
+    start_s: float
+    end_s: float
+    op: OpId
 
 
 class GPU:
@@ -27,8 +40,7 @@ class GPU:
         self._turn = {SEND: 0, RECEIVE: 0}
         self._turn_events: dict[tuple[str, int], simpy.Event] = {}
         self._rate_changed = env.event()
-        # (stream, start_s, end_s, label) for every op this GPU ran
-        self.intervals: list[tuple[str, float, float, str]] = []
+        self.intervals: list[Interval] = []  # every op this GPU ran, in the order they ended
 
     @property
     def compute_rate(self) -> float:
@@ -41,7 +53,7 @@ class GPU:
         changed, self._rate_changed = self._rate_changed, self.env.event()
         changed.succeed()
 
-    def compute(self, work_s: float, label: str):
+    def compute(self, work_s: float, op: OpId):
         """Run a kernel needing work_s seconds at full SM rate; takes longer while comm holds SMs."""
         if work_s <= 0:
             return
@@ -57,9 +69,9 @@ class GPU:
                 if finish in result:
                     break
                 remaining -= (self.env.now - t0) * rate
-            self.intervals.append((COMPUTE, start, self.env.now, label))
+            self.intervals.append(Interval(COMPUTE, start, self.env.now, op))
 
-    def communicate(self, stream: str, seq: int | None, arrive, comm_sms: int, label: str):
+    def communicate(self, stream: str, seq: int | None, arrive, comm_sms: int, op: OpId):
         """Run this GPU's part of a collective on `stream` as its seq-th collective there (None: no
         order enforced); `arrive()` joins the collective and returns this GPU's done event."""
         if seq is not None and self._turn[stream] != seq:
@@ -72,7 +84,7 @@ class GPU:
             self._set_sms(comm_sms)
             yield arrive()
             self._set_sms(-comm_sms)
-            self.intervals.append((stream, start, self.env.now, label))
+            self.intervals.append(Interval(stream, start, self.env.now, op))
         if seq is not None:
             self._turn[stream] += 1
             nxt = self._turn_events.pop((stream, self._turn[stream]), None)

@@ -1,4 +1,5 @@
-"""summary.json and the metrics CSV, written atomically so a failed run never corrupts old files."""
+"""A run's files: summary.json and the per-layer / per-GPU metrics CSV, written atomically so a
+failed run never corrupts old files."""
 from __future__ import annotations
 
 import json

@@ -1,0 +1,153 @@
+"""EP collectives: the kinds a step runs (one table), and one collective's barrier, flows and timing."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import simpy
+
+from simulator.engine.gpu import RECEIVE, SEND
+from simulator.engine.network import FlowBatch, Network
+from simulator.engine.paths import Paths
+from simulator.engine.program import BACKWARD, FORWARD
+
+
+@dataclass(frozen=True)
+class CollectiveKind:
+    name: str
+    stream: str  # the GPU stream it occupies
+    owner_sends: bool  # the token owner scatters (dispatch direction) or gathers (combine direction)
+    dtype_key: str  # the network section's field naming its wire dtype
+    phase: str
+    carries: str
+
+
+# Dispatch runs on the receive stream (tokens arriving for this GPU's experts) and combine on the
+# send stream (results leaving them), so the two can overlap on the network. Gradients travelling
+# towards the experts use the dispatch kernel and its dtype (DeepSeek's trace shows FP8 backward
+# dispatch); those travelling back use the combine kernel and dtype.
+COLLECTIVES = {
+    "dispatch": CollectiveKind("dispatch", RECEIVE, True, "dispatch_dtype", FORWARD,
+                               "tokens, owner -> GPUs of their experts"),
+    "dispatch_bwd": CollectiveKind("dispatch_bwd", RECEIVE, True, "dispatch_dtype", BACKWARD,
+                                   "output gradients, owner -> GPUs of their experts"),
+    "combine": CollectiveKind("combine", SEND, False, "combine_dtype", FORWARD,
+                              "expert outputs, experts -> token owner"),
+    "combine_bwd": CollectiveKind("combine_bwd", SEND, False, "combine_dtype", BACKWARD,
+                                  "input gradients, experts -> token owner"),
+}
+
+
+def collective_kind(name: str) -> CollectiveKind:
+    try:
+        return COLLECTIVES[name]
+    except KeyError:
+        raise KeyError(f"unknown collective kind {name!r}; valid: {', '.join(COLLECTIVES)}") from None
+
+
+class CollectiveId(NamedTuple):
+    kind: str
+    ep_group: int
+    moe_layer: int
+    micro_batch: int
+    chunk: int
+
+
+class Collective:
+    """One dispatch or combine of one EP group: a barrier, then one flow per token owner.
+
+    GPU i's part is done when its own flow has finished and every flow it is a peer of has
+    finished, plus the path latency on the receiving side. `owner_is_sender` is True for dispatch (owner scatters)
+    and False for combine (owner gathers).
+    """
+
+    def __init__(self, env: simpy.Environment, network: Network, group: np.ndarray, build, owner_is_sender: bool,
+                 setup_s: float, protocol_efficiency: float = 1.0):
+        self.env, self.network, self.group = env, network, group  # group: EP rank -> global GPU
+        self._build = build  # () -> Paths in the direction of the flows, built at start
+        self.owner_is_sender = owner_is_sender
+        self.setup_s = setup_s
+        self.protocol_efficiency = protocol_efficiency
+        p = len(group)
+        self.arrived_s = np.full(p, np.nan)
+        self.start_s = np.nan
+        self.owner_done_s = np.full(p, np.nan)
+        self.peer_done_s = np.full(p, np.nan)
+        self.bytes_out = 0.0
+        self.bytes_nvlink = 0.0
+        self.bytes_ib = 0.0
+        self.nvlink_bytes_per_gpu = np.zeros(p)  # egress bytes by EP rank
+        self.ib_bytes_per_gpu = np.zeros(p)
+        self._done = [env.event() for _ in range(p)]
+        self._scheduled = np.zeros(p, dtype=bool)
+        self._num_arrived = 0
+
+    def arrive(self, i: int) -> simpy.Event:
+        """GPU i joins; the returned event fires when GPU i's part is complete."""
+        self.arrived_s[i] = self.env.now
+        self._num_arrived += 1
+        if self._num_arrived == len(self.group):
+            self.start_s = self.env.now
+            self.env.timeout(self.setup_s).callbacks.append(lambda _ev: self._launch())
+        return self._done[i]
+
+    def _launch(self) -> None:
+        paths: Paths = self._build()
+        self._paths = paths
+        p = len(self.group)
+        ports = paths.entry_port
+        cls = self.network.topology.port_class()[ports]
+        outgoing = self.network.topology.is_gpu_egress(ports)
+        self.bytes_out = float(paths.entry_bytes[outgoing].sum())
+        self.bytes_nvlink = float(paths.entry_bytes[(cls == 0) & outgoing].sum())
+        self.bytes_ib = float(paths.entry_bytes[(cls == 1) & outgoing].sum())
+        topo = self.network.topology
+        rank_of = np.full(topo.num_gpus, -1, dtype=np.int64)
+        rank_of[self.group] = np.arange(p)
+        egress_rank = rank_of[topo.port_gpu()[ports]]
+        for cls_index, per_gpu in ((0, self.nvlink_bytes_per_gpu), (1, self.ib_bytes_per_gpu)):
+            sel = (cls == cls_index) & outgoing
+            per_gpu += np.bincount(egress_rank[sel], paths.entry_bytes[sel], minlength=p)
+        self._peer_pending = np.bincount(paths.pair_peer, minlength=p)
+        self._peer_latest = np.full(p, self.env.now)
+        has_flow = np.zeros(p, dtype=bool)
+        has_flow[paths.entry_flow] = True
+        self.owner_done_s[~has_flow] = self.env.now
+        self.peer_done_s[self._peer_pending == 0] = self.env.now
+        self._owner_latency = np.zeros(p)
+        np.maximum.at(self._owner_latency, paths.pair_owner, paths.pair_latency_s)
+        for i in np.nonzero(~has_flow | (self._peer_pending == 0))[0]:
+            self._maybe_done(int(i))
+        self.network.add(FlowBatch(paths.entry_flow, paths.entry_port, paths.entry_bytes, p, self._flows_done,
+                                   self.protocol_efficiency))
+
+    def _flows_done(self, owners: np.ndarray, now: float) -> None:
+        paths = self._paths
+        # The last byte is received one path latency after it is sent: on the peers in dispatch
+        # (owner scatters), on the owner in combine (owner gathers).
+        self.owner_done_s[owners] = now + (0.0 if self.owner_is_sender else self._owner_latency[owners])
+        sel = np.isin(paths.pair_owner, owners)
+        peers = paths.pair_peer[sel]
+        np.maximum.at(self._peer_latest, peers, now + (paths.pair_latency_s[sel] if self.owner_is_sender else 0.0))
+        self._peer_pending -= np.bincount(peers, minlength=len(self.group))
+        newly_peer = np.unique(peers[self._peer_pending[peers] == 0])
+        self.peer_done_s[newly_peer] = self._peer_latest[newly_peer]
+        for i in np.union1d(owners, newly_peer):
+            self._maybe_done(int(i))
+
+    def _maybe_done(self, i: int) -> None:
+        if np.isnan(self.owner_done_s[i]) or np.isnan(self.peer_done_s[i]) or self._scheduled[i]:
+            return
+        self._scheduled[i] = True
+        at = max(self.owner_done_s[i], self.peer_done_s[i])
+        ev = self._done[i]
+        self.env.timeout(max(0.0, at - self.env.now)).callbacks.append(lambda _e: ev.succeed())
+
+    @property
+    def send_done_s(self) -> np.ndarray:
+        return self.owner_done_s if self.owner_is_sender else self.peer_done_s
+
+    @property
+    def recv_done_s(self) -> np.ndarray:
+        return self.peer_done_s if self.owner_is_sender else self.owner_done_s

@@ -1,0 +1,184 @@
+"""The run lifecycle: elaborate (layout, hardware, routing, traffic) -> simulate (SimPy) -> RunRecord."""
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from hardware.calibrated import compute_model
+from hardware.topology import Topology
+from simulator.engine.collective import COLLECTIVES, Collective, CollectiveId
+from simulator.engine.gpu import GPU
+from simulator.engine.network import Network
+from simulator.engine.paths import build_paths, mirrored
+from simulator.engine.program import Op, Program, build_program
+from simulator.engine.record import ChunkCounts, CollectiveRecord, PortRecord, RunRecord
+from simulator.scenario import Scenario
+from simulator.wire import algorithm, token_bytes
+from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_work_s
+
+
+class Run:
+    def __init__(self, scenario: Scenario):
+        s = scenario
+        self.s = s
+        self.ranks = s.ranks
+        self.env = simpy.Environment()
+        self.topology = Topology(s.cluster)
+        self.network = Network(self.env, self.topology)
+        self.compute_model = compute_model(s.cluster.gpu, s.workload.gemm_dtype, s.calibration_path)
+        overlap = s.pipeline.overlap == "three_stream"
+        self.gpus = [GPU(self.env, g, s.cluster.gpu.num_sms, overlap) for g in range(s.num_gpus)]
+        self.workload = build_workload(s, self.compute_model)
+        self.dense = [dense_work_s(s, self.compute_model, n) for n in self.workload.chunk_tokens]
+        self.ep_groups = [self.ranks.ep_group(i) for i in range(self.ranks.num_ep_groups)]
+        self.group_of = [self.ranks.ep_group_of(g) for g in range(s.num_gpus)]  # GPU -> EP group
+        self.ep_rank = self.ranks.ep_rank.tolist()  # GPU -> its rank in that group
+        self._programs: dict = {}
+        self.programs = [self._program(g) for g in range(s.num_gpus)]
+        self.dualpipe = s.pipeline.schedule == "dualpipe"
+        self.forward_done: dict = {}  # dualpipe: (gpu, mb, chunk) -> event, set when that forward ends
+        self.collectives: dict[CollectiveId, Collective] = {}
+        self.all_to_all = algorithm(s.network.all_to_all)
+        self.comm_sms = s.network.comm_sms if self.all_to_all.holds_sms else 0
+        self.setup_s = self.all_to_all.setup_s(s.cluster, self.ep_groups[0].spans_nodes)
+        self.num_events = 0
+
+    def _program(self, gpu: int) -> Program:
+        """The GPU's program; GPUs at the same position (the same PP stage) share one."""
+        key = int(self.ranks.pp_rank[gpu])
+        if key not in self._programs:
+            self._programs[key] = build_program(self.s, self.workload.num_chunks, gpu)
+        return self._programs[key]
+
+    def _order_key(self, program: Program, phase: int, k: int, mb: int, chunk: int) -> tuple:
+        """Where the k-th op of a chain's phase (0 forward, 1 backward) stands in the program order.
+
+        lockstep: op by op, and inside an op the chains in (micro-batch, chunk) order.
+        dualpipe: forward of micro-batch m paired with backward of m-1 (DeepSeek's DualPipe steady
+        state); inside a pair, op by op, forward before backward.
+        Every op's predecessors in its own chain sort before it, so no stream waits on a later one.
+        """
+        if self.dualpipe:
+            return (mb + phase, k, phase, chunk)
+        return (phase * len(program.phases[0]) + k, 0, mb, chunk)
+
+    def stream_order(self, program: Program) -> dict:
+        """Order key of every collective -> its position on its stream (the same on every GPU of
+        one program, as a real program enqueues them)."""
+        order = {}
+        for stream in {kind.stream for kind in COLLECTIVES.values()}:
+            keys = sorted(self._order_key(program, phase, k, mb, c)
+                          for phase, ops in enumerate(program.phases)
+                          for k, op in enumerate(ops) if op.collective and COLLECTIVES[op.name].stream == stream
+                          for mb, c in program.chains)
+            order.update({key: n for n, key in enumerate(keys)})
+        return order
+
+    # -- collectives --------------------------------------------------------------------------
+    def collective(self, cid: CollectiveId) -> Collective:
+        coll = self.collectives.get(cid)
+        if coll is None:
+            s = self.s
+            group = self.ep_groups[cid.ep_group]
+            traffic = self.workload.traffic[cid.ep_group, cid.moe_layer, cid.micro_batch, cid.chunk]
+            kind = COLLECTIVES[cid.kind]
+            num_bytes = token_bytes(getattr(s.network, kind.dtype_key), s.model.hidden_size, s.network.all_to_all)
+
+            def build():
+                paths = build_paths(self.all_to_all, traffic, num_bytes, group, self.topology)
+                return paths if kind.owner_sends else mirrored(paths, self.topology)
+
+            coll = Collective(self.env, self.network, group.gpus, build, kind.owner_sends, self.setup_s,
+                              self.all_to_all.efficiency(s.cluster))
+            self.collectives[cid] = coll
+        return coll
+
+    # -- processes ----------------------------------------------------------------------------
+    def work_s(self, op: Op, group: int, local: int, mb: int, chunk: int) -> float:
+        """Seconds of a kernel at full SM rate."""
+        if op.op == "experts":
+            fwd = float(self.workload.expert_work_s[group, op.moe_layer, mb, chunk][local])
+        else:
+            dense = self.dense[chunk]
+            if op.backward and op.name in dense:
+                return dense[op.name]
+            fwd = dense[op.op]
+        return fwd * (BACKWARD_FACTOR if op.backward else 1.0)
+
+    def run_chain(self, gpu: GPU, mb: int, chunk: int):
+        """Run one chain's ops on `gpu`; consumes the simulated time of its kernels and collectives."""
+        program = self.programs[gpu.index]
+        for phase, ops in enumerate(program.phases):
+            if self.dualpipe and phase == 0 and mb > 0:
+                yield self._forward_done(gpu.index, mb - 1, chunk)
+            for k, op in enumerate(ops):
+                yield from self.run_op(gpu, mb, chunk, op, self._order_key(program, phase, k, mb, chunk))
+            if self.dualpipe and phase == 0:
+                self._forward_done(gpu.index, mb, chunk).succeed()
+
+    def _forward_done(self, gpu: int, mb: int, chunk: int) -> simpy.Event:
+        key = (gpu, mb, chunk)
+        if key not in self.forward_done:
+            self.forward_done[key] = self.env.event()
+        return self.forward_done[key]
+
+    def run_op(self, gpu: GPU, mb: int, chunk: int, op: Op, order_key: tuple):
+        group, local = self.group_of[gpu.index], self.ep_rank[gpu.index]
+        if not op.collective:
+            yield from gpu.compute(self.work_s(op, group, local, mb, chunk), op.at(mb, chunk))
+            return
+        coll = self.collective(CollectiveId(op.name, group, op.moe_layer, mb, chunk))
+        seq = self.stream_seq[gpu.index].get(order_key) if self.stream_seq else None
+        comm = self.env.process(gpu.communicate(COLLECTIVES[op.name].stream, seq, lambda c=coll: c.arrive(local),
+                                                self.comm_sms, op.at(mb, chunk)))
+        if op.overlapped:
+            side = op.side_kernel()
+            yield from gpu.compute(self.work_s(side, group, local, mb, chunk), side.at(mb, chunk))
+        yield comm
+
+    def run_gpu_serial(self, gpu: GPU):
+        """overlap: none: the chains of a GPU run one after another."""
+        for mb, chunk in self.programs[gpu.index].chains:
+            yield from self.run_chain(gpu, mb, chunk)
+
+    def simulate(self) -> RunRecord:
+        three_stream = self.s.pipeline.overlap == "three_stream"
+        orders = {id(p): self.stream_order(p) for p in self._programs.values()} if three_stream else {}
+        self.stream_seq = [orders[id(p)] for p in self.programs] if three_stream else None
+        for gpu in self.gpus:
+            if not three_stream:
+                self.env.process(self.run_gpu_serial(gpu))
+                continue
+            for mb, chunk in self.programs[gpu.index].chains:
+                self.env.process(self.run_chain(gpu, mb, chunk))
+        while True:
+            try:
+                self.env.step()
+            except simpy.core.EmptySchedule:
+                break
+            self.num_events += 1
+        return self.record()
+
+    def record(self) -> RunRecord:
+        """The plain record of what happened (no SimPy objects)."""
+        step = float(max((iv.end_s for g in self.gpus for iv in g.intervals), default=0.0))
+        w = self.workload
+        counts = {key: ChunkCounts(recv_copies=t.recv_copies, recv_tokens=t.pair_tokens.sum(axis=0),
+                                   node_pairs=t.node_tokens.sum(axis=1), expert_tokens=t.expert_tokens,
+                                   expert_compute_s=w.expert_work_s[key])
+                  for key, t in w.traffic.items()}
+        collectives = {cid: CollectiveRecord(
+            id=cid, gpus=c.group, arrived_s=c.arrived_s, start_s=c.start_s, send_done_s=c.send_done_s,
+            recv_done_s=c.recv_done_s, done_s=np.maximum(c.owner_done_s, c.peer_done_s), bytes_out=c.bytes_out,
+            bytes_nvlink=c.bytes_nvlink, bytes_ib=c.bytes_ib, nvlink_bytes_per_gpu=c.nvlink_bytes_per_gpu,
+            ib_bytes_per_gpu=c.ib_bytes_per_gpu) for cid, c in self.collectives.items()}
+        topo = self.topology
+        ports = PortRecord(topo.port_class(), topo.port_peak_bytes_per_s(), self.network.capacity,
+                           self.network.port_bytes, self.network.port_busy_s)
+        return RunRecord(self.s, step, [g.intervals for g in self.gpus], collectives, counts, ports,
+                         w.expert_gpu, w.num_chunks, w.tokens_per_batch_limit, w.rounds,
+                         self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves)
+
+
+def simulate(scenario: Scenario) -> RunRecord:
+    return Run(scenario).simulate()
