@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="run only cases whose id contains NAME (repeatable)")
     validate.add_argument("--out", default="runs/validation", help="folder for validation.csv and parity.png")
     validate.add_argument("--record", action="store_true",
-                          help="record these errors as the CI baseline (simulator/validation/baseline.json)")
+                          help="record these errors as the CI baseline (simulator/studies/validation/baseline.json)")
     validate.set_defaults(handler=cmd_validate)
     parser.set_defaults(command_names=tuple(sub.choices))
     return parser

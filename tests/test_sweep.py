@@ -184,3 +184,40 @@ def test_sweep_with_ray_executor_and_no_ray_exits_2_saying_how_to_install_it(tmp
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "pip install 'epsim[ray]'" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+# -- resume, in process -----------------------------------------------------------------------------
+class Killed(Exception):
+    pass
+
+
+def test_run_sweep_writes_each_point_and_a_rerun_resumes_only_what_is_missing(tmp_path):
+    _, axes = sweep.parse_sweep_sets(["routing.seed=0,1,2"])
+    points = sweep.expand_grid(write_scenario(tmp_path), [], axes)
+    out = tmp_path / "out"
+    ran = []
+
+    def kill_after_first(point, outcome):
+        ran.append(point.index)
+        raise Killed  # the process dies right after the first point was written
+
+    with pytest.raises(Killed):
+        sweep.run_sweep(points, out, on_point=kill_after_first)
+    assert ran == [0]
+    assert sweep.finished_record(out, points[0]) is not None
+    assert sweep.finished_record(out, points[1]) is None
+
+    starts = []
+    result = sweep.run_sweep(points, out, on_start=lambda done, todo: starts.append((done, todo)),
+                             on_point=lambda point, outcome: ran.append(point.index))
+    assert starts == [(1, 2)] and ran == [0, 1, 2]
+    assert result.counts == {"ok": 2, "invalid": 0, "failed": 0} and result.num_skipped == 1
+    assert result.table["routing.seed"].tolist() == [0, 1, 2]
+    assert (result.table["status"] == "ok").all()
+    assert pd.read_csv(result.table_files["table_csv"])["step_time_s"].tolist() == pytest.approx(
+        result.table["step_time_s"].tolist())
+
+    again = sweep.run_sweep(points, out)  # everything on disk: nothing simulated
+    assert again.counts == {"ok": 0, "invalid": 0, "failed": 0} and again.num_skipped == 3
+    assert again.table.drop(columns=["wall_s"], errors="ignore").equals(
+        result.table.drop(columns=["wall_s"], errors="ignore"))

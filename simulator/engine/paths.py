@@ -40,38 +40,40 @@ class _Entries:
         self.ports.append(np.asarray(port))
         self.nbytes.append(np.asarray(num_bytes, dtype=np.float64))
 
+    def put_per_owner(self, owners: np.ndarray, num_bytes: np.ndarray, num_ranks: int, port_of) -> None:
+        """One entry per owner that sends anything: the sum of its bytes, through port_of(ranks)."""
+        total = np.bincount(owners, num_bytes, minlength=num_ranks)
+        has = np.nonzero(total > 0)[0]
+        self.put(has, port_of(has), total[has])
+
     def paths(self, owners, peers, latency_s) -> Paths:
         return Paths(np.concatenate(self.flows).astype(np.int64), np.concatenate(self.ports).astype(np.int64),
                      np.concatenate(self.nbytes), owners, peers, latency_s)
 
 
-def _pairs(pair: np.ndarray, group: EPGroup):
+def _start(pair: np.ndarray, group: EPGroup, topo: Topology):
+    """The (owner, peer) pairs that carry bytes, and the entries every route begins with: each
+    owner's NVLink out-port carrying what it sends inside its node."""
     owners, peers = np.nonzero(pair)
+    pb = pair[owners, peers]
     intra = group.node[owners] == group.node[peers]
-    return owners, peers, pair[owners, peers], intra
+    e = _Entries()
+    e.put_per_owner(owners[intra], pb[intra], group.size, lambda r: topo.nvl_out(group.gpus[r]))
+    return e, owners, peers, pb, intra
 
 
 def direct_route(pair: np.ndarray, traffic: ChunkTraffic, num_bytes: float, group: EPGroup,
                  topo: Topology) -> Paths:
     """Each copy over its own links: NVLink inside a node; NIC out, (spine,) NIC in outside."""
     p, gpn, gpus, rail = group.size, topo.spec.gpus_per_node, group.gpus, group.rail
-    local = np.arange(p)
-    owners, peers, pb, intra = _pairs(pair, group)
-    e = _Entries()
-    intra_out = np.bincount(owners[intra], pb[intra], minlength=p)
-    has = intra_out > 0
-    e.put(local[has], topo.nvl_out(gpus[has]), intra_out[has])
+    e, owners, peers, pb, intra = _start(pair, group, topo)
     e.put(owners[intra], topo.nvl_in(gpus[peers[intra]]), pb[intra])
     inter = ~intra
-    nic_out = np.bincount(owners[inter], pb[inter], minlength=p)
-    has = nic_out > 0
-    e.put(local[has], topo.nic_out(gpus[has]), nic_out[has])
+    e.put_per_owner(owners[inter], pb[inter], p, lambda r: topo.nic_out(gpus[r]))
     e.put(owners[inter], topo.nic_in(gpus[peers[inter]]), pb[inter])
     if topo.has_spine:
         cross = inter & (rail[owners] != rail[peers])
-        up = np.bincount(owners[cross], pb[cross], minlength=p)
-        has = up > 0
-        e.put(local[has], topo.spine_up(rail[has]), up[has])
+        e.put_per_owner(owners[cross], pb[cross], p, lambda r: topo.spine_up(rail[r]))
         down = np.bincount(owners[cross] * gpn + rail[peers[cross]], pb[cross], minlength=p * gpn).reshape(p, gpn)
         o_d, r_d = np.nonzero(down)
         e.put(o_d, topo.spine_down(r_d), down[o_d, r_d])
@@ -84,13 +86,9 @@ def hierarchical_route(pair: np.ndarray, traffic: ChunkTraffic, num_bytes: float
     then over NVLink once per destination GPU; inside the owner's node over NVLink directly."""
     p, gpus, rail = group.size, group.gpus, group.rail
     local = np.arange(p)
-    owners, peers, pb, intra = _pairs(pair, group)
-    e = _Entries()
-    intra_out = np.bincount(owners[intra], pb[intra], minlength=p)
-    has = intra_out > 0
-    e.put(local[has], topo.nvl_out(gpus[has]), intra_out[has])
+    e, owners, peers, pb, intra = _start(pair, group, topo)
     fwd = ~intra  # arrives at the forwarder over IB, then passes its NVLink buffer stage
-    e.put(owners[intra | fwd], topo.nvl_in(gpus[peers[intra | fwd]]), pb[intra | fwd])
+    e.put(owners, topo.nvl_in(gpus[peers]), pb)  # every copy enters its GPU over NVLink
     num_nodes = traffic.node_tokens.shape[1]
     nb = traffic.node_tokens.astype(np.float64) * num_bytes
     nb[local, group.node] = 0.0  # the owner's own node is reached over NVLink
@@ -98,9 +96,7 @@ def hierarchical_route(pair: np.ndarray, traffic: ChunkTraffic, num_bytes: float
     forwarder = group.member_at[n_n, rail[o_n]]
     if (forwarder < 0).any():
         raise ValueError("hierarchical all-to-all needs a GPU of the owner's rail on every destination node")
-    rdma = np.bincount(o_n, nb[o_n, n_n], minlength=p)
-    has = rdma > 0
-    e.put(local[has], topo.nic_out(gpus[has]), rdma[has])
+    e.put_per_owner(o_n, nb[o_n, n_n], p, lambda r: topo.nic_out(gpus[r]))
     e.put(o_n, topo.nic_in(gpus[forwarder]), nb[o_n, n_n])
     fwd_out = np.bincount(owners[fwd] * num_nodes + group.node[peers[fwd]], pb[fwd],
                           minlength=p * num_nodes).reshape(p, num_nodes)
