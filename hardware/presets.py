@@ -8,10 +8,6 @@ import yaml
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
 def resolve_data_file(name_or_path: str, directory: Path, suffixes: tuple[str, ...] = (".yaml", ".yml"),
                       what: str = "preset") -> Path:
     """A shipped data file by name (`h800` -> directory/h800.yaml) or a path to one; KeyError says

@@ -39,13 +39,6 @@ COLLECTIVES = {
 }
 
 
-def collective_kind(name: str) -> CollectiveKind:
-    try:
-        return COLLECTIVES[name]
-    except KeyError:
-        raise KeyError(f"unknown collective kind {name!r}; valid: {', '.join(COLLECTIVES)}") from None
-
-
 class CollectiveId(NamedTuple):
     kind: str
     ep_group: int

@@ -13,7 +13,6 @@ import simpy
 from simulator.engine.program import OpId
 
 COMPUTE, SEND, RECEIVE = "compute", "send", "receive"
-STREAMS = (COMPUTE, RECEIVE, SEND)
 
 
 class Interval(NamedTuple):

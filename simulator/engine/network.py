@@ -74,10 +74,6 @@ class Network:
         self._pending.append(batch)
         self._schedule_update(0.0)
 
-    @property
-    def num_active_flows(self) -> int:
-        return len(self._remaining)
-
     # -- internals ----------------------------------------------------------------------------
     def _schedule_update(self, delay_s: float) -> None:
         if delay_s == 0.0:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 FORWARD, BACKWARD = "forward", "backward"
-PHASES = (FORWARD, BACKWARD)
 
 
 class OpId(NamedTuple):
