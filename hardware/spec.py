@@ -52,6 +52,7 @@ class ClusterSpec:
     # Software-stack terms of this system, each fitted on one named validation case (see presets):
     ll_kernel_overhead_s: float = 0.0  # per DeepEP low-latency call, beyond bandwidth and latency
     direct_alltoall_efficiency: float = 1.0  # NCCL all-to-all rate / the link's achievable rate
+    nccl_sms: int = 0  # SMs NCCL's ring collectives (gradient and parameter sync) hold while running
 
     @property
     def num_gpus(self) -> int:
@@ -84,4 +85,5 @@ def cluster_from_fields(name: str, num_nodes: int, fields: dict) -> ClusterSpec:
         spine_oversubscription=fields["spine_oversubscription"],
         ll_kernel_overhead_s=fields["ll_kernel_overhead_us"] * US,
         direct_alltoall_efficiency=fields["direct_alltoall_efficiency"],
+        nccl_sms=fields["nccl_sms"],
     )

@@ -63,20 +63,20 @@ def breakdown(r: RunRecord) -> dict[str, float]:
 
 
 def collective_stats(r: RunRecord) -> dict:
+    """Per kind: calls per GPU, time per call per GPU, bytes each GPU sends per call."""
     out = {}
-    p = r.scenario.parallel.ep_size
     for kind in COLLECTIVES:
         colls = [c for c in r.collectives.values() if c.kind == kind]
         if not colls:
             continue
         times = np.concatenate([c.recv_done_s - c.start_s for c in colls])
         out[kind] = {
-            "count": len(colls) // r.scenario.ranks.num_ep_groups,
+            "count": sum(len(c.gpus) for c in colls) // r.num_gpus,
             "mean_time_s": float(times.mean()),
             "max_time_s": float(times.max()),
-            "mean_bytes_per_gpu": float(np.mean([c.bytes_out / p for c in colls])),
-            "mean_nvlink_bytes_per_gpu": float(np.mean([c.bytes_nvlink / p for c in colls])),
-            "mean_ib_bytes_per_gpu": float(np.mean([c.bytes_ib / p for c in colls])),
+            "mean_bytes_per_gpu": float(np.mean([c.bytes_out / len(c.gpus) for c in colls])),
+            "mean_nvlink_bytes_per_gpu": float(np.mean([c.bytes_nvlink / len(c.gpus) for c in colls])),
+            "mean_ib_bytes_per_gpu": float(np.mean([c.bytes_ib / len(c.gpus) for c in colls])),
         }
     return out
 
@@ -109,6 +109,20 @@ def load_imbalance(r: RunRecord) -> float:
     return float(np.mean(ratios))
 
 
+def data_parallel_provenance(s) -> str:
+    if s.workload.mode != "train":
+        return "none: no gradients outside training"
+    t = s.training
+    sync = "reduce-scatter + parameter all-gather (ZeRO-1)" if t.distributed_optimizer else "all-reduce"
+    bucket = f"{t.grad_bucket_params:,}" if t.grad_bucket_params else "Megatron's max(40M, 1M x DP)"
+    overlap = "overlapped with the backward" if t.grad_overlap and s.pipeline.overlap == "three_stream" \
+        else "after the whole backward"
+    return (f"gradient {sync} in {t.grad_reduce_dtype}, buckets of {bucket} parameters of whole layers, "
+            f"{overlap}; NCCL-style rings over dense DP {s.ranks.dp_size} and expert DP {s.ranks.expert_dp_size} "
+            f"holding {s.cluster.nccl_sms} SMs; Adam step memory-bound at 30 B per parameter over "
+            f"{'the DP shard' if t.distributed_optimizer else 'all local parameters'}; norms not counted")
+
+
 def summarize(r: RunRecord) -> dict:
     s = r.scenario
     g = s.num_gpus
@@ -132,7 +146,8 @@ def summarize(r: RunRecord) -> dict:
         "model_flop_per_step": flop,
         "model_flop_per_token_forward": s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope),
         "layout": {"ep_size": s.parallel.ep_size, "dp_size": s.dp_size, "tp_size": s.ranks.tp_size,
-                   "pp_size": s.ranks.pp_size,
+                   "pp_size": s.ranks.pp_size, "dense_dp_size": s.ranks.dp_size,
+                   "expert_dp_size": s.ranks.expert_dp_size,
                    "nodes": s.cluster.num_nodes, "gpus_per_node": s.cluster.gpus_per_node},
         "batching": {"chunks": r.num_chunks, "tokens_per_batch_limit": r.tokens_per_batch_limit,
                      "rounds": r.rounds},
@@ -149,7 +164,8 @@ def summarize(r: RunRecord) -> dict:
             "model_preset": s.model_preset,
             "seed": s.routing.seed,
             "flop_convention": " ".join(FLOP_CONVENTION.split()),
-            "not_modelled": "gradient all-reduce across DP replicas, TP, PP, embedding/LM head, activation memory",
+            "data_parallel": data_parallel_provenance(s),
+            "not_modelled": "TP, PP, embedding/LM head, activation memory",
         },
         "epsim_version": __version__,
     }

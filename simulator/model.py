@@ -108,12 +108,18 @@ class ModelSpec:
         return (attention + self.num_dense_layers * self.dense_ffn_flop_per_token()
                 + self.num_moe_layers * self.moe_block_flop_per_token())
 
+    def dense_layer_params(self, moe: bool, attention: bool = True) -> int:
+        """Dense (non-expert) parameters of one layer: attention projections, and the router and
+        shared experts of an MoE layer or the FFN of a dense one. Norms are not counted."""
+        h = self.hidden_size
+        attn = self.attention.projection_params(h) if attention else 0
+        if moe:
+            return attn + h * self.num_experts + self.num_shared_experts * self.expert_params
+        return attn + 3 * h * self.dense_intermediate_size
+
     def replicated_params(self, scope: str) -> int:
         """Parameters every GPU of an EP group holds: attention, dense FFN, router, shared experts."""
-        h = self.hidden_size
-        moe_layer = h * self.num_experts + self.num_shared_experts * self.expert_params
         if scope == "moe_layer":
-            return moe_layer
-        return (self.num_layers * self.attention.projection_params(h)
-                + self.num_dense_layers * 3 * h * self.dense_intermediate_size
-                + self.num_moe_layers * moe_layer)
+            return self.dense_layer_params(moe=True, attention=False)
+        return (self.num_dense_layers * self.dense_layer_params(moe=False)
+                + self.num_moe_layers * self.dense_layer_params(moe=True))

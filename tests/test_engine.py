@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from simulator.engine import Run, simulate
-from simulator.engine.collective import CollectiveId
+from simulator.engine.collective import COLLECTIVES, CollectiveId
 from simulator.engine.gpu import COMPUTE, GPU
 from simulator.engine.program import BACKWARD, FORWARD, OpId
 from simulator.metrics import summarize
@@ -46,7 +46,8 @@ def kernel_seconds(run: Run, gpu: int) -> list[float]:
     program = run.programs[gpu]
     group, local = run.group_of[gpu], run.ep_rank[gpu]
     kernels = [op.side_kernel() if op.collective else op for op in program.ops if not op.collective or op.overlapped]
-    return [run.work_s(op, group, local, mb, c) for mb, c in program.chains for op in kernels]
+    seconds = [run.work_s(op, group, local, mb, c) for mb, c in program.chains for op in kernels]
+    return seconds + ([run.dp.optimizer_s(run.compute_model, program)] if run.train else [])
 
 
 def test_balanced_single_node_all_to_all_takes_busiest_port_bytes_over_rate():
@@ -148,7 +149,7 @@ def test_data_parallel_groups_run_their_own_collectives_on_a_shared_network():
     s = make_scenario(parallel={"ep_size": 4})
     r = simulate(s)
     assert s.dp_size == 2
-    groups = {cid.ep_group for cid in r.collectives}
+    groups = {cid.group for cid in r.collectives if COLLECTIVES[cid.kind].group == "ep"}
     assert groups == {0, 1}
     for coll in r.collectives.values():
         assert not np.isnan(coll.recv_done_s).any()
@@ -165,7 +166,10 @@ def test_every_collective_completes_on_every_gpu_under_skewed_routing():
                       workload={"micro_batches": 3}, pipeline={"chunks": 3})
     r = simulate(s)
     events = [iv for intervals in r.intervals for iv in intervals]
-    assert len(r.collectives) == 4 * 2 * 3 * 3  # kinds x MoE layers x micro-batches x chunks
+    ep = [cid for cid in r.collectives if COLLECTIVES[cid.kind].group == "ep"]
+    assert len(ep) == 4 * 2 * 3 * 3  # kinds x MoE layers x micro-batches x chunks
+    # the tiny model's dense gradients fit one bucket; expert DP is 1 (EP 8 on 8 GPUs): no expert sync
+    assert [cid.kind for cid in r.collectives if cid not in ep] == ["grad_allreduce"]
     assert all(not np.isnan(c.recv_done_s).any() for c in r.collectives.values())
     assert max(iv.end_s for iv in events) == pytest.approx(r.step_time_s)
 
@@ -180,7 +184,8 @@ def test_default_scenario_runs_and_reports_every_contract_field():
                 "load_imbalance", "provenance", "epsim_version"):
         assert key in summary
     assert summary["num_gpus"] == 64
-    assert set(summary["collectives"]) == {"dispatch", "combine", "dispatch_bwd", "combine_bwd"}
+    # EP 64 on 64 GPUs: expert DP is 1 (no expert gradient sync); dense DP 64 all-reduces
+    assert set(summary["collectives"]) == {"dispatch", "combine", "dispatch_bwd", "combine_bwd", "grad_allreduce"}
     json.dumps(summary)
 
 

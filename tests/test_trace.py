@@ -59,11 +59,14 @@ def test_one_slice_per_recorded_interval_at_its_simulated_time(doc, result):
 
 def test_slices_are_named_by_layer_op_micro_batch_and_chunk_with_the_phase_in_args(doc):
     slices = [ev for ev in doc["traceEvents"] if ev["ph"] == "X"]
-    assert all(re.fullmatch(r"L\d+ \w+ mb\d+ c\d+", ev["name"]) for ev in slices)
+    chain_ops = [ev for ev in slices if ev["args"]["phase"] != "update"]
+    assert all(re.fullmatch(r"L\d+ \w+ mb\d+ c\d+", ev["name"]) for ev in chain_ops)
+    update = {ev["name"] for ev in slices if ev["args"]["phase"] == "update"}
+    assert update == {"optimizer", "L0 grad_allreduce"}  # one bucket holds the tiny model's dense grads
     phases = {ev["args"]["phase"] for ev in slices}
-    assert phases == {"forward", "backward"}  # the tiny scenario trains
+    assert phases == {"forward", "backward", "update"}  # the tiny scenario trains
     ops = {ev["args"]["op"] for ev in slices if ev["cat"] == "comm"}
-    assert ops == {"dispatch", "combine"}
+    assert ops == {"dispatch", "combine", "grad_allreduce"}
 
 
 def test_utilisation_counters_carry_every_byte_of_the_collectives(result):

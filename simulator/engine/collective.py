@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 import simpy
 
-from simulator.engine.gpu import RECEIVE, SEND
+from simulator.engine.gpu import DP_COMM, RECEIVE, SEND
 from simulator.engine.network import FlowBatch, Network
 from simulator.engine.paths import Paths
 from simulator.engine.program import BACKWARD, FORWARD
@@ -16,35 +16,56 @@ from simulator.engine.program import BACKWARD, FORWARD
 @dataclass(frozen=True)
 class CollectiveKind:
     name: str
+    op: str  # "alltoall" | "allreduce" | "reducescatter" | "allgather"
+    group: str  # the ranks it spans: "ep", "dp" (dense data parallel) or "edp" (expert data parallel)
     stream: str  # the GPU stream it occupies
-    owner_sends: bool  # the token owner scatters (dispatch direction) or gathers (combine direction)
-    dtype_key: str  # the network section's field naming its wire dtype
+    owner_sends: bool  # all-to-all: the token owner scatters (dispatch direction) or gathers (combine)
+    dtype_key: str  # "<section>.<field>" of the scenario naming its wire dtype, or the dtype itself
     phase: str
     carries: str
+
+    def wire_dtype(self, s) -> str:
+        if "." not in self.dtype_key:
+            return self.dtype_key
+        section, key = self.dtype_key.split(".")
+        return getattr(getattr(s, section), key)
 
 
 # Dispatch runs on the receive stream (tokens arriving for this GPU's experts) and combine on the
 # send stream (results leaving them), so the two can overlap on the network. Gradients travelling
 # towards the experts use the dispatch kernel and its dtype (DeepSeek's trace shows FP8 backward
-# dispatch); those travelling back use the combine kernel and dtype.
-COLLECTIVES = {
-    "dispatch": CollectiveKind("dispatch", RECEIVE, True, "dispatch_dtype", FORWARD,
-                               "tokens, owner -> GPUs of their experts"),
-    "dispatch_bwd": CollectiveKind("dispatch_bwd", RECEIVE, True, "dispatch_dtype", BACKWARD,
-                                   "output gradients, owner -> GPUs of their experts"),
-    "combine": CollectiveKind("combine", SEND, False, "combine_dtype", FORWARD,
-                              "expert outputs, experts -> token owner"),
-    "combine_bwd": CollectiveKind("combine_bwd", SEND, False, "combine_dtype", BACKWARD,
-                                  "input gradients, experts -> token owner"),
-}
+# dispatch); those travelling back use the combine kernel and dtype. Data-parallel collectives
+# run on their own NCCL stream (Megatron launches them asynchronously, bucket by bucket).
+COLLECTIVES = {kind.name: kind for kind in (
+    CollectiveKind("dispatch", "alltoall", "ep", RECEIVE, True, "network.dispatch_dtype", FORWARD,
+                   "tokens, owner -> GPUs of their experts"),
+    CollectiveKind("dispatch_bwd", "alltoall", "ep", RECEIVE, True, "network.dispatch_dtype", BACKWARD,
+                   "output gradients, owner -> GPUs of their experts"),
+    CollectiveKind("combine", "alltoall", "ep", SEND, False, "network.combine_dtype", FORWARD,
+                   "expert outputs, experts -> token owner"),
+    CollectiveKind("combine_bwd", "alltoall", "ep", SEND, False, "network.combine_dtype", BACKWARD,
+                   "input gradients, experts -> token owner"),
+    CollectiveKind("grad_allreduce", "allreduce", "dp", DP_COMM, True, "training.grad_reduce_dtype", BACKWARD,
+                   "gradients of dense parameters (attention, router, shared experts, dense FFN)"),
+    CollectiveKind("grad_reducescatter", "reducescatter", "dp", DP_COMM, True, "training.grad_reduce_dtype",
+                   BACKWARD, "gradients of dense parameters, each DP rank keeping its optimizer shard"),
+    CollectiveKind("param_allgather", "allgather", "dp", DP_COMM, True, "bf16", FORWARD,
+                   "updated dense parameters from their optimizer shards"),
+    CollectiveKind("expert_grad_allreduce", "allreduce", "edp", DP_COMM, True, "training.grad_reduce_dtype",
+                   BACKWARD, "gradients of routed-expert parameters"),
+    CollectiveKind("expert_grad_reducescatter", "reducescatter", "edp", DP_COMM, True,
+                   "training.grad_reduce_dtype", BACKWARD, "gradients of routed-expert parameters, sharded"),
+    CollectiveKind("expert_param_allgather", "allgather", "edp", DP_COMM, True, "bf16", FORWARD,
+                   "updated routed-expert parameters from their optimizer shards"),
+)}
 
 
 class CollectiveId(NamedTuple):
     kind: str
-    ep_group: int
-    moe_layer: int
-    micro_batch: int
-    chunk: int
+    group: int  # index among the groups of its kind's rank group
+    index: int  # all-to-all: the MoE layer; data parallel: the bucket
+    micro_batch: int  # -1 where it is not tied to one
+    chunk: int  # -1 where it is not tied to one
 
 
 class Collective:

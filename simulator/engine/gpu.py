@@ -1,7 +1,8 @@
-"""A GPU: three CUDA streams (compute, send, receive) as SimPy resources, and its SMs.
+"""A GPU: the seed's three CUDA streams (compute, send, receive), a fourth for the data-parallel
+collectives (NCCL's stream for gradient and parameter buckets), as SimPy resources, and its SMs.
 
-Communication kernels may hold SMs while they run (DeepEP normal mode ~20 of 132); compute that
-overlaps them runs at (SMs - held) / SMs of its full rate. `overlap: none` makes the three
+Communication kernels may hold SMs while they run (DeepEP normal mode ~20 of 132, NCCL ~16);
+compute that overlaps them runs at (SMs - held) / SMs of its full rate. `overlap: none` makes the
 streams one resource, so nothing overlaps.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import simpy
 
 from simulator.engine.program import OpId
 
-COMPUTE, SEND, RECEIVE = "compute", "send", "receive"
+COMPUTE, SEND, RECEIVE, DP_COMM = "compute", "send", "receive", "dp"
 
 
 class Interval(NamedTuple):
@@ -31,7 +32,8 @@ class GPU:
         compute = simpy.Resource(env, capacity=1)
         self.streams = {COMPUTE: compute,
                         SEND: simpy.Resource(env, capacity=1) if overlap else compute,
-                        RECEIVE: simpy.Resource(env, capacity=1) if overlap else compute}
+                        RECEIVE: simpy.Resource(env, capacity=1) if overlap else compute,
+                        DP_COMM: simpy.Resource(env, capacity=1) if overlap else compute}
         self.sms_held = 0
         # Collectives enter each comm stream in one static order, the same on every GPU, as a real
         # program enqueues them; otherwise two GPUs could each hold a stream for a collective the

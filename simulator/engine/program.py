@@ -13,16 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-FORWARD, BACKWARD = "forward", "backward"
+FORWARD, BACKWARD, UPDATE = "forward", "backward", "update"  # update: gradient sync and optimizer
 
 
 class OpId(NamedTuple):
     """Which op ran: the fields a trace slice and a record row carry, in this order."""
-    layer: int  # global layer index
-    op: str  # attention, dense_ffn, router, shared, experts; or a collective: dispatch, combine
-    phase: str  # FORWARD | BACKWARD
-    micro_batch: int
-    chunk: int
+    layer: int  # global layer index (a bucket: its first layer)
+    op: str  # attention, dense_ffn, router, shared, experts, optimizer; or a collective kind
+    phase: str  # FORWARD | BACKWARD | UPDATE
+    micro_batch: int  # -1: not tied to one (the update)
+    chunk: int  # -1: not tied to one
 
     @property
     def name(self) -> str:
@@ -31,7 +31,9 @@ class OpId(NamedTuple):
 
     @property
     def label(self) -> str:
-        return f"L{self.layer} {self.name} mb{self.micro_batch} c{self.chunk}"
+        parts = [f"L{self.layer}" if self.layer >= 0 else "", self.name,
+                 f"mb{self.micro_batch}" if self.micro_batch >= 0 else "", f"c{self.chunk}" if self.chunk >= 0 else ""]
+        return " ".join(part for part in parts if part)
 
 
 class Op(NamedTuple):
@@ -60,14 +62,43 @@ class Op(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Bucket:
+    """Whole layers' gradients reduced by one collective (Megatron-Core fills buckets in backward
+    order until they hold bucket_size parameters; epsim keeps layers whole)."""
+    family: str  # "dense" (reduced over dense DP) | "expert" (over expert DP)
+    index: int  # position among its family's buckets, in backward order
+    layers: tuple[int, ...]  # in backward order
+    num_params: int  # on this GPU
+
+    @property
+    def first_layer(self) -> int:
+        return min(self.layers)
+
+
+@dataclass(frozen=True)
 class Program:
-    """What one GPU runs: its chains and, per phase, the ops every chain runs in order."""
+    """What one GPU runs: its chains and, per phase, the ops every chain runs in order; in
+    training, the gradient buckets it reduces and the parameters its optimizer updates."""
     phases: tuple[tuple[Op, ...], ...]  # (forward ops, backward ops); backward empty for prefill
     chains: tuple[tuple[int, int], ...]  # (micro-batch, chunk), in launch order
+    buckets: tuple[Bucket, ...] = ()  # in launch order: as their layers' backward completes
 
     @property
     def ops(self) -> tuple[Op, ...]:
         return tuple(op for phase in self.phases for op in phase)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(dict.fromkeys(op.layer for op in self.phases[0]))
+
+    def last_of_layer(self, phase: int) -> tuple[bool, ...]:
+        """For each op of the phase: is it the last op of its layer there?"""
+        ops = self.phases[phase]
+        return tuple(k == len(ops) - 1 or ops[k + 1].layer != op.layer for k, op in enumerate(ops))
+
+    def first_of_layer(self, phase: int) -> tuple[bool, ...]:
+        ops = self.phases[phase]
+        return tuple(k == 0 or ops[k - 1].layer != op.layer for k, op in enumerate(ops))
 
 
 def layer_ops(scope: str, num_layers: int, num_dense_layers: int, has_shared: bool) -> list[Op]:
@@ -116,11 +147,41 @@ def backward_ops(forward: list[Op]) -> list[Op]:
     return out
 
 
-def build_program(s, num_chunks: int, gpu: int) -> Program:
+def grad_buckets(layer_params: list[tuple[int, int, int]], bucket_params: dict[str, int]) -> tuple[Bucket, ...]:
+    """Buckets of each family from (layer, dense params, expert params) in forward order, filled in
+    backward order until they hold bucket_params[family]; launched as soon as their last layer's
+    backward is done (dense before expert at the same layer)."""
+    out = []
+    for column, family in ((1, "dense"), (2, "expert")):
+        layers, total = [], 0
+        for row in reversed(layer_params):
+            if row[column] == 0:
+                continue
+            layers.append(row[0])
+            total += row[column]
+            if total >= bucket_params[family]:
+                out.append(Bucket(family, len([b for b in out if b.family == family]), tuple(layers), total))
+                layers, total = [], 0
+        if layers:
+            out.append(Bucket(family, len([b for b in out if b.family == family]), tuple(layers), total))
+    return tuple(sorted(out, key=lambda b: (-b.first_layer, b.family != "dense")))
+
+
+def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | None = None) -> Program:
     """The program of `gpu` from its position in the layout. Every GPU runs every layer in scope
     while PP = 1; a pipeline stage will run its own layers."""
     m = s.model
     forward = layer_ops(s.workload.scope, m.num_layers, m.num_dense_layers, m.num_shared_experts > 0)
-    backward = backward_ops(forward) if s.workload.mode == "train" else []
+    train = s.workload.mode == "train"
+    backward = backward_ops(forward) if train else []
     chains = tuple((mb, c) for mb in range(s.workload.micro_batches) for c in range(num_chunks))
-    return Program((tuple(forward), tuple(backward)), chains)
+    buckets = ()
+    if train and bucket_params:
+        with_attention = s.workload.scope == "model"
+        experts = max(1, m.num_experts // s.parallel.ep_size) if s.ranks.ep_rank[gpu] < m.num_experts else 0
+        params = []
+        for layer in dict.fromkeys(op.layer for op in forward):
+            moe = layer >= m.num_dense_layers or s.workload.scope == "moe_layer"
+            params.append((layer, m.dense_layer_params(moe, with_attention), experts * m.expert_params if moe else 0))
+        buckets = grad_buckets(params, bucket_params)
+    return Program((tuple(forward), tuple(backward)), chains, buckets)

@@ -7,10 +7,11 @@ import simpy
 from hardware.calibrated import compute_model
 from hardware.topology import Topology
 from simulator.engine.collective import COLLECTIVES, Collective, CollectiveId
-from simulator.engine.gpu import GPU
+from simulator.engine.gpu import DP_COMM, GPU
 from simulator.engine.network import Network
 from simulator.engine.paths import build_paths, mirrored
-from simulator.engine.program import Op, Program, build_program
+from simulator.engine.program import UPDATE, Bucket, Op, OpId, Program, build_program
+from simulator.engine.rings import ring_paths
 from simulator.engine.record import ChunkCounts, CollectiveRecord, PortRecord, RunRecord
 from simulator.scenario import Scenario
 from simulator.wire import algorithm, token_bytes
@@ -33,8 +34,14 @@ class Run:
         self.ep_groups = [self.ranks.ep_group(i) for i in range(self.ranks.num_ep_groups)]
         self.group_of = [self.ranks.ep_group_of(g) for g in range(s.num_gpus)]  # GPU -> EP group
         self.ep_rank = self.ranks.ep_rank.tolist()  # GPU -> its rank in that group
+        self.train = s.workload.mode == "train"
+        self.dp = _DataParallel(s) if self.train else None
         self._programs: dict = {}
         self.programs = [self._program(g) for g in range(s.num_gpus)]
+        # gradient sync overlaps the backward only where streams overlap at all
+        self.grad_overlap = self.train and s.training.grad_overlap and s.pipeline.overlap == "three_stream"
+        self.layer_grads: dict = {}  # (gpu, layer) -> [chains still to finish its backward, event]
+        self.params_ready: dict = {}  # (gpu, layer) -> event: its ZeRO-1 all-gather has delivered
         self.dualpipe = s.pipeline.schedule == "dualpipe"
         self.forward_done: dict = {}  # dualpipe: (gpu, mb, chunk) -> event, set when that forward ends
         self.collectives: dict[CollectiveId, Collective] = {}
@@ -44,10 +51,11 @@ class Run:
         self.num_events = 0
 
     def _program(self, gpu: int) -> Program:
-        """The GPU's program; GPUs at the same position (the same PP stage) share one."""
-        key = int(self.ranks.pp_rank[gpu])
+        """The GPU's program; GPUs at the same position (PP stage, holding experts or not) share one."""
+        key = (int(self.ranks.pp_rank[gpu]), int(self.ranks.ep_rank[gpu]) < self.s.model.num_experts)
         if key not in self._programs:
-            self._programs[key] = build_program(self.s, self.workload.num_chunks, gpu)
+            buckets = self.dp.bucket_params if self.dp else None
+            self._programs[key] = build_program(self.s, self.workload.num_chunks, gpu, buckets)
         return self._programs[key]
 
     def _order_key(self, program: Program, phase: int, k: int, mb: int, chunk: int) -> tuple:
@@ -79,10 +87,10 @@ class Run:
         coll = self.collectives.get(cid)
         if coll is None:
             s = self.s
-            group = self.ep_groups[cid.ep_group]
-            traffic = self.workload.traffic[cid.ep_group, cid.moe_layer, cid.micro_batch, cid.chunk]
+            group = self.ep_groups[cid.group]
+            traffic = self.workload.traffic[cid.group, cid.index, cid.micro_batch, cid.chunk]
             kind = COLLECTIVES[cid.kind]
-            num_bytes = token_bytes(getattr(s.network, kind.dtype_key), s.model.hidden_size, s.network.all_to_all)
+            num_bytes = token_bytes(kind.wire_dtype(s), s.model.hidden_size, s.network.all_to_all)
 
             def build():
                 paths = build_paths(self.all_to_all, traffic, num_bytes, group, self.topology)
@@ -106,15 +114,91 @@ class Run:
         return fwd * (BACKWARD_FACTOR if op.backward else 1.0)
 
     def run_chain(self, gpu: GPU, mb: int, chunk: int):
-        """Run one chain's ops on `gpu`; consumes the simulated time of its kernels and collectives."""
+        """Run one chain's ops on `gpu`; consumes the simulated time of its kernels and collectives.
+        In training, the chain reports each layer whose backward it has finished (gradients
+        accumulate over every chain; the layer's bucket may go once all have)."""
         program = self.programs[gpu.index]
+        wait_params = self.dp is not None and self.dp.gathers_before_forward
         for phase, ops in enumerate(program.phases):
             if self.dualpipe and phase == 0 and mb > 0:
                 yield self._forward_done(gpu.index, mb - 1, chunk)
+            first = program.first_of_layer(0) if phase == 0 and wait_params else None
+            last = program.last_of_layer(1) if phase == 1 and program.buckets else None
             for k, op in enumerate(ops):
+                if first is not None and first[k]:
+                    yield self.param_event(gpu.index, op.layer)
                 yield from self.run_op(gpu, mb, chunk, op, self._order_key(program, phase, k, mb, chunk))
+                if last is not None and last[k]:
+                    self._layer_backward_done(gpu.index, op.layer)
             if self.dualpipe and phase == 0:
                 self._forward_done(gpu.index, mb, chunk).succeed()
+
+    def _layer_grads(self, gpu: int, layer: int) -> list:
+        key = (gpu, layer)
+        if key not in self.layer_grads:
+            self.layer_grads[key] = [len(self.programs[gpu].chains), self.env.event()]
+        return self.layer_grads[key]
+
+    def _layer_backward_done(self, gpu: int, layer: int) -> None:
+        entry = self._layer_grads(gpu, layer)
+        entry[0] -= 1
+        if entry[0] == 0:
+            entry[1].succeed()
+
+    def param_event(self, gpu: int, layer: int) -> simpy.Event:
+        key = (gpu, layer)
+        if key not in self.params_ready:
+            self.params_ready[key] = self.env.event()
+        return self.params_ready[key]
+
+    # -- the update: gradient sync, optimizer step, parameter all-gather ------------------------
+    def dp_collective(self, kind_name: str, gpu: int, bucket: Bucket):
+        """This GPU's part of a bucket's data-parallel collective on its DP stream (the bucket
+        moves through the same ports as the all-to-all); nothing where the group is one GPU."""
+        kind = COLLECTIVES[kind_name]
+        group, rank, members = self.dp.group_of(kind.group, gpu)
+        if len(members) == 1:
+            return
+        cid = CollectiveId(kind_name, group, bucket.index, -1, -1)
+        coll = self.collectives.get(cid)
+        if coll is None:
+            num_bytes = bucket.num_params * WIRE_BYTES[kind.wire_dtype(self.s)]
+            coll = Collective(self.env, self.network, members,
+                              lambda: ring_paths(kind.op, members, num_bytes, self.topology), True,
+                              self.s.cluster.gpu.kernel_launch_s)
+            self.collectives[cid] = coll
+        op = OpId(bucket.first_layer, kind_name, UPDATE, -1, -1)
+        yield from self.gpus[gpu].communicate(DP_COMM, None, lambda: coll.arrive(rank), self.dp.comm_sms, op)
+
+    def gather_params(self, gpu: int):
+        """ZeRO-1: all-gather each bucket's updated parameters, in forward order; each layer's
+        first forward waits for its bucket."""
+        buckets = list(reversed(self.programs[gpu].buckets))
+        last = {layer: i for i, bucket in enumerate(buckets) for layer in bucket.layers}
+        for i, bucket in enumerate(buckets):
+            yield from self.dp_collective(self.dp.gather_kind[bucket.family], gpu, bucket)
+            for layer in bucket.layers:
+                if last[layer] == i:  # every bucket holding the layer's parameters has arrived
+                    self.param_event(gpu, layer).succeed()
+
+    def run_update(self, gpu: int, chains):
+        """Gradient buckets as their layers' backward completes (with grad_overlap; else after the
+        whole backward), the optimizer step over this GPU's shard, and (ZeRO-1) the parameter
+        all-gather: before the next forward when overlapped (simulated at the start of this
+        step, its steady-state equivalent), else after the optimizer."""
+        program = self.programs[gpu]
+        if self.dp.gathers_before_forward:
+            self.env.process(self.gather_params(gpu))
+        if not self.grad_overlap:
+            yield self.env.all_of(chains)
+        for bucket in program.buckets:
+            yield self.env.all_of([self._layer_grads(gpu, layer)[1] for layer in bucket.layers])
+            yield from self.dp_collective(self.dp.reduce_kind[bucket.family], gpu, bucket)
+        yield self.env.all_of(chains)
+        yield from self.gpus[gpu].compute(self.dp.optimizer_s(self.compute_model, program),
+                                          OpId(-1, "optimizer", UPDATE, -1, -1))
+        if self.dp.distributed and not self.dp.gathers_before_forward:
+            yield from self.gather_params(gpu)
 
     def _forward_done(self, gpu: int, mb: int, chunk: int) -> simpy.Event:
         key = (gpu, mb, chunk)
@@ -147,10 +231,12 @@ class Run:
         self.stream_seq = [orders[id(p)] for p in self.programs] if three_stream else None
         for gpu in self.gpus:
             if not three_stream:
-                self.env.process(self.run_gpu_serial(gpu))
-                continue
-            for mb, chunk in self.programs[gpu.index].chains:
-                self.env.process(self.run_chain(gpu, mb, chunk))
+                chains = [self.env.process(self.run_gpu_serial(gpu))]
+            else:
+                chains = [self.env.process(self.run_chain(gpu, mb, chunk))
+                          for mb, chunk in self.programs[gpu.index].chains]
+            if self.train:
+                self.env.process(self.run_update(gpu.index, chains))
         while True:
             try:
                 self.env.step()
@@ -178,6 +264,49 @@ class Run:
         return RunRecord(self.s, step, [g.intervals for g in self.gpus], collectives, counts, ports,
                          w.expert_gpu, w.num_chunks, w.tokens_per_batch_limit, w.rounds,
                          self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves)
+
+
+WIRE_BYTES = {"fp32": 4, "bf16": 2}
+# Adam over one parameter (Megatron's fused multi-tensor Adam, memory-bound): read the FP32 main
+# grad, master weight and both moments (4 x 4 B), write master weight and moments (3 x 4 B) and
+# the BF16 model weight (2 B).
+ADAM_BYTES_PER_PARAM = 30
+
+
+class _DataParallel:
+    """The data-parallel side of a training layout: DP groups, bucket sizes, which collectives."""
+
+    def __init__(self, s: Scenario):
+        ranks = s.ranks
+        self.distributed = s.training.distributed_optimizer
+        self.groups = {"dp": ranks.dp_groups, "edp": ranks.expert_dp_groups}
+        self.index = {}
+        for name, groups in self.groups.items():
+            where = np.empty((s.num_gpus, 2), dtype=np.int64)  # GPU -> (group, rank in group)
+            for g, members in enumerate(groups):
+                where[members, 0], where[members, 1] = g, np.arange(len(members))
+            self.index[name] = where
+        sizes = {"dense": ranks.dp_size, "expert": ranks.expert_dp_size}
+        # Megatron-Core's default bucket: max(40M, 1M x DP size) parameters
+        self.bucket_params = {family: s.training.grad_bucket_params or max(40_000_000, 1_000_000 * n)
+                              for family, n in sizes.items()}
+        self.shards = sizes if self.distributed else {"dense": 1, "expert": 1}
+        prefix = {"dense": "", "expert": "expert_"}
+        verb = "grad_reducescatter" if self.distributed else "grad_allreduce"
+        self.reduce_kind = {family: p + verb for family, p in prefix.items()}
+        self.gather_kind = {family: p + "param_allgather" for family, p in prefix.items()}
+        self.gathers_before_forward = (self.distributed and s.training.grad_overlap
+                                       and s.pipeline.overlap == "three_stream")
+        self.comm_sms = s.cluster.nccl_sms
+
+    def group_of(self, group: str, gpu: int) -> tuple[int, int, np.ndarray]:
+        g, rank = self.index[group][gpu]
+        return int(g), int(rank), self.groups[group][g]
+
+    def optimizer_s(self, compute, program: Program) -> float:
+        """Adam over the parameters this GPU updates: its shard of each family with ZeRO-1."""
+        params = sum(b.num_params / self.shards[b.family] for b in program.buckets)
+        return compute.memory_s(params * ADAM_BYTES_PER_PARAM)
 
 
 def simulate(scenario: Scenario) -> RunRecord:

@@ -40,6 +40,9 @@ def check_layout(s: Scenario) -> None:
     if s.network.comm_sms >= s.cluster.gpu.num_sms:
         raise ScenarioError("network.comm_sms", s.network.comm_sms,
                             f"must be < the GPU's {s.cluster.gpu.num_sms} SMs (hardware.num_sms)")
+    if s.cluster.nccl_sms >= s.cluster.gpu.num_sms:
+        raise ScenarioError("hardware.nccl_sms", s.cluster.nccl_sms,
+                            f"must be < the GPU's {s.cluster.gpu.num_sms} SMs (hardware.num_sms)")
     if s.workload.tokens_per_gpu < s.pipeline.chunks:
         raise ScenarioError("pipeline.chunks", s.pipeline.chunks,
                             f"must be <= workload.tokens_per_gpu={s.workload.tokens_per_gpu}")

@@ -46,6 +46,7 @@ class HardwareSection(_Section):
     spine_oversubscription: float = Field(ge=1)
     ll_kernel_overhead_us: float = Field(default=0.0, ge=0)
     direct_alltoall_efficiency: float = Field(default=1.0, gt=0, le=1)
+    nccl_sms: int = Field(default=0, ge=0)  # SMs NCCL's ring collectives hold (data-parallel sync)
     calibration: Optional[str] = None  # a shipped calibration name or a .json path; None = roofline
 
 
@@ -110,6 +111,16 @@ class NetworkSection(_Section):
     comm_sms: int = Field(default=20, ge=0)
 
 
+class TrainingSection(_Section):
+    """How gradients and parameters are synchronised (Megatron-Core DDP and distributed optimizer)."""
+    distributed_optimizer: bool = False  # ZeRO-1: optimizer state sharded over DP, grads reduce-scattered
+    grad_overlap: bool = True  # bucketed grad reduction (and ZeRO-1 param all-gather) overlapped with compute
+    # Megatron sets accumulate_allreduce_grads_in_fp32 for BF16 training: grads are reduced in FP32
+    grad_reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    # parameters per gradient bucket; null: Megatron-Core's default max(40M, 1M x DP size)
+    grad_bucket_params: Optional[int] = Field(default=None, gt=0)
+
+
 class PipelineSection(_Section):
     overlap: Literal["none", "three_stream"] = "three_stream"
     chunks: int = Field(default=2, gt=0)
@@ -119,7 +130,7 @@ class PipelineSection(_Section):
 
 
 SECTIONS = {
-    "parallel": ParallelSection, "workload": WorkloadSection, "routing": RoutingSection,
+    "parallel": ParallelSection, "training": TrainingSection, "workload": WorkloadSection, "routing": RoutingSection,
     "placement": PlacementSection, "network": NetworkSection, "pipeline": PipelineSection,
 }
 TOP_LEVEL_KEYS = ("name", "hardware", "model", *SECTIONS)
@@ -139,6 +150,7 @@ class Scenario:
     cluster: ClusterSpec
     model: ModelSpec
     parallel: ParallelSection
+    training: TrainingSection
     workload: WorkloadSection
     routing: RoutingSection
     placement: PlacementSection

@@ -16,7 +16,8 @@ import yaml
 from simulator.engine import RunRecord, simulate
 from simulator.engine.collective import COLLECTIVES
 from simulator.engine.gpu import COMPUTE
-from simulator.metrics import breakdown, summarize
+from simulator.engine.program import UPDATE
+from simulator.metrics import summarize, union_length
 from simulator.scenario import build_scenario
 
 CASES_FILE = Path(__file__).parent / "cases.yaml"
@@ -54,7 +55,7 @@ def collective_time_s(r: RunRecord, kinds: list[str]) -> float:
 
 def _logical_gb_per_s(r: RunRecord, kind: str, per_gpu_units: float) -> float:
     s = r.scenario
-    factor = FP8_LOGICAL_FACTOR if getattr(s.network, COLLECTIVES[kind].dtype_key) == "fp8" else 1.0
+    factor = FP8_LOGICAL_FACTOR if COLLECTIVES[kind].wire_dtype(s) == "fp8" else 1.0
     return per_gpu_units * s.model.hidden_size * 2 * factor / collective_time_s(r, [kind]) / 1e9
 
 
@@ -90,13 +91,27 @@ def compute_op_us(r: RunRecord, metric: dict) -> float:
     return float(np.mean(list(totals.values()))) * 1e6
 
 
+def chunk_busy_fraction(r: RunRecord, metric: dict) -> float:
+    """Compute-stream busy fraction over the forward / backward chunks, as a profiler window in
+    the middle of a step sees it: from 0 to the GPU's last chunk op, leaving out the update
+    (gradient sync, optimizer) at the step's end. Mean over GPUs."""
+    fractions = []
+    for intervals in r.intervals:
+        chunk_ops = [iv for iv in intervals if iv.op.phase != UPDATE]
+        window = max(iv.end_s for iv in chunk_ops)
+        compute = [iv for iv in chunk_ops if iv.stream == COMPUTE]
+        busy = union_length(np.array([iv.start_s for iv in compute]), np.array([iv.end_s for iv in compute]))
+        fractions.append(busy / window)
+    return float(np.mean(fractions))
+
+
 QUANTITIES = {
     "collective_time_us": lambda r, m: collective_time_s(r, _kinds(m)) * 1e6,
     "deepep_nvlink_gb_per_s": deepep_nvlink_gb_per_s,
     "deepep_rdma_gb_per_s": deepep_rdma_gb_per_s,
     "alltoall_busbw_gb_per_s": alltoall_busbw_gb_per_s,
     "compute_op_us": compute_op_us,
-    "compute_busy_fraction": lambda r, m: breakdown(r)["compute"] / r.step_time_s,
+    "compute_busy_fraction": chunk_busy_fraction,
     "model_tflops_per_gpu": lambda r, m: summarize(r)["model_tflops_per_gpu"],
 }
 

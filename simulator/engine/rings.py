@@ -1,0 +1,81 @@
+"""Ring collectives over a group of GPUs (all-reduce, reduce-scatter, all-gather) as one flow.
+
+NCCL's rings on a multi-node group: with k group members per node, NCCL runs its channels over
+k rings that leave each node through different members' NICs, so in a bandwidth-optimal ring
+schedule each member sends, of a buffer of S bytes (nccl-tests' bus-bandwidth accounting):
+
+    all-reduce:                 2 (k - 1) / k x S over NVLink   +   2 (N - 1) / N x S / k over its NIC
+    reduce-scatter, all-gather:   (k - 1) / k x S               +     (N - 1) / N x S / k
+
+for N nodes; the two add up to 2 (n - 1) / n x S (resp. (n - 1) / n x S) with n = k N GPUs. An
+intra-node hop goes to the next member on the same node, an inter-node hop to the member of the
+same position on the next node (through the spine when the rails differ).
+
+A ring moves in lock-step: every member forwards what it received a moment ago, so it progresses at
+the rate of its slowest link. epsim therefore makes the whole ring ONE flow whose entries are all
+its members' ports; max-min sharing then slows the ring wherever any of its links is contended
+(by another ring or by the all-to-all). The latency term is the ring's hop latencies, one pass for
+reduce-scatter and all-gather, two for all-reduce: (k - 1) NVLink hops and (N - 1) IB hops a pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from hardware.topology import Topology
+from simulator.engine.paths import Paths
+
+PASSES = {"allreduce": 2, "reducescatter": 1, "allgather": 1}
+
+
+def ring_layout(gpus: np.ndarray, topo: Topology) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """(intra-node successor, inter-node successor, members per node k, nodes N) of each member."""
+    gpus = np.asarray(gpus)
+    node = topo.node_of(gpus)
+    nodes, node_index = np.unique(node, return_inverse=True)
+    num_nodes = len(nodes)
+    counts = np.bincount(node_index)
+    if (counts != counts[0]).any():
+        raise ValueError("a ring group needs the same number of GPUs on every node it spans")
+    k = int(counts[0])
+    order = np.lexsort((gpus, node_index))  # members by (node, GPU)
+    slot = np.empty(len(gpus), dtype=np.int64)
+    slot[order] = np.arange(len(gpus)) % k  # a member's position on its node
+    at = np.empty((num_nodes, k), dtype=np.int64)  # member index at (node, position)
+    at[node_index, slot] = np.arange(len(gpus))
+    intra = at[node_index, (slot + 1) % k]
+    inter = at[(node_index + 1) % num_nodes, slot]
+    return intra, inter, k, num_nodes
+
+
+def ring_paths(op: str, gpus: np.ndarray, num_bytes: float, topo: Topology) -> Paths:
+    """The ring collective `op` of a num_bytes buffer over `gpus`, as one flow (index 0)."""
+    passes = PASSES[op]
+    intra, inter, k, num_nodes = ring_layout(gpus, topo)
+    n = len(gpus)
+    members = np.arange(n)
+    nvlink_bytes = passes * (k - 1) / k * num_bytes
+    nic_bytes = passes * (num_nodes - 1) / num_nodes * num_bytes / k
+    ports, nbytes = [], []
+    if nvlink_bytes > 0:
+        ports += [topo.nvl_out(gpus), topo.nvl_in(gpus[intra])]
+        nbytes += [np.full(n, nvlink_bytes)] * 2
+    if nic_bytes > 0:
+        ports += [topo.nic_out(gpus), topo.nic_in(gpus[inter])]
+        nbytes += [np.full(n, nic_bytes)] * 2
+        if topo.has_spine:
+            rail, next_rail = topo.rail_of(gpus), topo.rail_of(gpus[inter])
+            cross = rail != next_rail
+            up = np.bincount(rail[cross], minlength=topo.spec.gpus_per_node) * nic_bytes
+            down = np.bincount(next_rail[cross], minlength=topo.spec.gpus_per_node) * nic_bytes
+            for port_of, load in ((topo.spine_up, up), (topo.spine_down, down)):
+                used = np.nonzero(load)[0]
+                ports.append(port_of(used))
+                nbytes.append(load[used])
+    port = np.concatenate(ports).astype(np.int64) if ports else np.zeros(0, dtype=np.int64)
+    entry_bytes = np.concatenate(nbytes) if nbytes else np.zeros(0)
+    spec = topo.spec
+    hop_ib = spec.ib.latency_s if (topo.rail_of(gpus) == topo.rail_of(gpus[inter])).all() \
+        else spec.ib_cross_rail_latency_s
+    latency = passes * ((k - 1) * spec.nvlink.latency_s + (num_nodes - 1) * hop_ib)
+    return Paths(np.zeros(len(port), dtype=np.int64), port, entry_bytes,
+                 np.zeros(n, dtype=np.int64), members, np.full(n, latency))

@@ -1,0 +1,148 @@
+"""Data-parallel gradient sync: ring collectives against closed forms, the buckets Megatron would
+form, ZeRO-1, overlap with the backward, and the optimizer step."""
+import numpy as np
+import pytest
+
+from hardware.topology import Topology
+from simulator.engine import Run, simulate
+from simulator.engine.collective import COLLECTIVES, Collective
+from simulator.engine.network import Network
+from simulator.engine.program import BACKWARD, UPDATE, grad_buckets
+from simulator.engine.rings import ring_paths
+from simulator.metrics import summarize
+from tests.conftest import make_scenario
+
+GB = 1e9
+
+
+def ring_time_s(env, topo, op, gpus, num_bytes, setup_s=0.0):
+    """Run one ring collective alone on an idle network; returns its time on every member."""
+    net = Network(env, topo)
+    gpus = np.asarray(gpus)
+    coll = Collective(env, net, gpus, lambda: ring_paths(op, gpus, num_bytes, topo), True, setup_s)
+    for i in range(len(gpus)):
+        coll.arrive(i)
+    env.run()
+    return coll.recv_done_s - coll.start_s
+
+
+@pytest.mark.parametrize("op, passes", [("allreduce", 2), ("reducescatter", 1), ("allgather", 1)])
+def test_ring_inside_one_node_takes_its_bus_bytes_over_nvlink_plus_hop_latencies(env, op, passes):
+    topo = Topology(make_scenario(hardware={"nodes": 1, "gpus_per_node": 8}).cluster)
+    n, size = 8, 1 * GB
+    took = ring_time_s(env, topo, op, np.arange(n), size, setup_s=5e-6)
+    nvl = topo.spec.nvlink
+    expect = 5e-6 + passes * (n - 1) / n * size / nvl.achievable_bytes_per_s + passes * (n - 1) * nvl.latency_s
+    assert took == pytest.approx(np.full(n, expect), rel=1e-9)
+
+
+def test_ring_over_one_gpu_per_node_sends_everything_through_the_nics(env):
+    topo = Topology(make_scenario(hardware={"nodes": 4, "gpus_per_node": 8}).cluster)
+    gpus, size = np.array([3, 11, 19, 27]), 0.5 * GB  # the same rail on four nodes: leaf only
+    took = ring_time_s(env, topo, "allreduce", gpus, size)
+    ib = topo.spec.ib
+    expect = 2 * 3 / 4 * size / ib.achievable_bytes_per_s + 2 * 3 * ib.latency_s
+    assert took == pytest.approx(np.full(4, expect), rel=1e-9)
+
+
+def test_ring_over_whole_nodes_is_bound_by_the_slower_of_nvlink_and_the_nic_share(env):
+    topo = Topology(make_scenario(hardware={"nodes": 2, "gpus_per_node": 8}).cluster)
+    size = 2 * GB
+    paths = ring_paths("allreduce", np.arange(16), size, topo)
+    load = np.bincount(paths.entry_port, paths.entry_bytes, minlength=topo.num_ports)
+    k, nodes = 8, 2
+    assert load[topo.nvl_out(0)] == pytest.approx(2 * (k - 1) / k * size)
+    assert load[topo.nic_out(0)] == pytest.approx(2 * (nodes - 1) / nodes * size / k)
+    # every member's egress adds up to nccl-tests' bus bytes 2 (n - 1) / n x size
+    egress = load[topo.nvl_out(np.arange(16))] + load[topo.nic_out(np.arange(16))]
+    assert egress == pytest.approx(np.full(16, 2 * 15 / 16 * size))
+    # conservation: what leaves over NVLink (NICs) arrives over NVLink (NICs)
+    assert load[topo.nvl_in(np.arange(16))].sum() == pytest.approx(load[topo.nvl_out(np.arange(16))].sum())
+    assert load[topo.nic_in(np.arange(16))].sum() == pytest.approx(load[topo.nic_out(np.arange(16))].sum())
+    took = ring_time_s(env, topo, "allreduce", np.arange(16), size)
+    spec = topo.spec
+    bandwidth_s = max(2 * 7 / 8 * size / spec.nvlink.achievable_bytes_per_s,
+                      2 * 1 / 2 * size / 8 / spec.ib.achievable_bytes_per_s)
+    latency_s = 2 * (7 * spec.nvlink.latency_s + 1 * spec.ib.latency_s)
+    assert took == pytest.approx(np.full(16, bandwidth_s + latency_s), rel=1e-9)
+
+
+def test_buckets_fill_in_backward_order_until_they_hold_the_bucket_size():
+    layers = [(0, 10, 0), (1, 10, 30), (2, 10, 30), (3, 10, 30)]  # (layer, dense, expert) params
+    buckets = grad_buckets(layers, {"dense": 25, "expert": 50})
+    dense = [b for b in buckets if b.family == "dense"]
+    expert = [b for b in buckets if b.family == "expert"]
+    assert [(b.layers, b.num_params) for b in dense] == [((3, 2, 1), 30), ((0,), 10)]
+    assert [(b.layers, b.num_params) for b in expert] == [((3, 2), 60), ((1,), 30)]
+    # launch order: as soon as a bucket's last layer (in backward order) is done
+    assert [(b.family, b.first_layer) for b in buckets] == [("expert", 2), ("dense", 1), ("expert", 1),
+                                                            ("dense", 0)]
+
+
+def sync_kinds(record):
+    return {cid.kind for cid in record.collectives if COLLECTIVES[cid.kind].group != "ep"}
+
+
+def test_ep4_dp2_all_reduces_dense_grads_over_8_gpus_and_expert_grads_over_pairs():
+    s = make_scenario(parallel={"ep_size": 4})
+    r = simulate(s)
+    assert sync_kinds(r) == {"grad_allreduce", "expert_grad_allreduce"}
+    expert = [c for c in r.collectives.values() if c.kind == "expert_grad_allreduce"]
+    assert sorted(c.gpus.tolist() for c in expert) == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    m = s.model
+    expert_params = 2 * (m.num_experts // 4) * m.expert_params  # 2 MoE layers, 4 experts each
+    fp32 = 4
+    for c in expert:  # one bucket (under 40M parameters), all-reduced in FP32 over 2 GPUs on 2 nodes
+        assert c.ib_bytes_per_gpu == pytest.approx(np.full(2, 2 * 1 / 2 * expert_params * fp32))
+    dense = [c for c in r.collectives.values() if c.kind == "grad_allreduce"]
+    assert len(dense) == 1 and dense[0].gpus.tolist() == list(range(8))
+    assert dense[0].bytes_out / 8 == pytest.approx(2 * 7 / 8 * m.replicated_params("model") * fp32)
+
+
+def test_distributed_optimizer_reduce_scatters_gathers_params_and_shards_the_optimizer():
+    plain = Run(make_scenario(parallel={"ep_size": 4}))
+    plain_record = plain.simulate()
+    zero = Run(make_scenario(parallel={"ep_size": 4}, training={"distributed_optimizer": True}))
+    zero_record = zero.simulate()
+    assert sync_kinds(zero_record) == {"grad_reducescatter", "expert_grad_reducescatter", "param_allgather",
+                                       "expert_param_allgather"}
+    program = zero.programs[0]
+    dense = sum(b.num_params for b in program.buckets if b.family == "dense")
+    expert = sum(b.num_params for b in program.buckets if b.family == "expert")
+    compute = zero.compute_model
+    # the shard: dense parameters over dense DP 8, expert parameters over expert DP 2
+    assert zero.dp.optimizer_s(compute, program) == pytest.approx(compute.memory_s((dense / 8 + expert / 2) * 30))
+    assert plain.dp.optimizer_s(compute, program) == pytest.approx(compute.memory_s((dense + expert) * 30))
+    optimizer = [iv for iv in zero_record.intervals[0] if iv.op.op == "optimizer"]
+    assert len(optimizer) == 1 and optimizer[0].op.phase == UPDATE
+    # overlapped param all-gathers run before each layer's first forward
+    gathers = [iv for iv in zero_record.intervals[0] if iv.op.op.endswith("param_allgather")]
+    first_forward = min(iv.start_s for iv in zero_record.intervals[0] if iv.op.op == "attention")
+    assert max(iv.end_s for iv in gathers if iv.op.layer == 0) <= first_forward + 1e-12
+    assert zero_record.step_time_s < plain_record.step_time_s  # a sharded optimizer step is shorter
+
+
+def test_without_grad_overlap_the_sync_starts_after_the_whole_backward():
+    small = {"grad_bucket_params": 100_000}  # every layer's gradients fill a bucket of their own
+    overlapped = simulate(make_scenario(parallel={"ep_size": 4}, training=small))
+    serial = simulate(make_scenario(parallel={"ep_size": 4}, training={**small, "grad_overlap": False}))
+    for record, overlaps in ((overlapped, True), (serial, False)):
+        ivs = record.intervals[0]
+        backward_end = max(iv.end_s for iv in ivs if iv.op.phase == BACKWARD)
+        sync = [iv for iv in ivs if iv.op.phase == UPDATE and iv.op.op != "optimizer"]
+        assert len(sync) > 2  # one bucket per layer and family
+        assert (min(iv.start_s for iv in sync) < backward_end) == overlaps
+    assert overlapped.step_time_s < serial.step_time_s
+
+
+def test_prefill_has_no_gradient_sync_and_no_optimizer():
+    r = simulate(make_scenario(parallel={"ep_size": 4}, workload={"mode": "prefill"}))
+    assert sync_kinds(r) == set()
+    assert not [iv for ivs in r.intervals for iv in ivs if iv.op.phase == UPDATE]
+
+
+def test_gradient_sync_shows_in_the_summary_per_kind_with_calls_per_gpu():
+    summary = summarize(simulate(make_scenario(parallel={"ep_size": 4}, training={"grad_bucket_params": 100_000})))
+    dense, expert = summary["collectives"]["grad_allreduce"], summary["collectives"]["expert_grad_allreduce"]
+    assert dense["count"] == 2 and expert["count"] == 2  # one bucket per layer, two layers
+    assert dense["mean_time_s"] > 0 and expert["mean_bytes_per_gpu"] > 0
