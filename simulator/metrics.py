@@ -9,7 +9,8 @@ from simulator.engine.collective import COLLECTIVES, CollectiveId
 from simulator.engine.gpu import COMPUTE
 from simulator.engine.record import RunRecord
 from simulator.model import FLOP_CONVENTION
-from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope
+from simulator.scenario.memory import RESERVED_BYTES, local_params, memory_per_gpu, moe_layers_in_scope
+from simulator.workload.build import buffer_bytes_per_token
 
 TRAIN_FLOP_FACTOR = 3.0  # forward + backward (2x forward)
 
@@ -130,7 +131,7 @@ def summarize(r: RunRecord) -> dict:
     step = r.step_time_s
     busy_util, step_util = bandwidth(r)
     peak = s.cluster.gpu.peak_bf16_flop_per_s
-    mem = memory_per_gpu(s)
+    mem = memory_per_gpu(s, buffers=r.tokens_per_batch_limit * buffer_bytes_per_token(s))
     return {
         "scenario": s.name,
         "num_gpus": g,
@@ -151,8 +152,8 @@ def summarize(r: RunRecord) -> dict:
                    "nodes": s.cluster.num_nodes, "gpus_per_node": s.cluster.gpus_per_node},
         "batching": {"chunks": r.num_chunks, "tokens_per_batch_limit": r.tokens_per_batch_limit,
                      "rounds": r.rounds},
-        "memory_per_gpu_bytes": {"static": mem["static_bytes"], "hbm": mem["hbm_bytes"],
-                                 "expert_params": mem["expert_params"], "replicated_params": mem["replicated_params"]},
+        "memory_per_gpu": mem.as_dict(),
+        "parameters_per_gpu": local_params(s),
         "simulated_events": r.num_events,
         "network_solves": r.network_solves,
         "provenance": {
@@ -165,7 +166,11 @@ def summarize(r: RunRecord) -> dict:
             "seed": s.routing.seed,
             "flop_convention": " ".join(FLOP_CONVENTION.split()),
             "data_parallel": data_parallel_provenance(s),
-            "not_modelled": "TP, PP, embedding/LM head, activation memory",
+            "memory": (f"18 B per parameter (BF16 weight, FP32 grad, FP32 master + Adam moments; optimizer / DP "
+                       f"with ZeRO-1); activations saved for the backward tensor by tensor in BF16, no recompute, "
+                       f"for the micro-batches in flight; all-to-all receive buffers of the batch limit; "
+                       f"{RESERVED_BYTES / 1e9:g} GB allowance for context, workspaces and fragmentation (assumed)"),
+            "not_modelled": "TP, PP, embedding/LM head",
         },
         "epsim_version": __version__,
     }

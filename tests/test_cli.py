@@ -141,7 +141,7 @@ def test_model_that_does_not_fit_memory_exits_2(tmp_path):
     data = {"name": "dsv3-ep8", "hardware": {"nodes": 1}, "model": {"preset": "deepseek-v3"},
             "parallel": {"ep_size": 8}, "workload": {"mode": "train"}}
     proc = run_sim(write_scenario(tmp_path, data), "--out", tmp_path / "out")
-    assert_clean_rejection(proc, "model.num_layers", "61", "does not fit memory")
+    assert_clean_rejection(proc, "parallel.ep_size", "8", "does not fit memory", "the biggest is optimizer")
 
 
 def test_missing_scenario_file_exits_2(tmp_path):

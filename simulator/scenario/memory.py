@@ -1,12 +1,33 @@
-"""The per-GPU memory a layout needs (seed 2.2, 4.1, 4.2) and the layers a run covers."""
+"""The memory one GPU needs for its part of the layout (seed 2.2, 4.1, 4.2), term by term.
+
+Per parameter the GPU holds (Megatron-Core's mixed-precision accounting, docs "Distributed
+Optimizer": BF16 parameters with FP32 gradients take 18 B, or 6 + 12/d with the distributed
+optimizer over d data-parallel ranks):
+    weights      2 B    BF16
+    gradients    4 B    FP32 main-grad buffer (2 B when training.grad_reduce_dtype is bf16)
+    optimizer   12 B    FP32 master weight and Adam's two moments, / DP size with ZeRO-1
+Dense parameters shard over dense DP, expert parameters over expert DP.
+
+Activations: the tensors a layer saves for its backward, per token, counted kernel by kernel in
+BF16 (activation_bytes_per_token), times the tokens of every micro-batch in flight under the
+schedule. Prefill saves nothing: one layer's working set.
+
+Buffers: the all-to-all receive buffers, sized by the batch limit (seed 2.2). Other: a fixed
+allowance for the CUDA context, library workspaces, NCCL channel buffers and allocator
+fragmentation (an assumption, RESERVED_BYTES, named in provenance).
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from simulator.scenario.schema import Scenario
 
-# Bytes of state per parameter. Prefill holds BF16 weights. Training with mixed-precision Adam holds
-# BF16 weights and gradients plus FP32 master weights and two FP32 moments (2 + 2 + 4 + 4 + 4);
-# optimizer-state sharding across DP replicas is not modelled.
-BYTES_PER_PARAM = {"prefill": 2, "train": 16}
+WEIGHT_BYTES = 2
+GRAD_BYTES = {"fp32": 4, "bf16": 2}
+OPTIMIZER_BYTES = 12
+PREFILL_WEIGHT_BYTES = 2  # serving holds BF16 weights only
+RESERVED_BYTES = 3e9  # assumption: CUDA context ~0.5 GB, cuBLAS/NCCL workspaces and buffers, fragmentation
+ACT_BYTES = 2  # BF16 activations
 
 
 def experts_per_gpu(s: Scenario) -> int:
@@ -18,15 +39,105 @@ def moe_layers_in_scope(s: Scenario) -> int:
     return 1 if s.workload.scope == "moe_layer" else s.model.num_moe_layers
 
 
-def memory_per_gpu(s: Scenario) -> dict:
-    """Static memory per GPU: weights (and gradients + optimizer state when training)."""
-    expert_params = experts_per_gpu(s) * moe_layers_in_scope(s) * s.model.expert_params
-    replicated = s.model.replicated_params(s.workload.scope)
-    per_param = BYTES_PER_PARAM[s.workload.mode]
-    return {
-        "expert_params": expert_params,
-        "replicated_params": replicated,
-        "bytes_per_param": per_param,
-        "static_bytes": (expert_params + replicated) * per_param,
-        "hbm_bytes": s.cluster.gpu.hbm_bytes,
-    }
+def local_params(s: Scenario) -> dict[str, int]:
+    """Parameters on the busiest GPU: dense (replicated over the EP group) and routed experts."""
+    return {"dense": s.model.replicated_params(s.workload.scope),
+            "expert": experts_per_gpu(s) * moe_layers_in_scope(s) * s.model.expert_params}
+
+
+def activation_bytes_per_token(s: Scenario, moe: bool) -> float:
+    """Bytes one token's layer keeps for the backward (no recompute), tensor by tensor."""
+    m, a = s.model, s.model.attention
+    h = m.hidden_size
+    elems = 2 * h  # the two norms' inputs (residual stream)
+    if s.workload.scope == "model":
+        elems += h  # attention input (norm output), read again by the projections' backward
+        if a.kind == "mla":
+            qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+            elems += a.q_lora_rank + a.kv_lora_rank + a.qk_rope_head_dim  # latents into the up-projections
+            elems += a.num_heads * (2 * qk + 2 * a.v_head_dim)  # Q, K, V and O for FlashAttention's backward
+        else:
+            elems += (2 * a.num_heads + 2 * a.num_kv_heads) * a.head_dim  # Q, K, V, O
+    if not moe:
+        i = m.dense_intermediate_size
+        return ACT_BYTES * (elems + h + 2 * i + i)  # FFN input, gate/up output, SwiGLU output
+    i = m.moe_intermediate_size
+    elems += h  # router input
+    per_copy = h + 2 * i + i + h  # permuted input, gate/up output, SwiGLU output, output (gate-weight grad)
+    elems += m.top_k * per_copy + m.num_shared_experts * (2 * i + i)
+    router_fp32 = 4 * m.num_experts  # router probabilities, FP32
+    return ACT_BYTES * elems + router_fp32
+
+
+def micro_batches_in_flight(s: Scenario) -> int:
+    """Micro-batches whose activations are held at once: lockstep runs every forward before any
+    backward; dualpipe holds the one whose backward runs beside the next one's forward."""
+    if s.workload.mode != "train":
+        return 1
+    if s.pipeline.schedule == "dualpipe":
+        return min(2, s.workload.micro_batches)
+    return s.workload.micro_batches
+
+
+@dataclass(frozen=True)
+class Memory:
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    other: float
+    capacity: float
+    buffers: float = 0.0
+
+    TERMS = ("weights", "gradients", "optimizer", "activations", "buffers", "other")
+
+    @property
+    def before_buffers(self) -> float:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.other
+
+    @property
+    def peak(self) -> float:
+        return self.before_buffers + self.buffers
+
+    @property
+    def biggest(self) -> str:
+        return max(self.TERMS, key=lambda term: getattr(self, term))
+
+    def as_dict(self) -> dict[str, float]:
+        return {**{t: float(getattr(self, t)) for t in self.TERMS}, "peak": float(self.peak),
+                "capacity": float(self.capacity)}
+
+
+def memory_per_gpu(s: Scenario, buffers: float = 0.0) -> Memory:
+    """Memory of the busiest GPU, without (or with the given) all-to-all buffers."""
+    params = local_params(s)
+    total = sum(params.values())
+    capacity = s.cluster.gpu.hbm_bytes
+    if s.workload.mode != "train":
+        moe = moe_layers_in_scope(s) > 0
+        act = activation_bytes_per_token(s, moe) * s.workload.tokens_per_gpu
+        return Memory(total * PREFILL_WEIGHT_BYTES, 0.0, 0.0, act, RESERVED_BYTES, capacity, buffers)
+    shards = ({"dense": s.ranks.dp_size, "expert": s.ranks.expert_dp_size} if s.training.distributed_optimizer
+              else {"dense": 1, "expert": 1})
+    optimizer = sum(OPTIMIZER_BYTES * n / shards[family] for family, n in params.items())
+    dense_layers = 0 if s.workload.scope == "moe_layer" else s.model.num_dense_layers
+    per_token = (dense_layers * activation_bytes_per_token(s, moe=False)
+                 + moe_layers_in_scope(s) * activation_bytes_per_token(s, moe=True))
+    act = per_token * s.workload.tokens_per_gpu * micro_batches_in_flight(s)
+    return Memory(total * WEIGHT_BYTES, total * GRAD_BYTES[s.training.grad_reduce_dtype], optimizer, act,
+                  RESERVED_BYTES, capacity, buffers)
+
+
+def key_to_change(s: Scenario, mem: Memory) -> tuple[str, object]:
+    """The scenario key (and its value) a user would change to make the biggest term smaller."""
+    term = mem.biggest
+    params = local_params(s)
+    if term == "activations":
+        return "workload.micro_batches", s.workload.micro_batches
+    if term == "optimizer" and not s.training.distributed_optimizer and s.workload.mode == "train":
+        dp = s.ranks.expert_dp_size if params["expert"] >= params["dense"] else s.ranks.dp_size
+        if dp > 1:
+            return "training.distributed_optimizer", False
+    if params["expert"] >= params["dense"] and experts_per_gpu(s) > 1:
+        return "parallel.ep_size", s.parallel.ep_size
+    return "model.num_layers", s.model.num_layers

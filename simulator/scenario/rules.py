@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from simulator.errors import ScenarioError
-from simulator.scenario.memory import memory_per_gpu
+from simulator.scenario.memory import Memory, key_to_change, memory_per_gpu
 from simulator.scenario.schema import Scenario
 
 
@@ -69,10 +69,12 @@ def check_layout(s: Scenario) -> None:
             raise ScenarioError("routing.max_nodes_per_token", limit,
                                 f"{limit} node(s) x {experts_per_node} experts per node cannot hold top_k={m.top_k} experts")
     mem = memory_per_gpu(s)
-    if mem["static_bytes"] > mem["hbm_bytes"]:
+    if mem.before_buffers > mem.capacity:
+        key, value = key_to_change(s, mem)
+        terms = ", ".join(f"{t} {getattr(mem, t) / 1e9:.1f}" for t in Memory.TERMS if t != "buffers")
         raise ScenarioError(
-            "model.num_layers", m.num_layers,
-            f"does not fit memory: {mem['static_bytes'] / 1e9:.1f} GB of weights"
-            f"{' + gradients + optimizer state' if s.workload.mode == 'train' else ''} per GPU at "
-            f"ep_size={ep} exceeds hardware.hbm_gb={mem['hbm_bytes'] / 1e9:g}; "
-            "rule: static memory per GPU <= HBM (fewer layers per stage, larger ep_size, or prefill)")
+            key, value,
+            f"does not fit memory: {mem.before_buffers / 1e9:.1f} GB per GPU before all-to-all buffers "
+            f"({terms} GB; the biggest is {mem.biggest}) at ep_size={ep} exceeds "
+            f"hardware.hbm_gb={mem.capacity / 1e9:g}; rule: memory per GPU <= HBM; change {key}"
+            f"{' (with more hardware.nodes)' if key == 'parallel.ep_size' and ep == gpus else ''}")

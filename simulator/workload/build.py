@@ -29,19 +29,23 @@ class Workload:
     expert_work_s: dict  # (group, moe_layer, mb, chunk) -> [P] forward seconds of routed experts
 
 
+def buffer_bytes_per_token(s) -> float:
+    """Receive-buffer bytes a token needs: its dispatch and its combine message."""
+    h, a2a = s.model.hidden_size, s.network.all_to_all
+    return token_bytes(s.network.dispatch_dtype, h, a2a) + token_bytes(s.network.combine_dtype, h, a2a)
+
+
 def batch_limit(s, num_chunks: int) -> tuple[int, int, int]:
     """Seed 2.2: Batch_size = min(available_tokens, GPU_memory_limit / token_size).
 
     A GPU's receive buffer must hold, per chunk, every token any GPU of its group may send it
-    (DeepEP sizes buffers the same way); the memory left after weights and optimizer state bounds
-    it. When it does not fit, chunks are split further into rounds.
+    (DeepEP sizes buffers the same way); the memory left after weights, gradients, optimizer
+    state, activations and the allowance bounds it. When it does not fit, chunks are split further
+    into rounds.
     """
-    h = s.model.hidden_size
-    a2a = s.network.all_to_all
-    per_token = token_bytes(s.network.dispatch_dtype, h, a2a) + token_bytes(s.network.combine_dtype, h, a2a)
+    per_token = buffer_bytes_per_token(s)
     mem = memory_per_gpu(s)
-    free = mem["hbm_bytes"] - mem["static_bytes"]
-    limit = int(free // per_token)
+    limit = int((mem.capacity - mem.before_buffers) // per_token)
     available = math.ceil(s.workload.tokens_per_gpu / num_chunks) * s.parallel.ep_size
     batch = min(available, limit)
     rounds = math.ceil(available / max(batch, 1))
