@@ -22,11 +22,11 @@ import numpy as np
 from hardware.atomic import write_atomic
 from hardware.topology import Topology
 from simulator.engine import RunRecord
-from simulator.engine.gpu import COMPUTE, DP_COMM, RECEIVE, SEND
+from simulator.engine.gpu import COMPUTE, DP_COMM, PP_COMM, RECEIVE, SEND
 
-STREAM_TID = {COMPUTE: 1, RECEIVE: 2, SEND: 3, DP_COMM: 4}
+STREAM_TID = {COMPUTE: 1, RECEIVE: 2, SEND: 3, DP_COMM: 4, PP_COMM: 5}
 STREAM_NAME = {COMPUTE: "compute stream", RECEIVE: "receive stream (dispatch)", SEND: "send stream (combine)",
-               DP_COMM: "data-parallel stream (gradients, parameters)"}
+               DP_COMM: "data-parallel stream (gradients, parameters)", PP_COMM: "pipeline stream (sends)"}
 DEFAULT_MAX_GPUS = 64
 # Above this many slices the default is to skip the trace (~150 bytes per slice: ~30 MB).
 DEFAULT_EVENT_LIMIT = 200_000

@@ -9,7 +9,7 @@ from simulator.engine.collective import COLLECTIVES, CollectiveId
 from simulator.engine.gpu import COMPUTE
 from simulator.engine.record import RunRecord
 from simulator.model import FLOP_CONVENTION
-from simulator.scenario.memory import RESERVED_BYTES, local_params, memory_per_gpu, moe_layers_in_scope
+from simulator.scenario.memory import RESERVED_BYTES, local_params, memory_per_gpu
 from simulator.workload.build import buffer_bytes_per_token
 
 TRAIN_FLOP_FACTOR = 3.0  # forward + backward (2x forward)
@@ -30,9 +30,15 @@ def union_length(starts: np.ndarray, ends: np.ndarray) -> float:
     return float(total + reach[-1] - seg_start)
 
 
+def step_tokens(s) -> int:
+    """Tokens one step processes: each GPU of a stage feeds tokens_per_gpu per micro-batch, and a
+    micro-batch crosses every stage."""
+    return s.workload.tokens_per_gpu * s.workload.micro_batches * s.num_gpus // s.parallel.pp_size
+
+
 def step_flop(r: RunRecord) -> float:
     s = r.scenario
-    tokens = s.workload.tokens_per_gpu * s.workload.micro_batches * s.num_gpus
+    tokens = step_tokens(s)
     per_token = s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope)
     return tokens * per_token * (TRAIN_FLOP_FACTOR if s.workload.mode == "train" else 1.0)
 
@@ -98,16 +104,31 @@ def bandwidth(r: RunRecord) -> tuple[dict, dict]:
     return busy_util, step_util
 
 
+def pipeline_bubble(r: RunRecord) -> dict:
+    """Per PP stage, the time its GPUs spend outside their tasks before the pipeline drains (the
+    last task ends anywhere): warm-up, waiting for a neighbour, cool-down. Mean over the stage's
+    GPUs; the fraction is of the step, mean over stages."""
+    s = r.scenario
+    p = s.parallel.pp_size
+    if r.task_spans is None:
+        return {"pipeline_bubble_fraction": 0.0, "pipeline_bubble_s": [0.0]}
+    end = max(e for spans in r.task_spans for _, e in spans)
+    per_stage = []
+    for stage in range(p):
+        gpus = np.nonzero(s.ranks.pp_rank == stage)[0]
+        idle = [end - union_length(np.array([a for a, _ in r.task_spans[g]]), np.array([b for _, b in r.task_spans[g]]))
+                for g in gpus]
+        per_stage.append(float(np.mean(idle)))
+    return {"pipeline_bubble_fraction": float(np.mean(per_stage) / r.step_time_s), "pipeline_bubble_s": per_stage}
+
+
 def load_imbalance(r: RunRecord) -> float:
     """max / mean routed token copies per GPU, per (group, MoE layer, micro-batch), then averaged."""
-    s = r.scenario
-    ratios = []
-    for group in range(s.ranks.num_ep_groups):
-        for layer in range(moe_layers_in_scope(s)):
-            for mb in range(s.workload.micro_batches):
-                recv = sum(r.counts[group, layer, mb, c].recv_copies for c in range(r.num_chunks))
-                ratios.append(recv.max() / recv.mean())
-    return float(np.mean(ratios))
+    recv: dict[tuple, np.ndarray] = {}
+    for (group, layer, mb, _chunk), counts in r.counts.items():
+        key = (group, layer, mb)
+        recv[key] = recv[key] + counts.recv_copies if key in recv else counts.recv_copies
+    return float(np.mean([v.max() / v.mean() for v in recv.values()]))
 
 
 def data_parallel_provenance(s) -> str:
@@ -138,12 +159,14 @@ def summarize(r: RunRecord) -> dict:
         "step_time_s": step,
         "mfu": flop / (step * g * peak),
         "model_tflops_per_gpu": flop / step / g / 1e12,
-        "tokens_per_s": s.workload.tokens_per_gpu * s.workload.micro_batches * g / step,
+        "tokens_per_s": step_tokens(s) / step,
+        "tokens_per_s_per_gpu": step_tokens(s) / step / g,
         "bandwidth_utilization": busy_util,
         "bandwidth_utilization_step": step_util,
         "collectives": collective_stats(r),
         "breakdown_s": breakdown(r),
         "load_imbalance": load_imbalance(r),
+        **pipeline_bubble(r),
         "model_flop_per_step": flop,
         "model_flop_per_token_forward": s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope),
         "layout": {"ep_size": s.parallel.ep_size, "dp_size": s.dp_size, "tp_size": s.ranks.tp_size,
@@ -181,19 +204,18 @@ def per_layer_gpu_rows(r: RunRecord) -> list[dict]:
     over micro-batches and chunks (forward)."""
     s = r.scenario
     rows = []
-    for group in range(s.ranks.num_ep_groups):
-        for layer in range(moe_layers_in_scope(s)):
-            keys = [(mb, c) for mb in range(s.workload.micro_batches) for c in range(r.num_chunks)]
-            recv = sum(r.counts[group, layer, mb, c].recv_copies for mb, c in keys)
-            work = sum(r.counts[group, layer, mb, c].expert_compute_s for mb, c in keys)
-            times = {}
-            for kind in ("dispatch", "combine"):
-                colls = [r.collectives[CollectiveId(kind, group, layer, mb, c)] for mb, c in keys]
-                times[kind] = sum(c.recv_done_s - c.start_s for c in colls)
-            for local, gpu in enumerate(s.ranks.ep_groups[group].tolist()):
-                rows.append({"moe_layer": layer, "gpu": gpu, "ep_group": group,
-                             "routed_token_copies": int(recv[local]),
-                             "expert_compute_s": float(work[local]),
-                             "dispatch_s": float(times["dispatch"][local]),
-                             "combine_s": float(times["combine"][local])})
+    for group, layer in dict.fromkeys((g, l) for g, l, _mb, _c in r.counts):
+        keys = [(mb, c) for mb in range(s.workload.micro_batches) for c in range(r.num_chunks)]
+        recv = sum(r.counts[group, layer, mb, c].recv_copies for mb, c in keys)
+        work = sum(r.counts[group, layer, mb, c].expert_compute_s for mb, c in keys)
+        times = {}
+        for kind in ("dispatch", "combine"):
+            colls = [r.collectives[CollectiveId(kind, group, layer, mb, c)] for mb, c in keys]
+            times[kind] = sum(c.recv_done_s - c.start_s for c in colls)
+        for local, gpu in enumerate(s.ranks.ep_groups[group].tolist()):
+            rows.append({"moe_layer": layer, "gpu": gpu, "ep_group": group,
+                         "routed_token_copies": int(recv[local]),
+                         "expert_compute_s": float(work[local]),
+                         "dispatch_s": float(times["dispatch"][local]),
+                         "combine_s": float(times["combine"][local])})
     return rows

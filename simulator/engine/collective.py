@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 import simpy
 
-from simulator.engine.gpu import DP_COMM, RECEIVE, SEND
+from simulator.engine.gpu import DP_COMM, PP_COMM, RECEIVE, SEND
 from simulator.engine.network import FlowBatch, Network
 from simulator.engine.paths import Paths
 from simulator.engine.program import BACKWARD, FORWARD
@@ -57,15 +57,21 @@ COLLECTIVES = {kind.name: kind for kind in (
                    "training.grad_reduce_dtype", BACKWARD, "gradients of routed-expert parameters, sharded"),
     CollectiveKind("expert_param_allgather", "allgather", "edp", DP_COMM, True, "bf16", FORWARD,
                    "updated routed-expert parameters from their optimizer shards"),
+    # A pipeline transfer is one flow; the record shows it twice, as the sender's pp_send and the
+    # receiver's pp_recv (CollectiveId.chunk: 0 activations forward, 1 gradients backward).
+    CollectiveKind("pp_send", "p2p", "pp", PP_COMM, True, "bf16", FORWARD,
+                   "activations to the next stage (forward), gradients to the previous (backward)"),
+    CollectiveKind("pp_recv", "p2p", "pp", PP_COMM, True, "bf16", FORWARD,
+                   "the same transfers, seen from the receiving stage"),
 )}
 
 
 class CollectiveId(NamedTuple):
     kind: str
     group: int  # index among the groups of its kind's rank group
-    index: int  # all-to-all: the MoE layer; data parallel: the bucket
+    index: int  # all-to-all: the MoE layer; data parallel: the bucket; p2p: the sender's virtual stage
     micro_batch: int  # -1 where it is not tied to one
-    chunk: int  # -1 where it is not tied to one
+    chunk: int  # -1 where it is not tied to one; p2p: 0 forward, 1 backward
 
 
 class Collective:

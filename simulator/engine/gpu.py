@@ -1,5 +1,6 @@
-"""A GPU: the seed's three CUDA streams (compute, send, receive), a fourth for the data-parallel
-collectives (NCCL's stream for gradient and parameter buckets), as SimPy resources, and its SMs.
+"""A GPU: the seed's three CUDA streams (compute, send, receive), one for the data-parallel
+collectives (NCCL's stream for gradient and parameter buckets) and one for pipeline sends, as
+SimPy resources, and its SMs.
 
 Communication kernels may hold SMs while they run (DeepEP normal mode ~20 of 132, NCCL ~16);
 compute that overlaps them runs at (SMs - held) / SMs of its full rate. `overlap: none` makes the
@@ -13,7 +14,7 @@ import simpy
 
 from simulator.engine.program import OpId
 
-COMPUTE, SEND, RECEIVE, DP_COMM = "compute", "send", "receive", "dp"
+COMPUTE, SEND, RECEIVE, DP_COMM, PP_COMM = "compute", "send", "receive", "dp", "pp"
 
 
 class Interval(NamedTuple):
@@ -33,7 +34,8 @@ class GPU:
         self.streams = {COMPUTE: compute,
                         SEND: simpy.Resource(env, capacity=1) if overlap else compute,
                         RECEIVE: simpy.Resource(env, capacity=1) if overlap else compute,
-                        DP_COMM: simpy.Resource(env, capacity=1) if overlap else compute}
+                        DP_COMM: simpy.Resource(env, capacity=1) if overlap else compute,
+                        PP_COMM: simpy.Resource(env, capacity=1) if overlap else compute}
         self.sms_held = 0
         # Collectives enter each comm stream in one static order, the same on every GPU, as a real
         # program enqueues them; otherwise two GPUs could each hold a stream for a collective the

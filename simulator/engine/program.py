@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from simulator.stages import Task, rank_layers, schedule
+
 FORWARD, BACKWARD, UPDATE = "forward", "backward", "update"  # update: gradient sync and optimizer
 
 
@@ -82,6 +84,10 @@ class Program:
     phases: tuple[tuple[Op, ...], ...]  # (forward ops, backward ops); backward empty for prefill
     chains: tuple[tuple[int, int], ...]  # (micro-batch, chunk), in launch order
     buckets: tuple[Bucket, ...] = ()  # in launch order: as their layers' backward completes
+    # pipeline parallel: per model chunk its (forward ops, backward ops), and the tasks in order
+    chunk_phases: tuple[tuple[tuple[Op, ...], tuple[Op, ...]], ...] = ()
+    tasks: tuple[Task, ...] = ()
+    pp_rank: int = 0
 
     @property
     def ops(self) -> tuple[Op, ...]:
@@ -93,12 +99,18 @@ class Program:
 
     def last_of_layer(self, phase: int) -> tuple[bool, ...]:
         """For each op of the phase: is it the last op of its layer there?"""
-        ops = self.phases[phase]
-        return tuple(k == len(ops) - 1 or ops[k + 1].layer != op.layer for k, op in enumerate(ops))
+        return last_of_layer(self.phases[phase])
 
     def first_of_layer(self, phase: int) -> tuple[bool, ...]:
-        ops = self.phases[phase]
-        return tuple(k == 0 or ops[k - 1].layer != op.layer for k, op in enumerate(ops))
+        return first_of_layer(self.phases[phase])
+
+
+def last_of_layer(ops) -> tuple[bool, ...]:
+    return tuple(k == len(ops) - 1 or ops[k + 1].layer != op.layer for k, op in enumerate(ops))
+
+
+def first_of_layer(ops) -> tuple[bool, ...]:
+    return tuple(k == 0 or ops[k - 1].layer != op.layer for k, op in enumerate(ops))
 
 
 def layer_ops(scope: str, num_layers: int, num_dense_layers: int, has_shared: bool) -> list[Op]:
@@ -170,10 +182,19 @@ def grad_buckets(layer_params: list[tuple[int, int, int]], bucket_params: dict[s
 def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | None = None) -> Program:
     """The program of `gpu` from its position in the layout. Every GPU runs every layer in scope
     while PP = 1; a pipeline stage will run its own layers."""
-    m = s.model
+    m, par = s.model, s.parallel
     forward = layer_ops(s.workload.scope, m.num_layers, m.num_dense_layers, m.num_shared_experts > 0)
     train = s.workload.mode == "train"
-    backward = backward_ops(forward) if train else []
+    chunk_phases, tasks, rank = (), (), int(s.ranks.pp_rank[gpu])
+    if par.pp_size > 1:
+        chunks = rank_layers(m.num_layers, par.pp_size, par.vpp_size, rank)
+        chunk_phases = tuple((tuple(op for op in forward if op.layer in layers),
+                              tuple(backward_ops([op for op in forward if op.layer in layers])) if train else ())
+                             for layers in chunks)
+        forward = [op for fwd, _ in chunk_phases for op in fwd]
+        tasks = tuple(t for t in schedule(par.pp_schedule, par.pp_size, s.workload.micro_batches, par.vpp_size, rank)
+                      if train or t.phase == "forward")
+    backward = [op for _, bwd in chunk_phases for op in bwd] if chunk_phases else (backward_ops(forward) if train else [])
     chains = tuple((mb, c) for mb in range(s.workload.micro_batches) for c in range(num_chunks))
     buckets = ()
     if train and bucket_params:
@@ -184,4 +205,4 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
             moe = layer >= m.num_dense_layers or s.workload.scope == "moe_layer"
             params.append((layer, m.dense_layer_params(moe, with_attention), experts * m.expert_params if moe else 0))
         buckets = grad_buckets(params, bucket_params)
-    return Program((tuple(forward), tuple(backward)), chains, buckets)
+    return Program((tuple(forward), tuple(backward)), chains, buckets, chunk_phases, tasks, rank)

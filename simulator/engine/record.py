@@ -70,6 +70,7 @@ class RunRecord:
     has_spine: bool
     num_events: int
     network_solves: int
+    task_spans: list[list[tuple[float, float]]] | None = None  # PP: per GPU, each task's (start, end)
 
     @property
     def num_gpus(self) -> int:

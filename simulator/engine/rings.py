@@ -1,4 +1,5 @@
-"""Ring collectives over a group of GPUs (all-reduce, reduce-scatter, all-gather) as one flow.
+"""Ring collectives over a group of GPUs (all-reduce, reduce-scatter, all-gather) as one flow, and
+point-to-point transfers between pipeline stages.
 
 NCCL's rings on a multi-node group: with k group members per node, NCCL runs its channels over
 k rings that leave each node through different members' NICs, so in a bandwidth-optimal ring
@@ -79,3 +80,17 @@ def ring_paths(op: str, gpus: np.ndarray, num_bytes: float, topo: Topology) -> P
     latency = passes * ((k - 1) * spec.nvlink.latency_s + (num_nodes - 1) * hop_ib)
     return Paths(np.zeros(len(port), dtype=np.int64), port, entry_bytes,
                  np.zeros(n, dtype=np.int64), members, np.full(n, latency))
+
+
+def p2p_paths(src: int, dst: int, num_bytes: float, topo: Topology) -> Paths:
+    """One transfer from GPU src to GPU dst (member 0 to member 1): over NVLink inside a node, the
+    two NICs (and the spine across rails when it is oversubscribed) between nodes."""
+    if topo.node_of(src) == topo.node_of(dst):
+        ports = [topo.nvl_out(src), topo.nvl_in(dst)]
+    else:
+        ports = [topo.nic_out(src), topo.nic_in(dst)]
+        if topo.has_spine and topo.rail_of(src) != topo.rail_of(dst):
+            ports += [topo.spine_up(topo.rail_of(src)), topo.spine_down(topo.rail_of(dst))]
+    latency = topo.pair_latency_s(np.array([src]), np.array([dst]))
+    return Paths(np.zeros(len(ports), dtype=np.int64), np.array(ports, dtype=np.int64), np.full(len(ports), num_bytes),
+                 np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64), latency)

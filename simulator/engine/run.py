@@ -7,11 +7,13 @@ import simpy
 from hardware.calibrated import compute_model
 from hardware.topology import Topology
 from simulator.engine.collective import COLLECTIVES, Collective, CollectiveId
-from simulator.engine.gpu import DP_COMM, GPU
+from simulator.engine.gpu import DP_COMM, GPU, PP_COMM
 from simulator.engine.network import Network
 from simulator.engine.paths import build_paths, mirrored
-from simulator.engine.program import UPDATE, Bucket, Op, OpId, Program, build_program
-from simulator.engine.rings import ring_paths
+from simulator.engine.program import (UPDATE, Bucket, Op, OpId, Program, build_program, first_of_layer,
+                                      last_of_layer)
+from simulator.engine.rings import p2p_paths, ring_paths
+from simulator.stages import FWD
 from simulator.engine.record import ChunkCounts, CollectiveRecord, PortRecord, RunRecord
 from simulator.scenario import Scenario
 from simulator.wire import algorithm, token_bytes
@@ -42,6 +44,13 @@ class Run:
         self.grad_overlap = self.train and s.training.grad_overlap and s.pipeline.overlap == "three_stream"
         self.layer_grads: dict = {}  # (gpu, layer) -> [chains still to finish its backward, event]
         self.params_ready: dict = {}  # (gpu, layer) -> event: its ZeRO-1 all-gather has delivered
+        self.pp = s.parallel.pp_size > 1
+        self.arrivals: dict = {}  # PP: (gpu, phase, mb, virtual stage) -> event: its input has arrived
+        self.task_spans: list[list[tuple[float, float]]] = [[] for _ in range(s.num_gpus)]
+        pp_where = np.empty((s.num_gpus, 2), dtype=np.int64)
+        for g, members in enumerate(self.ranks.pp_groups):
+            pp_where[members, 0], pp_where[members, 1] = g, np.arange(len(members))
+        self.pp_where = pp_where
         self.dualpipe = s.pipeline.schedule == "dualpipe"
         self.forward_done: dict = {}  # dualpipe: (gpu, mb, chunk) -> event, set when that forward ends
         self.collectives: dict[CollectiveId, Collective] = {}
@@ -73,6 +82,8 @@ class Run:
     def stream_order(self, program: Program) -> dict:
         """Order key of every collective -> its position on its stream (the same on every GPU of
         one program, as a real program enqueues them)."""
+        if program.tasks:
+            return self._task_stream_order(program)
         order = {}
         for stream in {kind.stream for kind in COLLECTIVES.values()}:
             keys = sorted(self._order_key(program, phase, k, mb, c)
@@ -81,6 +92,78 @@ class Run:
                           for mb, c in program.chains)
             order.update({key: n for n, key in enumerate(keys)})
         return order
+
+    def _task_stream_order(self, program: Program) -> dict:
+        """PP: collectives in task order, inside a task op by op, chunks in order."""
+        order = {}
+        for stream in {kind.stream for kind in COLLECTIVES.values()}:
+            keys = [(t, k, c) for t, task in enumerate(program.tasks)
+                    for k, op in enumerate(program.chunk_phases[task.chunk][task.phase != FWD])
+                    if op.collective and COLLECTIVES[op.name].stream == stream
+                    for c in range(self.workload.num_chunks)]
+            order.update({key: n for n, key in enumerate(keys)})
+        return order
+
+    # -- pipeline stages ------------------------------------------------------------------------
+    def arrival(self, gpu: int, phase: str, mb: int, stage: int) -> simpy.Event:
+        key = (gpu, phase, mb, stage)
+        if key not in self.arrivals:
+            self.arrivals[key] = self.env.event()
+        return self.arrivals[key]
+
+    def run_stage(self, gpu: GPU):
+        """PP: this rank's tasks in its schedule's order. A task waits for its input from the
+        neighbouring stage, runs its chunks' chains through its model chunk, and sends its output
+        on asynchronously (the pipeline stream), as Megatron's p2p does."""
+        program = self.programs[gpu.index]
+        p = self.s.parallel.pp_size
+        last_stage = p * self.s.parallel.vpp_size - 1
+        for t, task in enumerate(program.tasks):
+            stage = task.chunk * p + program.pp_rank
+            forward = task.phase == FWD
+            if (forward and stage > 0) or (not forward and stage < last_stage):
+                yield self.arrival(gpu.index, task.phase, task.micro_batch, stage)
+            start = self.env.now
+            yield self.env.all_of([self.env.process(self.run_task_chain(gpu, program, t, task, c))
+                                   for c in range(self.workload.num_chunks)])
+            self.task_spans[gpu.index].append((start, self.env.now))
+            if forward and stage < last_stage:
+                self.env.process(self.pp_send(gpu.index, task, stage, stage + 1))
+            elif not forward and stage > 0:
+                self.env.process(self.pp_send(gpu.index, task, stage, stage - 1))
+
+    def run_task_chain(self, gpu: GPU, program: Program, t: int, task, chunk: int):
+        ops = program.chunk_phases[task.chunk][task.phase != FWD]
+        first = first_of_layer(ops) if task.phase == FWD and self.dp is not None and self.dp.gathers_before_forward \
+            else None
+        last = last_of_layer(ops) if task.phase != FWD and program.buckets else None
+        for k, op in enumerate(ops):
+            if first is not None and first[k]:
+                yield self.param_event(gpu.index, op.layer)
+            yield from self.run_op(gpu, task.micro_batch, chunk, op, (t, k, chunk))
+            if last is not None and last[k]:
+                self._layer_backward_done(gpu.index, op.layer)
+
+    def pp_send(self, gpu: int, task, stage: int, to_stage: int):
+        """One micro-batch's activations (forward) or input gradients (backward) to the GPU of the
+        same position on the neighbouring stage, in BF16."""
+        p = self.s.parallel.pp_size
+        group, _ = self.pp_where[gpu]
+        dst = int(self.ranks.pp_groups[group][to_stage % p])
+        num_bytes = self.s.workload.tokens_per_gpu * self.s.model.hidden_size * WIRE_BYTES["bf16"]
+        cid = CollectiveId("pp_send", int(group), stage, task.micro_batch, int(task.phase != FWD))
+        members = np.array([gpu, dst])
+        coll = Collective(self.env, self.network, members, lambda: p2p_paths(gpu, dst, num_bytes, self.topology),
+                          True, self.s.cluster.gpu.kernel_launch_s)
+        self.collectives[cid] = coll
+        arrived = self.arrival(dst, task.phase, task.micro_batch, to_stage)
+        op = OpId(-1, "pp_send", task.phase, task.micro_batch, -1)
+
+        def both_join():
+            coll.arrive(1).callbacks.append(lambda _e: arrived.succeed())  # the receive is posted ahead
+            return coll.arrive(0)
+
+        yield from self.gpus[gpu].communicate(PP_COMM, None, both_join, 0, op)
 
     # -- collectives --------------------------------------------------------------------------
     def collective(self, cid: CollectiveId) -> Collective:
@@ -230,7 +313,9 @@ class Run:
         orders = {id(p): self.stream_order(p) for p in self._programs.values()} if three_stream else {}
         self.stream_seq = [orders[id(p)] for p in self.programs] if three_stream else None
         for gpu in self.gpus:
-            if not three_stream:
+            if self.pp:
+                chains = [self.env.process(self.run_stage(gpu))]
+            elif not three_stream:
                 chains = [self.env.process(self.run_gpu_serial(gpu))]
             else:
                 chains = [self.env.process(self.run_chain(gpu, mb, chunk))
@@ -253,17 +338,38 @@ class Run:
                                    node_pairs=t.node_tokens.sum(axis=1), expert_tokens=t.expert_tokens,
                                    expert_compute_s=w.expert_work_s[key])
                   for key, t in w.traffic.items()}
-        collectives = {cid: CollectiveRecord(
-            id=cid, gpus=c.group, arrived_s=c.arrived_s, start_s=c.start_s, send_done_s=c.send_done_s,
-            recv_done_s=c.recv_done_s, done_s=np.maximum(c.owner_done_s, c.peer_done_s), bytes_out=c.bytes_out,
-            bytes_nvlink=c.bytes_nvlink, bytes_ib=c.bytes_ib, nvlink_bytes_per_gpu=c.nvlink_bytes_per_gpu,
-            ib_bytes_per_gpu=c.ib_bytes_per_gpu) for cid, c in self.collectives.items()}
+        collectives = {}
+        for cid, c in self.collectives.items():
+            if cid.kind == "pp_send":  # one transfer, seen by its sender and by its receiver
+                collectives.update(_p2p_records(cid, c))
+                continue
+            collectives[cid] = CollectiveRecord(
+                id=cid, gpus=c.group, arrived_s=c.arrived_s, start_s=c.start_s, send_done_s=c.send_done_s,
+                recv_done_s=c.recv_done_s, done_s=np.maximum(c.owner_done_s, c.peer_done_s), bytes_out=c.bytes_out,
+                bytes_nvlink=c.bytes_nvlink, bytes_ib=c.bytes_ib, nvlink_bytes_per_gpu=c.nvlink_bytes_per_gpu,
+                ib_bytes_per_gpu=c.ib_bytes_per_gpu)
         topo = self.topology
         ports = PortRecord(topo.port_class(), topo.port_peak_bytes_per_s(), self.network.capacity,
                            self.network.port_bytes, self.network.port_busy_s)
         return RunRecord(self.s, step, [g.intervals for g in self.gpus], collectives, counts, ports,
                          w.expert_gpu, w.num_chunks, w.tokens_per_batch_limit, w.rounds,
-                         self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves)
+                         self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves,
+                         self.task_spans if self.pp else None)
+
+
+def _p2p_records(cid: CollectiveId, c: Collective) -> dict:
+    """A pipeline transfer as the sender's pp_send and the receiver's pp_recv; bytes are the
+    transfer's on both (sent, received)."""
+    out = {}
+    for kind, i in (("pp_send", 0), ("pp_recv", 1)):
+        rid = cid._replace(kind=kind)
+        one = slice(i, i + 1)
+        out[rid] = CollectiveRecord(
+            id=rid, gpus=c.group[one], arrived_s=c.arrived_s[one], start_s=c.start_s, send_done_s=c.send_done_s[one],
+            recv_done_s=c.recv_done_s[one], done_s=np.maximum(c.owner_done_s, c.peer_done_s)[one],
+            bytes_out=c.bytes_out, bytes_nvlink=c.bytes_nvlink, bytes_ib=c.bytes_ib,
+            nvlink_bytes_per_gpu=np.array([c.bytes_nvlink]), ib_bytes_per_gpu=np.array([c.bytes_ib]))
+    return out
 
 
 WIRE_BYTES = {"fp32": 4, "bf16": 2}

@@ -130,6 +130,26 @@ def load_scenario(path: str | Path, overrides: list[tuple[str, object]] = ()) ->
     return build_scenario(apply_overrides(read_scenario_file(path), list(overrides)))
 
 
+def derive_batch(sections: dict, workload_data: dict, num_gpus: int):
+    """training.global_batch_size (sequences) -> micro-batches per replica and tokens per
+    micro-batch per GPU, as Megatron derives them: GBS = micro_batch_size x micro-batches x dense DP."""
+    t, w, par = sections["training"], sections["workload"], sections["parallel"]
+    if t.global_batch_size is None:
+        return w
+    for key in ("micro_batches", "tokens_per_gpu"):
+        if key in workload_data:
+            raise ScenarioError(f"workload.{key}", workload_data[key],
+                                "is derived from training.global_batch_size; give one or the other")
+    if num_gpus % (par.tp_size * par.pp_size):
+        return w  # the layout rules reject this with their own message
+    dp = num_gpus // (par.tp_size * par.pp_size)
+    if t.global_batch_size % (t.micro_batch_size * dp):
+        raise ScenarioError("training.global_batch_size", t.global_batch_size,
+                            f"must be a multiple of training.micro_batch_size={t.micro_batch_size} x dense DP {dp}")
+    return w.model_copy(update={"micro_batches": t.global_batch_size // (t.micro_batch_size * dp),
+                                "tokens_per_gpu": t.micro_batch_size * w.seq_len})
+
+
 def build_scenario(data: dict) -> Scenario:
     """Validate a YAML-level mapping and build the Scenario (SI units inside)."""
     for key in data:
@@ -155,6 +175,7 @@ def build_scenario(data: dict) -> Scenario:
 
     calibration = resolve_calibration(hw.calibration, sections["workload"].gemm_dtype)
     cluster = cluster_from_fields(hw.preset, hw.nodes, hw.model_dump())
+    sections["workload"] = derive_batch(sections, data.get("workload") or {}, cluster.num_gpus)
     model = ModelSpec(
         name=msec.preset, hidden_size=msec.hidden_size, moe_intermediate_size=msec.moe_intermediate_size,
         num_experts=msec.num_experts, top_k=msec.top_k, num_shared_experts=msec.num_shared_experts,

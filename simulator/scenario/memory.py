@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from simulator.scenario.schema import Scenario
+from simulator.stages import peak_in_flight, rank_layers, schedule
 
 WEIGHT_BYTES = 2
 GRAD_BYTES = {"fp32": 4, "bf16": 2}
@@ -39,10 +40,24 @@ def moe_layers_in_scope(s: Scenario) -> int:
     return 1 if s.workload.scope == "moe_layer" else s.model.num_moe_layers
 
 
-def local_params(s: Scenario) -> dict[str, int]:
-    """Parameters on the busiest GPU: dense (replicated over the EP group) and routed experts."""
-    return {"dense": s.model.replicated_params(s.workload.scope),
-            "expert": experts_per_gpu(s) * moe_layers_in_scope(s) * s.model.expert_params}
+def stage_layers(s: Scenario, rank: int) -> list[range]:
+    """The layers of each model chunk of PP rank `rank` (all layers while PP = 1)."""
+    return rank_layers(s.model.num_layers, s.parallel.pp_size, s.parallel.vpp_size, rank)
+
+
+def local_params(s: Scenario, rank: int | None = None) -> dict[str, int]:
+    """Parameters on a GPU of PP rank `rank` (None: the busiest): dense (replicated over the EP
+    group) and routed experts."""
+    if s.parallel.pp_size == 1:
+        return {"dense": s.model.replicated_params(s.workload.scope),
+                "expert": experts_per_gpu(s) * moe_layers_in_scope(s) * s.model.expert_params}
+    if rank is None:
+        return max((local_params(s, r) for r in range(s.parallel.pp_size)), key=lambda d: sum(d.values()))
+    m = s.model
+    layers = [layer for chunk in stage_layers(s, rank) for layer in chunk]
+    moe = sum(1 for layer in layers if layer >= m.num_dense_layers)
+    return {"dense": sum(m.dense_layer_params(moe=layer >= m.num_dense_layers) for layer in layers),
+            "expert": experts_per_gpu(s) * moe * m.expert_params}
 
 
 def activation_bytes_per_token(s: Scenario, moe: bool) -> float:
@@ -108,8 +123,22 @@ class Memory:
                 "capacity": float(self.capacity)}
 
 
+def stage_activations(s: Scenario, rank: int) -> float:
+    """Activation bytes PP rank `rank` holds at its peak under the pipeline schedule."""
+    m, tokens = s.model, s.workload.tokens_per_gpu
+    chunks = stage_layers(s, rank)
+    weight = {c: tokens * sum(activation_bytes_per_token(s, moe=layer >= m.num_dense_layers) for layer in layers)
+              for c, layers in enumerate(chunks)}
+    if s.workload.mode != "train":
+        return max(weight.values())
+    p = s.parallel
+    return peak_in_flight(schedule(p.pp_schedule, p.pp_size, s.workload.micro_batches, p.vpp_size, rank), weight)
+
+
 def memory_per_gpu(s: Scenario, buffers: float = 0.0) -> Memory:
     """Memory of the busiest GPU, without (or with the given) all-to-all buffers."""
+    if s.parallel.pp_size > 1:
+        return max((stage_memory(s, rank, buffers) for rank in range(s.parallel.pp_size)), key=lambda m: m.peak)
     params = local_params(s)
     total = sum(params.values())
     capacity = s.cluster.gpu.hbm_bytes
@@ -128,11 +157,27 @@ def memory_per_gpu(s: Scenario, buffers: float = 0.0) -> Memory:
                   RESERVED_BYTES, capacity, buffers)
 
 
+def stage_memory(s: Scenario, rank: int, buffers: float = 0.0) -> Memory:
+    params = local_params(s, rank)
+    total = sum(params.values())
+    capacity = s.cluster.gpu.hbm_bytes
+    act = stage_activations(s, rank)
+    if s.workload.mode != "train":
+        return Memory(total * PREFILL_WEIGHT_BYTES, 0.0, 0.0, act, RESERVED_BYTES, capacity, buffers)
+    shards = ({"dense": s.ranks.dp_size, "expert": s.ranks.expert_dp_size} if s.training.distributed_optimizer
+              else {"dense": 1, "expert": 1})
+    optimizer = sum(OPTIMIZER_BYTES * n / shards[family] for family, n in params.items())
+    return Memory(total * WEIGHT_BYTES, total * GRAD_BYTES[s.training.grad_reduce_dtype], optimizer, act,
+                  RESERVED_BYTES, capacity, buffers)
+
+
 def key_to_change(s: Scenario, mem: Memory) -> tuple[str, object]:
     """The scenario key (and its value) a user would change to make the biggest term smaller."""
     term = mem.biggest
     params = local_params(s)
     if term == "activations":
+        if s.parallel.pp_size > 1:  # the schedule, not the batch, sets how many are in flight
+            return "workload.tokens_per_gpu", s.workload.tokens_per_gpu
         return "workload.micro_batches", s.workload.micro_batches
     if term == "optimizer" and not s.training.distributed_optimizer and s.workload.mode == "train":
         dp = s.ranks.expert_dp_size if params["expert"] >= params["dense"] else s.ranks.dp_size
@@ -140,4 +185,6 @@ def key_to_change(s: Scenario, mem: Memory) -> tuple[str, object]:
             return "training.distributed_optimizer", False
     if params["expert"] >= params["dense"] and experts_per_gpu(s) > 1:
         return "parallel.ep_size", s.parallel.ep_size
+    if s.workload.scope == "model" and s.model.num_layers > s.parallel.pp_size * s.parallel.vpp_size:
+        return "parallel.pp_size", s.parallel.pp_size  # more stages: fewer layers per GPU
     return "model.num_layers", s.model.num_layers

@@ -6,6 +6,31 @@ from simulator.scenario.memory import Memory, key_to_change, memory_per_gpu
 from simulator.scenario.schema import Scenario
 
 
+def check_pipeline(s: Scenario) -> None:
+    par, m = s.parallel, s.model
+    p, v = par.pp_size, par.vpp_size
+    if s.num_gpus % p:
+        raise ScenarioError("parallel.pp_size", p, f"must divide the {s.num_gpus} GPUs")
+    if v > 1 and par.pp_schedule != "interleaved":
+        raise ScenarioError("parallel.vpp_size", v, "more than one model chunk per rank needs parallel.pp_schedule=interleaved")
+    if p == 1:
+        return
+    if s.workload.scope != "model":
+        raise ScenarioError("parallel.pp_size", p, "a pipeline splits the model's layers: needs workload.scope=model")
+    if m.num_layers < p * v:
+        raise ScenarioError("parallel.pp_size", p, f"x parallel.vpp_size={v} virtual stages need at least one layer "
+                            f"each; model.num_layers={m.num_layers}")
+    if s.pipeline.schedule != "lockstep":
+        raise ScenarioError("pipeline.schedule", s.pipeline.schedule, "pairs micro-batches on a single stage; with "
+                            "parallel.pp_size > 1 the schedule is parallel.pp_schedule")
+    if par.pp_schedule == "interleaved":
+        if v < 2:
+            raise ScenarioError("parallel.vpp_size", v, "the interleaved schedule needs vpp_size >= 2 model chunks")
+        if s.workload.micro_batches % p:
+            raise ScenarioError("workload.micro_batches", s.workload.micro_batches,
+                                f"the interleaved schedule needs a multiple of parallel.pp_size={p} (Megatron-Core)")
+
+
 def check_layout(s: Scenario) -> None:
     ep = s.parallel.ep_size
     gpus = s.num_gpus
@@ -13,10 +38,13 @@ def check_layout(s: Scenario) -> None:
     m = s.model
     if s.parallel.tp_size != 1:
         raise ScenarioError("parallel.tp_size", s.parallel.tp_size, "not simulated in this version; supported today: 1")
-    if s.parallel.pp_size != 1:
-        raise ScenarioError("parallel.pp_size", s.parallel.pp_size, "not simulated in this version; supported today: 1")
+    check_pipeline(s)
     if gpus % ep:
         raise ScenarioError("parallel.ep_size", ep, f"must divide the {gpus} GPUs (hardware.nodes x gpus_per_node)")
+    stage = gpus // s.parallel.pp_size
+    if stage % ep:
+        raise ScenarioError("parallel.ep_size", ep, f"must divide the {stage} GPUs of a pipeline stage "
+                            f"(GPUs / parallel.pp_size={s.parallel.pp_size}): an EP group lives inside one stage")
     if ep % gpn and gpn % ep:
         raise ScenarioError("parallel.ep_size", ep, f"an EP group must be whole nodes or part of one node: "
                             f"ep_size must divide or be a multiple of gpus_per_node={gpn}")

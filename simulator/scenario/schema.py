@@ -80,6 +80,8 @@ class ParallelSection(_Section):
     ep_size: int = Pos
     tp_size: int = Field(default=1, gt=0)
     pp_size: int = Field(default=1, gt=0)
+    vpp_size: int = Field(default=1, gt=0)  # model chunks per PP rank (interleaved schedule)
+    pp_schedule: Literal["1f1b", "interleaved", "gpipe", "dualpipe"] = "1f1b"
 
 
 class WorkloadSection(_Section):
@@ -119,6 +121,10 @@ class TrainingSection(_Section):
     grad_reduce_dtype: Literal["fp32", "bf16"] = "fp32"
     # parameters per gradient bucket; null: Megatron-Core's default max(40M, 1M x DP size)
     grad_bucket_params: Optional[int] = Field(default=None, gt=0)
+    # A batch as Megatron states it: global batch (sequences per step) over dense DP replicas of
+    # micro_batch_size sequences; null keeps workload.micro_batches and tokens_per_gpu as given.
+    global_batch_size: Optional[int] = Field(default=None, gt=0)
+    micro_batch_size: int = Field(default=1, gt=0)
 
 
 class PipelineSection(_Section):
@@ -137,6 +143,8 @@ TOP_LEVEL_KEYS = ("name", "hardware", "model", *SECTIONS)
 
 # Values the schema knows but this version does not simulate yet: (key, value) -> what is supported.
 NOT_YET = {
+    ("parallel.pp_schedule", "dualpipe"): "supported today: 1f1b, interleaved, gpipe (with pp_size 1, "
+                                          "pipeline.schedule: dualpipe pairs micro-batches on one stage)",
     ("workload.mode", "decode"): "supported today: train, prefill",
     ("routing.distribution", "trace"): "supported today: uniform, balanced, zipf",
     ("placement.strategy", "topology_aware"): "supported today: round_robin",

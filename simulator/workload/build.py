@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hardware.compute import RooflineCompute
-from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope
+from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope, stage_layers
 from simulator.wire import token_bytes
 from simulator.workload.placement import place
 from simulator.workload.routing import Router
@@ -52,6 +52,14 @@ def batch_limit(s, num_chunks: int) -> tuple[int, int, int]:
     return batch, rounds, min(s.workload.tokens_per_gpu, num_chunks * rounds)
 
 
+def stage_moe_layers(s, rank: int) -> list[int]:
+    """Indices (among MoE layers) of the MoE layers PP rank `rank` holds: all while PP = 1."""
+    if s.parallel.pp_size == 1:
+        return list(range(moe_layers_in_scope(s)))
+    dense = s.model.num_dense_layers
+    return [layer - dense for chunk in stage_layers(s, rank) for layer in chunk if layer >= dense]
+
+
 def build_workload(s, compute: RooflineCompute) -> Workload:
     p = s.parallel.ep_size
     m = s.model
@@ -63,7 +71,7 @@ def build_workload(s, compute: RooflineCompute) -> Workload:
     for group in range(s.ranks.num_ep_groups):
         member_node = s.ranks.ep_group(group).node
         expert_node = member_node[expert_gpu]
-        for layer in range(moe_layers_in_scope(s)):
+        for layer in stage_moe_layers(s, int(s.ranks.pp_rank[s.ranks.ep_groups[group][0]])):
             router = Router(m.num_experts, m.top_k, s.routing.distribution, s.routing.zipf_alpha, expert_node,
                             s.routing.max_nodes_per_token, np.random.default_rng([s.routing.seed, group, layer]))
             for mb in range(s.workload.micro_batches):

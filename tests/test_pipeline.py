@@ -1,0 +1,136 @@
+"""Pipeline parallelism: schedules, the bubble against its closed forms, p2p over the network,
+stage memory, and a single-stage layout reproducing today's predictions."""
+import pytest
+
+from simulator.engine import Run, simulate
+from simulator.errors import ScenarioError
+from simulator.metrics import summarize
+from simulator.scenario import build_scenario
+from simulator.scenario.memory import memory_per_gpu
+from simulator.stages import BWD, FWD, Task, interleaved, one_f_one_b, rank_layers, schedule, split_layers
+from tests.conftest import make_scenario, tiny_dict
+
+
+# -- schedules (pure) -----------------------------------------------------------------------------
+def test_1f1b_warms_up_p_minus_rank_minus_one_forwards_then_alternates():
+    assert one_f_one_b(4, 6, 1, 0) == [Task(FWD, 0, 0), Task(FWD, 1, 0), Task(FWD, 2, 0),
+                                       Task(FWD, 3, 0), Task(BWD, 0, 0), Task(FWD, 4, 0), Task(BWD, 1, 0),
+                                       Task(FWD, 5, 0), Task(BWD, 2, 0), Task(BWD, 3, 0), Task(BWD, 4, 0),
+                                       Task(BWD, 5, 0)]
+    last = one_f_one_b(4, 6, 1, 3)
+    assert last[:4] == [Task(FWD, 0, 0), Task(BWD, 0, 0), Task(FWD, 1, 0), Task(BWD, 1, 0)]
+
+
+@pytest.mark.parametrize("name, p, m, v", [("1f1b", 4, 8, 1), ("gpipe", 4, 8, 1), ("interleaved", 4, 8, 2),
+                                           ("interleaved", 2, 6, 3)])
+def test_every_schedule_runs_each_task_once_and_a_backward_after_its_forward(name, p, m, v):
+    for rank in range(p):
+        tasks = schedule(name, p, m, v, rank)
+        assert sorted(tasks) == sorted(Task(ph, mb, c) for ph in (FWD, BWD) for mb in range(m) for c in range(v))
+        for t in tasks:
+            if t.phase == BWD:
+                assert tasks.index(Task(FWD, t.micro_batch, t.chunk)) < tasks.index(t)
+
+
+def test_interleaved_visits_chunks_in_groups_of_p_micro_batches():
+    # Megatron-Core: forwards k = 0.. map to (chunk (k // p) % v, micro-batch (k // pv) p + k % p)
+    order = [t for t in interleaved(2, 4, 2, 1) if t.phase == FWD]
+    assert [(t.micro_batch, t.chunk) for t in order] == [(0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (3, 0), (2, 1),
+                                                          (3, 1)]
+
+
+def test_layers_split_evenly_with_the_remainder_on_the_first_stages():
+    assert [list(r) for r in split_layers(10, 4)] == [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+    assert [list(r) for r in rank_layers(8, 2, 2, 1)] == [[2, 3], [6, 7]]  # virtual stages 1 and 3
+
+
+# -- the engine -------------------------------------------------------------------------------------
+FREE_COMM = {"nvlink_gb_per_s": 1e9, "nvlink_latency_us": 0.0, "kernel_launch_us": 0.0, "nccl_sms": 0,
+             "ib_latency_us": 0.0, "ib_cross_leaf_latency_us": 0.0}
+
+
+def free_comm_pipeline(p, m, v=1, name="1f1b"):
+    """8 identical MoE layers, EP 1 (no all-to-all bytes), free links: only compute takes time."""
+    return make_scenario(hardware={"nodes": 1, "gpus_per_node": p, **FREE_COMM},
+                         model={"num_layers": 8, "num_dense_layers": 0},
+                         parallel={"ep_size": 1, "pp_size": p, "vpp_size": v, "pp_schedule": name},
+                         workload={"tokens_per_gpu": 256, "micro_batches": m},
+                         routing={"distribution": "balanced"},
+                         network={"all_to_all": "direct", "comm_sms": 0}, pipeline={"chunks": 1})
+
+
+def stage_seconds(run: Run, gpu: int) -> tuple[float, float]:
+    """Forward and backward seconds of one micro-batch through the GPU's layers."""
+    program = run.programs[gpu]
+    def total(ops):
+        kernels = [op.side_kernel() if op.collective else op for op in ops if not op.collective or op.overlapped]
+        return sum(run.work_s(op, 0, 0, 0, 0) for op in kernels)
+    return total(program.phases[0]), total(program.phases[1])
+
+
+@pytest.mark.parametrize("p, m", [(2, 4), (4, 4), (4, 8)])
+def test_1f1b_bubble_is_p_minus_1_forward_backward_pairs_with_free_communication(p, m):
+    run = Run(free_comm_pipeline(p, m))
+    record = run.simulate()
+    t_f, t_b = stage_seconds(run, 0)
+    summary = summarize(record)
+    end = max(e for spans in record.task_spans for _, e in spans)
+    assert end == pytest.approx((m + p - 1) * (t_f + t_b), rel=1e-6)
+    assert summary["pipeline_bubble_s"] == pytest.approx([(p - 1) * (t_f + t_b)] * p, rel=1e-6)
+    # the closed form (p - 1) / (m + p - 1) of the pipeline's span
+    assert summary["pipeline_bubble_s"][0] / end == pytest.approx((p - 1) / (m + p - 1), rel=1e-6)
+
+
+def test_interleaving_divides_the_bubble_by_the_number_of_model_chunks():
+    p, m, v = 4, 8, 2
+    run = Run(free_comm_pipeline(p, m, v, "interleaved"))
+    record = run.simulate()
+    t_f, t_b = stage_seconds(run, 0)  # the rank's v chunks together
+    end = max(e for spans in record.task_spans for _, e in spans)
+    assert end == pytest.approx(m * (t_f + t_b) + (p - 1) * (t_f + t_b) / v, rel=1e-6)
+    bubble = summarize(record)["pipeline_bubble_s"][0]
+    assert bubble / end == pytest.approx((p - 1) / (v * m + p - 1), rel=1e-6)
+
+
+def test_gpipe_holds_every_micro_batch_and_1f1b_at_most_p_on_the_first_stage():
+    one = memory_per_gpu(free_comm_pipeline(4, 8)).activations
+    gpipe = memory_per_gpu(free_comm_pipeline(4, 8, name="gpipe")).activations
+    assert gpipe == pytest.approx(2 * one)  # 8 micro-batches in flight against 4
+
+
+def test_stage_sends_activations_over_the_nic_between_nodes():
+    s = make_scenario(hardware={"nodes": 2, "gpus_per_node": 4}, model={"num_layers": 4},
+                      parallel={"ep_size": 4, "pp_size": 2}, workload={"micro_batches": 4})
+    summary = summarize(simulate(s))
+    send, recv = summary["collectives"]["pp_send"], summary["collectives"]["pp_recv"]
+    one = s.workload.tokens_per_gpu * s.model.hidden_size * 2  # BF16 activations of a micro-batch
+    assert send["mean_ib_bytes_per_gpu"] == pytest.approx(one) and send["mean_nvlink_bytes_per_gpu"] == 0
+    assert send["count"] == recv["count"] == 4  # stage 0 sends 4 forwards, stage 1 4 backwards
+    assert 0 < summary["pipeline_bubble_fraction"] < 1
+
+
+def test_a_pipeline_counts_each_micro_batch_once_in_the_tokens():
+    s = free_comm_pipeline(4, 8)
+    summary = summarize(simulate(s))
+    assert summary["tokens_per_s"] * summary["step_time_s"] == pytest.approx(256 * 8 * 4 / 4)
+
+
+def test_pipeline_rules_name_their_keys():
+    with pytest.raises(ScenarioError, match="parallel.vpp_size"):
+        make_scenario(parallel={"ep_size": 4, "pp_size": 2, "vpp_size": 2})  # needs interleaved
+    with pytest.raises(ScenarioError, match="workload.micro_batches"):
+        make_scenario(parallel={"ep_size": 4, "pp_size": 2, "vpp_size": 2, "pp_schedule": "interleaved"},
+                      model={"num_layers": 4}, workload={"micro_batches": 3})
+    with pytest.raises(ScenarioError, match="parallel.ep_size"):
+        make_scenario(parallel={"ep_size": 8, "pp_size": 2})  # EP 8 does not fit a 4-GPU stage
+
+
+def test_global_batch_size_derives_micro_batches_and_tokens_as_megatron_does():
+    data = tiny_dict(parallel={"ep_size": 4, "pp_size": 2}, model={"num_layers": 4},
+                     training={"global_batch_size": 32, "micro_batch_size": 2})
+    data["workload"] = {"mode": "train", "seq_len": 128}
+    s = build_scenario(data)
+    # dense DP = 8 GPUs / PP 2 = 4; 32 sequences / (2 x 4) = 4 micro-batches of 2 x 128 tokens
+    assert (s.workload.micro_batches, s.workload.tokens_per_gpu) == (4, 256)
+    with pytest.raises(ScenarioError, match="workload.micro_batches"):
+        make_scenario(training={"global_batch_size": 32}, workload={"micro_batches": 2})
