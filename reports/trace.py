@@ -22,11 +22,12 @@ import numpy as np
 from hardware.atomic import write_atomic
 from hardware.topology import Topology
 from simulator.engine import RunRecord
-from simulator.engine.gpu import COMPUTE, DP_COMM, PP_COMM, RECEIVE, SEND
+from simulator.engine.gpu import COMPUTE, DP_COMM, PP_COMM, RECEIVE, SEND, TP_COMM
 
-STREAM_TID = {COMPUTE: 1, RECEIVE: 2, SEND: 3, DP_COMM: 4, PP_COMM: 5}
+STREAM_TID = {COMPUTE: 1, RECEIVE: 2, SEND: 3, DP_COMM: 4, PP_COMM: 5, TP_COMM: 6}
 STREAM_NAME = {COMPUTE: "compute stream", RECEIVE: "receive stream (dispatch)", SEND: "send stream (combine)",
-               DP_COMM: "data-parallel stream (gradients, parameters)", PP_COMM: "pipeline stream (sends)"}
+               DP_COMM: "data-parallel stream (gradients, parameters)", PP_COMM: "pipeline stream (sends)",
+               TP_COMM: "tensor-parallel stream (sequence-parallel gather / scatter)"}
 DEFAULT_MAX_GPUS = 64
 # Above this many slices the default is to skip the trace (~150 bytes per slice: ~30 MB).
 DEFAULT_EVENT_LIMIT = 200_000

@@ -11,7 +11,8 @@ per token and layer, forward:
   attention projections  2 x (their weight count)
       MLA: H*q_lora + q_lora*heads*(nope+rope) + H*(kv_lora+rope) + kv_lora*heads*(nope+v) + heads*v*H
       GQA: H*heads*d + 2*H*kv_heads*d + heads*d*H
-  attention core         causal, mean context c = (seq_len+1)/2:
+  attention core         causal, mean context c = (seq_len+1)/2 (sliding-window layers: the mean
+                         of min(position, window)):
       MLA: 2*heads*(nope+rope)*c + 2*heads*v*c;   GQA: 4*heads*d*c
   router                 2*H*E
   routed experts         top_k * 6*H*I   (SwiGLU: gate, up, down)
@@ -33,6 +34,8 @@ class AttentionSpec:
     qk_nope_head_dim: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    sliding_window: int = 0  # tokens a sliding-window layer attends to; 0: every layer is full
+    full_attention_interval: int = 1  # with a window: layer l is full when (l + 1) % interval == 0
 
     def projection_params(self, hidden: int) -> int:
         if self.kind == "mla":
@@ -45,8 +48,25 @@ class AttentionSpec:
         d = self.head_dim
         return hidden * self.num_heads * d + 2 * hidden * self.num_kv_heads * d + self.num_heads * d * hidden
 
-    def core_flop_per_token(self, seq_len: int) -> float:
-        ctx = (seq_len + 1) / 2.0
+    def projection_params_per_rank(self, hidden: int, tp: int) -> int:
+        """Projection weights on one of `tp` tensor-parallel ranks: heads are split; MLA's
+        down-projections (hidden -> latents) are duplicated on every rank."""
+        if tp == 1:
+            return self.projection_params(hidden)
+        if self.kind == "mla":
+            down = hidden * (self.q_lora_rank + self.kv_lora_rank + self.qk_rope_head_dim)
+            return down + (self.projection_params(hidden) - down) // tp
+        return self.projection_params(hidden) // tp
+
+    def mean_context(self, seq_len: int, sliding: bool = False) -> float:
+        """Keys a query attends to, averaged over the causal sequence (capped at the window)."""
+        w = self.sliding_window if sliding else 0
+        if w <= 0 or w >= seq_len:
+            return (seq_len + 1) / 2.0
+        return (w * (w + 1) / 2.0 + (seq_len - w) * w) / seq_len
+
+    def core_flop_per_token(self, seq_len: int, sliding: bool = False) -> float:
+        ctx = self.mean_context(seq_len, sliding)
         if self.kind == "mla":
             qk = self.qk_nope_head_dim + self.qk_rope_head_dim
             return 2.0 * self.num_heads * qk * ctx + 2.0 * self.num_heads * self.v_head_dim * ctx
@@ -82,8 +102,17 @@ class ModelSpec:
     def expert_params(self) -> int:
         return 3 * self.hidden_size * self.moe_intermediate_size
 
-    def attention_flop_per_token(self, seq_len: int) -> float:
-        return 2.0 * self.attention.projection_params(self.hidden_size) + self.attention.core_flop_per_token(seq_len)
+    def attention_flop_per_token(self, seq_len: int, sliding: bool = False) -> float:
+        return (2.0 * self.attention.projection_params(self.hidden_size)
+                + self.attention.core_flop_per_token(seq_len, sliding))
+
+    def is_sliding(self, layer: int) -> bool:
+        a = self.attention
+        return a.sliding_window > 0 and (layer + 1) % a.full_attention_interval != 0
+
+    @property
+    def num_sliding_layers(self) -> int:
+        return sum(self.is_sliding(layer) for layer in range(self.num_layers))
 
     def router_flop_per_token(self) -> float:
         return 2.0 * self.hidden_size * self.num_experts
@@ -105,17 +134,22 @@ class ModelSpec:
         if scope == "moe_layer":
             return self.moe_block_flop_per_token()
         attention = self.num_layers * self.attention_flop_per_token(seq_len)
+        if self.num_sliding_layers:
+            sliding = self.num_sliding_layers
+            attention = ((self.num_layers - sliding) * self.attention_flop_per_token(seq_len)
+                         + sliding * self.attention_flop_per_token(seq_len, sliding=True))
         return (attention + self.num_dense_layers * self.dense_ffn_flop_per_token()
                 + self.num_moe_layers * self.moe_block_flop_per_token())
 
-    def dense_layer_params(self, moe: bool, attention: bool = True) -> int:
-        """Dense (non-expert) parameters of one layer: attention projections, and the router and
-        shared experts of an MoE layer or the FFN of a dense one. Norms are not counted."""
+    def dense_layer_params(self, moe: bool, attention: bool = True, tp: int = 1) -> int:
+        """Dense (non-expert) parameters of one layer on one of `tp` tensor-parallel ranks:
+        attention projections (heads split), and the router and shared experts of an MoE layer
+        (replicated) or the FFN of a dense one (split). Norms are not counted."""
         h = self.hidden_size
-        attn = self.attention.projection_params(h) if attention else 0
+        attn = self.attention.projection_params_per_rank(h, tp) if attention else 0
         if moe:
             return attn + h * self.num_experts + self.num_shared_experts * self.expert_params
-        return attn + 3 * h * self.dense_intermediate_size
+        return attn + 3 * h * self.dense_intermediate_size // tp
 
     def replicated_params(self, scope: str) -> int:
         """Parameters every GPU of an EP group holds: attention, dense FFN, router, shared experts."""

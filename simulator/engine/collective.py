@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 import simpy
 
-from simulator.engine.gpu import DP_COMM, PP_COMM, RECEIVE, SEND
+from simulator.engine.gpu import DP_COMM, PP_COMM, RECEIVE, SEND, TP_COMM
 from simulator.engine.network import FlowBatch, Network
 from simulator.engine.paths import Paths
 from simulator.engine.program import BACKWARD, FORWARD
@@ -57,6 +57,12 @@ COLLECTIVES = {kind.name: kind for kind in (
                    "training.grad_reduce_dtype", BACKWARD, "gradients of routed-expert parameters, sharded"),
     CollectiveKind("expert_param_allgather", "allgather", "edp", DP_COMM, True, "bf16", FORWARD,
                    "updated routed-expert parameters from their optimizer shards"),
+    # Sequence parallelism: each layer's TP-split kernels gather their input over the TP group
+    # before and reduce-scatter their output after (NVLink inside a node); on their own stream.
+    CollectiveKind("tp_allgather", "allgather", "tp", TP_COMM, True, "bf16", FORWARD,
+                   "sequence-parallel activations (or, backward, their gradients) into the whole sequence"),
+    CollectiveKind("tp_reducescatter", "reducescatter", "tp", TP_COMM, True, "bf16", FORWARD,
+                   "partial sums of a row-parallel kernel back to sequence shards"),
     # A pipeline transfer is one flow; the record shows it twice, as the sender's pp_send and the
     # receiver's pp_recv (CollectiveId.chunk: 0 activations forward, 1 gradients backward).
     CollectiveKind("pp_send", "p2p", "pp", PP_COMM, True, "bf16", FORWARD,
@@ -69,7 +75,8 @@ COLLECTIVES = {kind.name: kind for kind in (
 class CollectiveId(NamedTuple):
     kind: str
     group: int  # index among the groups of its kind's rank group
-    index: int  # all-to-all: the MoE layer; data parallel: the bucket; p2p: the sender's virtual stage
+    index: int  # all-to-all: the MoE layer; data parallel: the bucket; p2p: the sender's virtual stage;
+    #             tensor parallel: (layer, kernel, phase) as (layer x kernels + kernel) x 2 + backward
     micro_batch: int  # -1 where it is not tied to one
     chunk: int  # -1 where it is not tied to one; p2p: 0 forward, 1 backward
 
@@ -105,6 +112,8 @@ class Collective:
 
     def arrive(self, i: int) -> simpy.Event:
         """GPU i joins; the returned event fires when GPU i's part is complete."""
+        if not np.isnan(self.arrived_s[i]):
+            raise RuntimeError(f"GPU {self.group[i]} joined the same collective twice (two ops share its id)")
         self.arrived_s[i] = self.env.now
         self._num_arrived += 1
         if self._num_arrived == len(self.group):

@@ -14,7 +14,7 @@ import simpy
 
 from simulator.engine.program import OpId
 
-COMPUTE, SEND, RECEIVE, DP_COMM, PP_COMM = "compute", "send", "receive", "dp", "pp"
+COMPUTE, SEND, RECEIVE, DP_COMM, PP_COMM, TP_COMM = "compute", "send", "receive", "dp", "pp", "tp"
 
 
 class Interval(NamedTuple):
@@ -35,12 +35,13 @@ class GPU:
                         SEND: simpy.Resource(env, capacity=1) if overlap else compute,
                         RECEIVE: simpy.Resource(env, capacity=1) if overlap else compute,
                         DP_COMM: simpy.Resource(env, capacity=1) if overlap else compute,
-                        PP_COMM: simpy.Resource(env, capacity=1) if overlap else compute}
+                        PP_COMM: simpy.Resource(env, capacity=1) if overlap else compute,
+                        TP_COMM: simpy.Resource(env, capacity=1) if overlap else compute}
         self.sms_held = 0
         # Collectives enter each comm stream in one static order, the same on every GPU, as a real
         # program enqueues them; otherwise two GPUs could each hold a stream for a collective the
         # other has not reached, and deadlock.
-        self._turn = {SEND: 0, RECEIVE: 0}
+        self._turn = {SEND: 0, RECEIVE: 0, TP_COMM: 0}
         self._turn_events: dict[tuple[str, int], simpy.Event] = {}
         self._rate_changed = env.event()
         self.intervals: list[Interval] = []  # every op this GPU ran, in the order they ended

@@ -46,6 +46,7 @@ class Op(NamedTuple):
     phase: str = FORWARD
     collective: bool = False  # an EP collective (kind = `name`) rather than a kernel
     overlapped: str | None = None  # collectives only: a kernel of the same layer run while in flight
+    wraps: str | None = None  # tensor-parallel collectives: the kernel whose input / output they move
 
     @property
     def name(self) -> str:
@@ -111,6 +112,25 @@ def last_of_layer(ops) -> tuple[bool, ...]:
 
 def first_of_layer(ops) -> tuple[bool, ...]:
     return tuple(k == 0 or ops[k - 1].layer != op.layer for k, op in enumerate(ops))
+
+
+def tensor_parallel(kernel: Op) -> list[Op]:
+    """A tensor-parallel kernel with sequence parallelism (Megatron): its input all-gathered over
+    the TP group before it, its output reduce-scattered after; in the backward, the other way
+    round (the backward of an all-gather is a reduce-scatter)."""
+    first, last = ("tp_reducescatter", "tp_allgather") if kernel.backward else ("tp_allgather", "tp_reducescatter")
+    return [Op(first, kernel.layer, kernel.moe_layer, kernel.phase, collective=True, wraps=kernel.op), kernel,
+            Op(last, kernel.layer, kernel.moe_layer, kernel.phase, collective=True, wraps=kernel.op)]
+
+
+TP_KERNELS = ("attention", "dense_ffn")  # split column / row parallel; router and experts work on the local shard
+
+
+def with_tensor_parallel(ops: list[Op], tp: int) -> list[Op]:
+    """Wrap the TP-split kernels in their sequence-parallel collectives (nothing while TP = 1)."""
+    if tp == 1:
+        return ops
+    return [x for op in ops for x in (tensor_parallel(op) if op.op in TP_KERNELS and not op.collective else [op])]
 
 
 def layer_ops(scope: str, num_layers: int, num_dense_layers: int, has_shared: bool) -> list[Op]:
@@ -183,18 +203,21 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
     """The program of `gpu` from its position in the layout. Every GPU runs every layer in scope
     while PP = 1; a pipeline stage will run its own layers."""
     m, par = s.model, s.parallel
-    forward = layer_ops(s.workload.scope, m.num_layers, m.num_dense_layers, m.num_shared_experts > 0)
+    base = layer_ops(s.workload.scope, m.num_layers, m.num_dense_layers, m.num_shared_experts > 0)
+    forward = with_tensor_parallel(base, par.tp_size)
     train = s.workload.mode == "train"
     chunk_phases, tasks, rank = (), (), int(s.ranks.pp_rank[gpu])
     if par.pp_size > 1:
         chunks = rank_layers(m.num_layers, par.pp_size, par.vpp_size, rank)
         chunk_phases = tuple((tuple(op for op in forward if op.layer in layers),
-                              tuple(backward_ops([op for op in forward if op.layer in layers])) if train else ())
+                              tuple(with_tensor_parallel(backward_ops([op for op in base if op.layer in layers]),
+                                                         par.tp_size)) if train else ())
                              for layers in chunks)
         forward = [op for fwd, _ in chunk_phases for op in fwd]
         tasks = tuple(t for t in schedule(par.pp_schedule, par.pp_size, s.workload.micro_batches, par.vpp_size, rank)
                       if train or t.phase == "forward")
-    backward = [op for _, bwd in chunk_phases for op in bwd] if chunk_phases else (backward_ops(forward) if train else [])
+    backward = [op for _, bwd in chunk_phases for op in bwd] if chunk_phases else (
+        with_tensor_parallel(backward_ops(base), par.tp_size) if train else [])
     chains = tuple((mb, c) for mb in range(s.workload.micro_batches) for c in range(num_chunks))
     buckets = ()
     if train and bucket_params:
@@ -203,6 +226,7 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
         params = []
         for layer in dict.fromkeys(op.layer for op in forward):
             moe = layer >= m.num_dense_layers or s.workload.scope == "moe_layer"
-            params.append((layer, m.dense_layer_params(moe, with_attention), experts * m.expert_params if moe else 0))
+            dense = m.dense_layer_params(moe, with_attention, tp=par.tp_size)
+            params.append((layer, dense, experts * m.expert_params if moe else 0))
         buckets = grad_buckets(params, bucket_params)
     return Program((tuple(forward), tuple(backward)), chains, buckets, chunk_phases, tasks, rank)

@@ -10,8 +10,8 @@ from simulator.engine.collective import COLLECTIVES, Collective, CollectiveId
 from simulator.engine.gpu import DP_COMM, GPU, PP_COMM
 from simulator.engine.network import Network
 from simulator.engine.paths import build_paths, mirrored
-from simulator.engine.program import (UPDATE, Bucket, Op, OpId, Program, build_program, first_of_layer,
-                                      last_of_layer)
+from simulator.engine.program import (TP_KERNELS, UPDATE, Bucket, Op, OpId, Program, build_program,
+                                      first_of_layer, last_of_layer)
 from simulator.engine.rings import p2p_paths, ring_paths
 from simulator.stages import FWD
 from simulator.engine.record import ChunkCounts, CollectiveRecord, PortRecord, RunRecord
@@ -88,7 +88,7 @@ class Run:
         for stream in {kind.stream for kind in COLLECTIVES.values()}:
             keys = sorted(self._order_key(program, phase, k, mb, c)
                           for phase, ops in enumerate(program.phases)
-                          for k, op in enumerate(ops) if op.collective and COLLECTIVES[op.name].stream == stream
+                          for k, op in enumerate(ops) if op.collective and COLLECTIVES[kind_of(op)].stream == stream
                           for mb, c in program.chains)
             order.update({key: n for n, key in enumerate(keys)})
         return order
@@ -99,7 +99,7 @@ class Run:
         for stream in {kind.stream for kind in COLLECTIVES.values()}:
             keys = [(t, k, c) for t, task in enumerate(program.tasks)
                     for k, op in enumerate(program.chunk_phases[task.chunk][task.phase != FWD])
-                    if op.collective and COLLECTIVES[op.name].stream == stream
+                    if op.collective and COLLECTIVES[kind_of(op)].stream == stream
                     for c in range(self.workload.num_chunks)]
             order.update({key: n for n, key in enumerate(keys)})
         return order
@@ -184,6 +184,20 @@ class Run:
             self.collectives[cid] = coll
         return coll
 
+    def tp_collective(self, cid: CollectiveId) -> Collective:
+        """A sequence-parallel all-gather / reduce-scatter of a chunk's activations (BF16, the
+        whole sequence's tensor) over the TP group, as a ring."""
+        coll = self.collectives.get(cid)
+        if coll is None:
+            t = self.s.parallel.tp_size
+            members = np.arange(cid.group * t, (cid.group + 1) * t)
+            num_bytes = self.workload.chunk_tokens[cid.chunk] * t * self.s.model.hidden_size * WIRE_BYTES["bf16"]
+            op = COLLECTIVES[cid.kind].op
+            coll = Collective(self.env, self.network, members, lambda: ring_paths(op, members, num_bytes, self.topology),
+                              True, self.s.cluster.gpu.kernel_launch_s)
+            self.collectives[cid] = coll
+        return coll
+
     # -- processes ----------------------------------------------------------------------------
     def work_s(self, op: Op, group: int, local: int, mb: int, chunk: int) -> float:
         """Seconds of a kernel at full SM rate."""
@@ -191,6 +205,8 @@ class Run:
             fwd = float(self.workload.expert_work_s[group, op.moe_layer, mb, chunk][local])
         else:
             dense = self.dense[chunk]
+            if op.op == "attention" and self.s.model.is_sliding(op.layer):
+                op = op._replace(op="attention_window")
             if op.backward and op.name in dense:
                 return dense[op.name]
             fwd = dense[op.op]
@@ -294,10 +310,17 @@ class Run:
         if not op.collective:
             yield from gpu.compute(self.work_s(op, group, local, mb, chunk), op.at(mb, chunk))
             return
-        coll = self.collective(CollectiveId(op.name, group, op.moe_layer, mb, chunk))
+        kind = kind_of(op)
+        if COLLECTIVES[kind].group == "tp":
+            t = self.s.parallel.tp_size
+            index = (op.layer * len(TP_KERNELS) + TP_KERNELS.index(op.wraps)) * 2 + op.backward
+            coll = self.tp_collective(CollectiveId(kind, gpu.index // t, index, mb, chunk))
+            join, sms = lambda c=coll: c.arrive(gpu.index % t), self.s.cluster.nccl_sms
+        else:
+            coll = self.collective(CollectiveId(kind, group, op.moe_layer, mb, chunk))
+            join, sms = lambda c=coll: c.arrive(local), self.comm_sms
         seq = self.stream_seq[gpu.index].get(order_key) if self.stream_seq else None
-        comm = self.env.process(gpu.communicate(COLLECTIVES[op.name].stream, seq, lambda c=coll: c.arrive(local),
-                                                self.comm_sms, op.at(mb, chunk)))
+        comm = self.env.process(gpu.communicate(COLLECTIVES[kind].stream, seq, join, sms, op.at(mb, chunk)))
         if op.overlapped:
             side = op.side_kernel()
             yield from gpu.compute(self.work_s(side, group, local, mb, chunk), side.at(mb, chunk))
@@ -355,6 +378,12 @@ class Run:
                          w.expert_gpu, w.num_chunks, w.tokens_per_batch_limit, w.rounds,
                          self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves,
                          self.task_spans if self.pp else None)
+
+
+def kind_of(op: Op) -> str:
+    """The collective kind an op runs: the EP kinds have backward twins (dispatch_bwd), the TP
+    ones run the same kinds both ways."""
+    return op.name if op.name in COLLECTIVES else op.op
 
 
 def _p2p_records(cid: CollectiveId, c: Collective) -> dict:

@@ -146,8 +146,13 @@ def derive_batch(sections: dict, workload_data: dict, num_gpus: int):
     if t.global_batch_size % (t.micro_batch_size * dp):
         raise ScenarioError("training.global_batch_size", t.global_batch_size,
                             f"must be a multiple of training.micro_batch_size={t.micro_batch_size} x dense DP {dp}")
+    tokens = t.micro_batch_size * w.seq_len
+    if tokens % par.tp_size:
+        raise ScenarioError("workload.seq_len", w.seq_len, f"x micro_batch_size must divide over tp_size={par.tp_size} "
+                            "sequence-parallel ranks")
+    # with sequence parallelism each TP rank holds 1/t of the micro-batch's tokens
     return w.model_copy(update={"micro_batches": t.global_batch_size // (t.micro_batch_size * dp),
-                                "tokens_per_gpu": t.micro_batch_size * w.seq_len})
+                                "tokens_per_gpu": tokens // par.tp_size})
 
 
 def build_scenario(data: dict) -> Scenario:

@@ -48,15 +48,18 @@ def stage_layers(s: Scenario, rank: int) -> list[range]:
 def local_params(s: Scenario, rank: int | None = None) -> dict[str, int]:
     """Parameters on a GPU of PP rank `rank` (None: the busiest): dense (replicated over the EP
     group) and routed experts."""
-    if s.parallel.pp_size == 1:
+    if s.parallel.pp_size == 1 and s.parallel.tp_size == 1:
         return {"dense": s.model.replicated_params(s.workload.scope),
                 "expert": experts_per_gpu(s) * moe_layers_in_scope(s) * s.model.expert_params}
-    if rank is None:
+    if rank is None and s.parallel.pp_size > 1:
         return max((local_params(s, r) for r in range(s.parallel.pp_size)), key=lambda d: sum(d.values()))
-    m = s.model
-    layers = [layer for chunk in stage_layers(s, rank) for layer in chunk]
+    m, tp = s.model, s.parallel.tp_size
+    if s.workload.scope == "moe_layer":
+        return {"dense": m.dense_layer_params(moe=True, attention=False, tp=tp),
+                "expert": experts_per_gpu(s) * m.expert_params}
+    layers = [layer for chunk in stage_layers(s, rank or 0) for layer in chunk]
     moe = sum(1 for layer in layers if layer >= m.num_dense_layers)
-    return {"dense": sum(m.dense_layer_params(moe=layer >= m.num_dense_layers) for layer in layers),
+    return {"dense": sum(m.dense_layer_params(moe=layer >= m.num_dense_layers, tp=tp) for layer in layers),
             "expert": experts_per_gpu(s) * moe * m.expert_params}
 
 

@@ -6,6 +6,23 @@ from simulator.scenario.memory import Memory, key_to_change, memory_per_gpu
 from simulator.scenario.schema import Scenario
 
 
+def check_tensor_parallel(s: Scenario) -> None:
+    t, a, gpn = s.parallel.tp_size, s.model.attention, s.cluster.gpus_per_node
+    if s.parallel.expert_tp_size != 1:
+        raise ScenarioError("parallel.expert_tp_size", s.parallel.expert_tp_size,
+                            "not simulated in this version; supported today: 1 (experts whole on one GPU)")
+    if t == 1:
+        return
+    if gpn % t:
+        raise ScenarioError("parallel.tp_size", t, f"a TP group lives inside one node: must divide gpus_per_node={gpn}")
+    if a.num_heads % t:
+        raise ScenarioError("parallel.tp_size", t, f"must divide model.attention.num_heads={a.num_heads}")
+    if a.kind == "gqa" and a.num_kv_heads % t:
+        raise ScenarioError("parallel.tp_size", t, f"must divide model.attention.num_kv_heads={a.num_kv_heads}")
+    if s.workload.tokens_per_gpu % s.pipeline.chunks:
+        raise ScenarioError("pipeline.chunks", s.pipeline.chunks, "with tp_size > 1 must divide workload.tokens_per_gpu")
+
+
 def check_pipeline(s: Scenario) -> None:
     par, m = s.parallel, s.model
     p, v = par.pp_size, par.vpp_size
@@ -36,8 +53,7 @@ def check_layout(s: Scenario) -> None:
     gpus = s.num_gpus
     gpn = s.cluster.gpus_per_node
     m = s.model
-    if s.parallel.tp_size != 1:
-        raise ScenarioError("parallel.tp_size", s.parallel.tp_size, "not simulated in this version; supported today: 1")
+    check_tensor_parallel(s)
     check_pipeline(s)
     if gpus % ep:
         raise ScenarioError("parallel.ep_size", ep, f"must divide the {gpus} GPUs (hardware.nodes x gpus_per_node)")

@@ -60,6 +60,8 @@ class AttentionSection(_Section):
     qk_nope_head_dim: int = Field(default=0, ge=0)
     qk_rope_head_dim: int = Field(default=0, ge=0)
     v_head_dim: int = Field(default=0, ge=0)
+    sliding_window: int = Field(default=0, ge=0)
+    full_attention_interval: int = Field(default=1, gt=0)
 
 
 class ModelSection(_Section):
@@ -81,6 +83,7 @@ class ParallelSection(_Section):
     tp_size: int = Field(default=1, gt=0)
     pp_size: int = Field(default=1, gt=0)
     vpp_size: int = Field(default=1, gt=0)  # model chunks per PP rank (interleaved schedule)
+    expert_tp_size: int | Literal["auto"] = 1  # TP inside an expert; auto: seed 4.1's split
     pp_schedule: Literal["1f1b", "interleaved", "gpipe", "dualpipe"] = "1f1b"
 
 

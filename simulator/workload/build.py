@@ -94,29 +94,40 @@ ATTENTION_CORE_BACKWARD_FACTOR = 2.5
 
 def dense_work_s(s, compute: RooflineCompute, num_tokens: int) -> dict[str, float]:
     """Seconds of the per-token work every GPU does on its own tokens: forward, and backward where
-    it is not BACKWARD_FACTOR x forward."""
+    it is not BACKWARD_FACTOR x forward.
+
+    With tensor parallelism (sequence parallel), num_tokens is this rank's shard; the TP-split
+    kernels (attention projections and core, dense FFN) see the whole gathered sequence (t x num_tokens)
+    with 1/t of the heads or of the intermediate width; MLA's down-projections are duplicated on
+    every rank; router, routed and shared experts run on the local shard."""
     m = s.model
     a = m.attention
     h = m.hidden_size
     n = num_tokens
+    t = s.parallel.tp_size
+    nt = n * t
     if a.kind == "mla":
         qk = a.qk_nope_head_dim + a.qk_rope_head_dim
-        proj = (compute.gemm_s(n, a.q_lora_rank, h) + compute.gemm_s(n, a.num_heads * qk, a.q_lora_rank)
-                if a.q_lora_rank else compute.gemm_s(n, a.num_heads * qk, h))
-        proj += (compute.gemm_s(n, a.kv_lora_rank + a.qk_rope_head_dim, h)
-                 + compute.gemm_s(n, a.num_heads * (a.qk_nope_head_dim + a.v_head_dim), a.kv_lora_rank)
-                 + compute.gemm_s(n, h, a.num_heads * a.v_head_dim))
+        proj = (compute.gemm_s(nt, a.q_lora_rank, h) + compute.gemm_s(nt, a.num_heads * qk // t, a.q_lora_rank)
+                if a.q_lora_rank else compute.gemm_s(nt, a.num_heads * qk // t, h))
+        proj += (compute.gemm_s(nt, a.kv_lora_rank + a.qk_rope_head_dim, h)
+                 + compute.gemm_s(nt, a.num_heads * (a.qk_nope_head_dim + a.v_head_dim) // t, a.kv_lora_rank)
+                 + compute.gemm_s(nt, h, a.num_heads * a.v_head_dim // t))
     else:
-        proj = (compute.gemm_s(n, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim, h)
-                + compute.gemm_s(n, h, a.num_heads * a.head_dim))
+        proj = (compute.gemm_s(nt, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim // t, h)
+                + compute.gemm_s(nt, h, a.num_heads * a.head_dim // t))
+    # the core's FLOPs and bytes per GPU: t x the tokens, 1/t of the heads
     core = compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len), n * a.core_bytes_per_token())
+    window = (compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len, sliding=True),
+                                       n * a.core_bytes_per_token()) if a.sliding_window else core)
     return {
         "attention": proj + core,
         # FlashAttention's backward recomputes the scores: 5 matmuls against the forward's 2.
         "attention_bwd": BACKWARD_FACTOR * proj + ATTENTION_CORE_BACKWARD_FACTOR * core,
+        "attention_window": proj + window,  # a sliding-window layer
+        "attention_window_bwd": BACKWARD_FACTOR * proj + ATTENTION_CORE_BACKWARD_FACTOR * window,
         "router": compute.gemm_s(n, m.num_experts, h),
         "shared": (compute.expert_ffn_s(np.full(m.num_shared_experts, n), h, m.moe_intermediate_size, permute=False)
                    if m.num_shared_experts else 0.0),
-        "dense_ffn": compute.expert_ffn_s(np.array([n]), h, m.dense_intermediate_size, permute=False),
+        "dense_ffn": compute.expert_ffn_s(np.array([nt]), h, m.dense_intermediate_size // t, permute=False),
     }
-

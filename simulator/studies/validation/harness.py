@@ -113,6 +113,7 @@ QUANTITIES = {
     "compute_op_us": compute_op_us,
     "compute_busy_fraction": chunk_busy_fraction,
     "model_tflops_per_gpu": lambda r, m: summarize(r)["model_tflops_per_gpu"],
+    "tokens_per_s_per_gpu": lambda r, m: summarize(r)["tokens_per_s_per_gpu"],
 }
 
 
