@@ -14,8 +14,12 @@ def _gb(x: float) -> str:
 
 
 def summary_tables(summary: dict) -> list[Table]:
-    head = Table(title=f"epsim: {summary['scenario']}  ({summary['num_gpus']} GPUs, "
-                       f"EP {summary['layout']['ep_size']} x DP {summary['layout']['dp_size']})",
+    layout = summary["layout"]
+    shape = f"EP {layout['ep_size']} x DP {layout['dp_size']}"
+    if layout.get("tp_size", 1) > 1 or layout.get("pp_size", 1) > 1:
+        shape = (f"TP {layout['tp_size']} x PP {layout['pp_size']} x DP {layout['dense_dp_size']}, "
+                 f"EP {layout['ep_size']} x expert DP {layout['expert_dp_size']}")
+    head = Table(title=f"epsim: {summary['scenario']}  ({summary['num_gpus']} GPUs, {shape})",
                  show_header=False, title_justify="left")
     head.add_column("metric", style="bold")
     head.add_column("value", justify="right")

@@ -134,3 +134,27 @@ def test_global_batch_size_derives_micro_batches_and_tokens_as_megatron_does():
     assert (s.workload.micro_batches, s.workload.tokens_per_gpu) == (4, 256)
     with pytest.raises(ScenarioError, match="workload.micro_batches"):
         make_scenario(training={"global_batch_size": 32}, workload={"micro_batches": 2})
+
+
+def test_every_collective_kind_of_a_tp_pp_dp_layout_conserves_bytes_and_the_run_is_deterministic():
+    from pathlib import Path
+
+    from simulator.results import summary_json
+    from simulator.scenario import load_scenario
+    path = Path(__file__).parents[1] / "scenarios" / "mixtral-8x7b-tp2-pp2.yaml"
+    short = [("training.global_batch_size", 16)]  # 4 micro-batches per replica
+    run = Run(load_scenario(path, short))
+    record = run.simulate()
+    topo = run.topology
+    g = topo.num_gpus
+    kinds = set()
+    for cid, coll in run.collectives.items():
+        kinds.add(cid.kind)
+        ports, nbytes = coll._paths.entry_port, coll._paths.entry_bytes
+        out_bytes = nbytes[topo.is_gpu_egress(ports)].sum()
+        in_bytes = nbytes[((ports >= g) & (ports < 2 * g)) | ((ports >= 3 * g) & (ports < 4 * g))].sum()
+        assert out_bytes == pytest.approx(in_bytes, rel=1e-12), cid
+    assert kinds >= {"dispatch", "combine_bwd", "tp_allgather", "tp_reducescatter", "pp_send",
+                     "grad_reducescatter", "expert_grad_reducescatter", "param_allgather"}
+    again = summary_json(summarize(Run(load_scenario(path, short)).simulate()))
+    assert summary_json(summarize(record)) == again

@@ -395,7 +395,9 @@ def _p2p_records(cid: CollectiveId, c: Collective) -> dict:
         one = slice(i, i + 1)
         out[rid] = CollectiveRecord(
             id=rid, gpus=c.group[one], arrived_s=c.arrived_s[one], start_s=c.start_s, send_done_s=c.send_done_s[one],
-            recv_done_s=c.recv_done_s[one], done_s=np.maximum(c.owner_done_s, c.peer_done_s)[one],
+            # the sender's time runs to its last byte sent, the receiver's to its last byte received
+            recv_done_s=(c.send_done_s if kind == "pp_send" else c.recv_done_s)[one],
+            done_s=np.maximum(c.owner_done_s, c.peer_done_s)[one],
             bytes_out=c.bytes_out, bytes_nvlink=c.bytes_nvlink, bytes_ib=c.bytes_ib,
             nvlink_bytes_per_gpu=np.array([c.bytes_nvlink]), ib_bytes_per_gpu=np.array([c.bytes_ib]))
     return out
