@@ -38,7 +38,9 @@ def test_metrics_a_parameter_was_fitted_on_count_in_no_statistic():
 
 
 def test_pending_cases_say_why_and_count_in_no_statistic():
-    rows = run_case(next(c for c in load_cases() if "pending" in c))
+    pending = {"id": "a-case-epsim-cannot-run-yet", "pending": "needs decode (the serving issue)",
+               "metrics": [{"name": "decode step", "quantity": "collective_time_us", "published": 91.9, "unit": "ms"}]}
+    rows = run_case(pending)
     assert all(r.predicted is None and r.status for r in rows)
     assert summary_stats(rows)["num_predicted"] == 0
 
@@ -66,3 +68,12 @@ def test_validate_command_prints_the_table_and_writes_csv_and_parity_plot(tmp_pa
     bad = subprocess.run([sys.executable, "run_sim.py", "validate", "--case", "no-such-case"], cwd=root,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no-such-case" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_case_whose_layout_is_rejected_reports_the_rule_instead_of_stopping_the_table():
+    case = {"id": "too-big", "scenario": {"hardware": {"nodes": 1}, "model": {"preset": "deepseek-v3"},
+                                          "parallel": {"ep_size": 8}, "workload": {"mode": "train"}},
+            "metrics": [{"name": "m", "quantity": "model_tflops_per_gpu", "published": 1.0, "unit": ""}]}
+    [row] = run_case(case)
+    assert row.predicted is None and row.status.startswith("rejected:") and "does not fit memory" in row.status
+    assert summary_stats([row])["num_predicted"] == 0

@@ -10,7 +10,7 @@ import simpy
 from simulator.engine.gpu import DP_COMM, PP_COMM, RECEIVE, SEND, TP_COMM
 from simulator.engine.network import FlowBatch, Network
 from simulator.engine.paths import Paths
-from simulator.engine.program import BACKWARD, FORWARD
+from simulator.engine.program import BACKWARD, FORWARD, RECOMPUTE
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,10 @@ COLLECTIVES = {kind.name: kind for kind in (
                    "expert outputs, experts -> token owner"),
     CollectiveKind("combine_bwd", "alltoall", "ep", SEND, False, "network.combine_dtype", BACKWARD,
                    "input gradients, experts -> token owner"),
+    CollectiveKind("dispatch_recompute", "alltoall", "ep", RECEIVE, True, "network.dispatch_dtype", RECOMPUTE,
+                   "tokens again, for a layer re-run in the backward (full recompute)"),
+    CollectiveKind("combine_recompute", "alltoall", "ep", SEND, False, "network.combine_dtype", RECOMPUTE,
+                   "expert outputs again, for a layer re-run in the backward (full recompute)"),
     CollectiveKind("grad_allreduce", "allreduce", "dp", DP_COMM, True, "training.grad_reduce_dtype", BACKWARD,
                    "gradients of dense parameters (attention, router, shared experts, dense FFN)"),
     CollectiveKind("grad_reducescatter", "reducescatter", "dp", DP_COMM, True, "training.grad_reduce_dtype",
@@ -76,7 +80,7 @@ class CollectiveId(NamedTuple):
     kind: str
     group: int  # index among the groups of its kind's rank group
     index: int  # all-to-all: the MoE layer; data parallel: the bucket; p2p: the sender's virtual stage;
-    #             tensor parallel: (layer, kernel, phase) as (layer x kernels + kernel) x 2 + backward
+    #             tensor parallel: (layer, kernel, phase) as (layer x kernels + kernel) x 3 + phase code
     micro_batch: int  # -1 where it is not tied to one
     chunk: int  # -1 where it is not tied to one; p2p: 0 forward, 1 backward
 

@@ -16,6 +16,8 @@ from typing import NamedTuple
 from simulator.stages import Task, rank_layers, schedule
 
 FORWARD, BACKWARD, UPDATE = "forward", "backward", "update"  # update: gradient sync and optimizer
+RECOMPUTE = "recompute"  # a layer's forward re-run inside the backward (training.recompute: full)
+SUFFIX = {BACKWARD: "_bwd", RECOMPUTE: "_recompute"}
 
 
 class OpId(NamedTuple):
@@ -29,7 +31,7 @@ class OpId(NamedTuple):
     @property
     def name(self) -> str:
         """The op with its phase: 'attention_bwd'; for collectives the kind ('dispatch_bwd')."""
-        return f"{self.op}_bwd" if self.phase == BACKWARD else self.op
+        return self.op + SUFFIX.get(self.phase, "")
 
     @property
     def label(self) -> str:
@@ -50,7 +52,7 @@ class Op(NamedTuple):
 
     @property
     def name(self) -> str:
-        return f"{self.op}_bwd" if self.phase == BACKWARD else self.op
+        return self.op + SUFFIX.get(self.phase, "")
 
     @property
     def backward(self) -> bool:
@@ -155,10 +157,12 @@ def layer_ops(scope: str, num_layers: int, num_dense_layers: int, has_shared: bo
     return ops
 
 
-def backward_ops(forward: list[Op]) -> list[Op]:
+def backward_ops(forward: list[Op], recompute: bool = False) -> list[Op]:
     """The backward of a forward op list: layers in reverse; inside an MoE layer the output
     gradients are dispatched to the experts (beside the shared expert's backward), the experts'
-    backward runs, the input gradients are combined back, then router and attention backward."""
+    backward runs, the input gradients are combined back, then router and attention backward.
+    With full recompute each layer first re-runs its forward (all-to-alls included) from its
+    checkpointed input (Megatron-Core's full, uniform, one-layer recompute)."""
     layers: dict[int, list[Op]] = {}
     for op in forward:
         layers.setdefault(op.layer, []).append(op)
@@ -166,6 +170,8 @@ def backward_ops(forward: list[Op]) -> list[Op]:
     for layer in reversed(layers):
         ops = {op.op: op for op in layers[layer]}
         moe = layers[layer][0].moe_layer
+        if recompute:
+            out += [op._replace(phase=RECOMPUTE) for op in layers[layer]]
         if moe < 0:
             out.append(Op("dense_ffn", layer, moe, BACKWARD))
         else:
@@ -206,18 +212,19 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
     base = layer_ops(s.workload.scope, m.num_layers, m.num_dense_layers, m.num_shared_experts > 0)
     forward = with_tensor_parallel(base, par.tp_size)
     train = s.workload.mode == "train"
+    recompute = train and s.training.recompute == "full"
     chunk_phases, tasks, rank = (), (), int(s.ranks.pp_rank[gpu])
     if par.pp_size > 1:
         chunks = rank_layers(m.num_layers, par.pp_size, par.vpp_size, rank)
         chunk_phases = tuple((tuple(op for op in forward if op.layer in layers),
-                              tuple(with_tensor_parallel(backward_ops([op for op in base if op.layer in layers]),
-                                                         par.tp_size)) if train else ())
+                              tuple(with_tensor_parallel(backward_ops([op for op in base if op.layer in layers],
+                                                                      recompute), par.tp_size)) if train else ())
                              for layers in chunks)
         forward = [op for fwd, _ in chunk_phases for op in fwd]
         tasks = tuple(t for t in schedule(par.pp_schedule, par.pp_size, s.workload.micro_batches, par.vpp_size, rank)
                       if train or t.phase == "forward")
     backward = [op for _, bwd in chunk_phases for op in bwd] if chunk_phases else (
-        with_tensor_parallel(backward_ops(base), par.tp_size) if train else [])
+        with_tensor_parallel(backward_ops(base, recompute), par.tp_size) if train else [])
     chains = tuple((mb, c) for mb in range(s.workload.micro_batches) for c in range(num_chunks))
     buckets = ()
     if train and bucket_params:

@@ -10,8 +10,8 @@ from simulator.engine.collective import COLLECTIVES, Collective, CollectiveId
 from simulator.engine.gpu import DP_COMM, GPU, PP_COMM
 from simulator.engine.network import Network
 from simulator.engine.paths import build_paths, mirrored
-from simulator.engine.program import (TP_KERNELS, UPDATE, Bucket, Op, OpId, Program, build_program,
-                                      first_of_layer, last_of_layer)
+from simulator.engine.program import (BACKWARD, FORWARD, RECOMPUTE, TP_KERNELS, UPDATE, Bucket, Op, OpId, Program,
+                                      build_program, first_of_layer, last_of_layer)
 from simulator.engine.rings import p2p_paths, ring_paths
 from simulator.stages import FWD
 from simulator.engine.record import ChunkCounts, CollectiveRecord, PortRecord, RunRecord
@@ -313,7 +313,7 @@ class Run:
         kind = kind_of(op)
         if COLLECTIVES[kind].group == "tp":
             t = self.s.parallel.tp_size
-            index = (op.layer * len(TP_KERNELS) + TP_KERNELS.index(op.wraps)) * 2 + op.backward
+            index = (op.layer * len(TP_KERNELS) + TP_KERNELS.index(op.wraps)) * len(PHASE_CODE) + PHASE_CODE[op.phase]
             coll = self.tp_collective(CollectiveId(kind, gpu.index // t, index, mb, chunk))
             join, sms = lambda c=coll: c.arrive(gpu.index % t), self.s.cluster.nccl_sms
         else:
@@ -378,6 +378,9 @@ class Run:
                          w.expert_gpu, w.num_chunks, w.tokens_per_batch_limit, w.rounds,
                          self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves,
                          self.task_spans if self.pp else None)
+
+
+PHASE_CODE = {FORWARD: 0, BACKWARD: 1, RECOMPUTE: 2}
 
 
 def kind_of(op: Op) -> str:

@@ -10,7 +10,8 @@ Dense parameters shard over dense DP, expert parameters over expert DP.
 
 Activations: the tensors a layer saves for its backward, per token, counted kernel by kernel in
 BF16 (activation_bytes_per_token), times the tokens of every micro-batch in flight under the
-schedule. Prefill saves nothing: one layer's working set.
+schedule; with full recompute only each layer's BF16 input, plus one layer's whole activations
+while it is re-run. Prefill saves nothing: one layer's working set.
 
 Buffers: the all-to-all receive buffers, sized by the batch limit (seed 2.2). Other: a fixed
 allowance for the CUDA context, library workspaces, NCCL channel buffers and allocator
@@ -126,10 +127,24 @@ class Memory:
                 "capacity": float(self.capacity)}
 
 
+def full_recompute_activations(s: Scenario, num_layers: float, in_flight: float, moe: bool) -> float:
+    """Full recompute: every layer of every micro-batch in flight keeps its BF16 input; one layer
+    at a time holds its whole activations while it is re-run and back-propagated."""
+    tokens = s.workload.tokens_per_gpu
+    checkpoints = num_layers * in_flight * tokens * ACT_BYTES * s.model.hidden_size
+    return checkpoints + tokens * activation_bytes_per_token(s, moe=moe)
+
+
 def stage_activations(s: Scenario, rank: int) -> float:
     """Activation bytes PP rank `rank` holds at its peak under the pipeline schedule."""
     m, tokens = s.model, s.workload.tokens_per_gpu
     chunks = stage_layers(s, rank)
+    if s.workload.mode == "train" and s.training.recompute == "full":
+        weight = {c: tokens * ACT_BYTES * m.hidden_size * len(layers) for c, layers in enumerate(chunks)}
+        p = s.parallel
+        tasks = schedule(p.pp_schedule, p.pp_size, s.workload.micro_batches, p.vpp_size, rank)
+        moe = any(layer >= m.num_dense_layers for layers in chunks for layer in layers)
+        return peak_in_flight(tasks, weight) + tokens * activation_bytes_per_token(s, moe=moe)
     weight = {c: tokens * sum(activation_bytes_per_token(s, moe=layer >= m.num_dense_layers) for layer in layers)
               for c, layers in enumerate(chunks)}
     if s.workload.mode != "train":
@@ -153,9 +168,13 @@ def memory_per_gpu(s: Scenario, buffers: float = 0.0) -> Memory:
               else {"dense": 1, "expert": 1})
     optimizer = sum(OPTIMIZER_BYTES * n / shards[family] for family, n in params.items())
     dense_layers = 0 if s.workload.scope == "moe_layer" else s.model.num_dense_layers
-    per_token = (dense_layers * activation_bytes_per_token(s, moe=False)
-                 + moe_layers_in_scope(s) * activation_bytes_per_token(s, moe=True))
-    act = per_token * s.workload.tokens_per_gpu * micro_batches_in_flight(s)
+    if s.training.recompute == "full":
+        act = full_recompute_activations(s, dense_layers + moe_layers_in_scope(s), micro_batches_in_flight(s),
+                                         moe_layers_in_scope(s) > 0)
+    else:
+        per_token = (dense_layers * activation_bytes_per_token(s, moe=False)
+                     + moe_layers_in_scope(s) * activation_bytes_per_token(s, moe=True))
+        act = per_token * s.workload.tokens_per_gpu * micro_batches_in_flight(s)
     return Memory(total * WEIGHT_BYTES, total * GRAD_BYTES[s.training.grad_reduce_dtype], optimizer, act,
                   RESERVED_BYTES, capacity, buffers)
 

@@ -118,6 +118,9 @@ class NetworkSection(_Section):
 
 class TrainingSection(_Section):
     """How gradients and parameters are synchronised (Megatron-Core DDP and distributed optimizer)."""
+    # full: each layer keeps only its input and re-runs its forward in the backward; selective:
+    # Megatron-Core's default module (core attention), which FlashAttention already recomputes
+    recompute: Literal["none", "selective", "full"] = "none"
     distributed_optimizer: bool = False  # ZeRO-1: optimizer state sharded over DP, grads reduce-scattered
     grad_overlap: bool = True  # bucketed grad reduction (and ZeRO-1 param all-gather) overlapped with compute
     # Megatron sets accumulate_allreduce_grads_in_fp32 for BF16 training: grads are reduced in FP32

@@ -18,6 +18,7 @@ from simulator.engine.collective import COLLECTIVES
 from simulator.engine.gpu import COMPUTE
 from simulator.engine.program import UPDATE
 from simulator.metrics import summarize, union_length
+from simulator.errors import ScenarioError
 from simulator.scenario import build_scenario
 
 CASES_FILE = Path(__file__).parent / "cases.yaml"
@@ -121,7 +122,11 @@ def run_case(case: dict) -> list[Row]:
     if "pending" in case:
         return [Row(case["id"], m["name"], m["unit"], m["published"], None, None, case["pending"])
                 for m in case["metrics"]]
-    scenario = build_scenario({"name": case["id"], **copy.deepcopy(case["scenario"])})
+    try:
+        scenario = build_scenario({"name": case["id"], **copy.deepcopy(case["scenario"])})
+    except ScenarioError as exc:  # the case's layout is rejected: say so, do not stop the table
+        return [Row(case["id"], m["name"], m["unit"], m["published"], None, None, f"rejected: {exc}")
+                for m in case["metrics"]]
     result = simulate(scenario)
     rows = []
     for m in case["metrics"]:
