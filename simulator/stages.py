@@ -13,6 +13,8 @@ micro-batch visits ranks 0, 1, .., p-1, 0, 1, .. (Megatron-Core's interleaving).
   forward and one backward alternately, then the remaining backwards. Bubble (p-1)/(m+p-1).
 - interleaved (Megatron-Core's interleaved 1F1B): forwards in groups of p micro-batches per chunk,
   (p - s - 1) x 2 + (v - 1) x p warm-up forwards; bubble (p-1)/(v m + p-1). Needs m % p == 0.
+- dualpipe (DeepSeek-V3): bidirectional, forward and backward of two micro-batches overlapped in
+  one slot; needs p even, m even and m >= 2p.
 
 These are pure functions of (p, m, v, rank); the engine runs the tasks in this order, each task
 waiting for its input from the neighbouring rank.
@@ -62,15 +64,85 @@ def interleaved(p: int, m: int, v: int, rank: int) -> list[Task]:
     return order
 
 
+def dualpipe_slots(p: int, m: int, rank: int) -> list[tuple[Task, ...]]:
+    """DeepSeek's DualPipe (deepseek-ai/DualPipe, dualpipe.py DualPipe.step), as slots of one task
+    or of an overlapped forward + backward pair. Half the micro-batches enter at rank 0 (direction
+    0), half at rank p-1 (direction 1); rank r holds stage r of direction 0 and stage p-1-r of
+    direction 1, so Task.chunk is the direction. The reference splits backwards into input- and
+    weight-gradient parts (zero bubble); epsim runs each backward whole where it is scheduled."""
+    half_ranks, half = p // 2, m // 2
+    half_rank = min(rank, p - 1 - rank)
+    middle = rank in (half_ranks - 1, half_ranks)
+    direction = (lambda phase: phase) if rank < half_ranks else (lambda phase: 1 - phase)
+    nxt = {(FWD, 0): 0, (FWD, 1): 0, (BWD, 0): 0, (BWD, 1): 0}
+
+    def task(phase_kind: str, phase: int) -> Task:
+        d = direction(phase)
+        k = nxt[phase_kind, d]
+        nxt[phase_kind, d] += 1
+        return Task(phase_kind, d * half + k, d)
+
+    slots: list[tuple[Task, ...]] = []
+    for _ in range((half_ranks - half_rank - 1) * 2):  # step 1: nF0
+        slots.append((task(FWD, 0),))
+    for _ in range(half_rank + 1):  # step 2: nF0F1
+        slots += [(task(FWD, 0),), (task(FWD, 1),)]
+    for _ in range(half_ranks - half_rank - 1):  # step 3: nB1W1F1
+        slots += [(task(BWD, 1),), (task(FWD, 1),)]
+    for i in range(half - p + half_rank + 1):  # step 4 (main): nF0B1F1B0
+        if i == 0 and middle:  # the reference does not overlap these two, to shrink the bubble
+            slots += [(task(FWD, 0),), (task(BWD, 1),)]
+        else:
+            slots.append((task(FWD, 0), task(BWD, 1)))
+        slots.append((task(FWD, 1), task(BWD, 0)))
+    for _ in range(half_ranks - half_rank - 1):  # step 5: nB1F1B0
+        slots += [(task(BWD, 1),), (task(FWD, 1), task(BWD, 0))]
+    for _ in range(half_rank + 1):  # step 6: nB1B0
+        slots += [(task(BWD, 1),), (task(BWD, 0),)]
+    for _ in range(half_ranks - half_rank - 1):  # step 7: nWB0
+        slots.append((task(BWD, 0),))
+    return slots
+
+
 SCHEDULES = {"1f1b": one_f_one_b, "interleaved": interleaved, "gpipe": gpipe}
 
 
-def schedule(name: str, p: int, m: int, v: int, rank: int) -> list[Task]:
+def slots(name: str, p: int, m: int, v: int, rank: int) -> list[tuple[Task, ...]]:
+    """The rank's tasks in order, grouped into slots run together (DualPipe's pairs)."""
+    if name == "dualpipe":
+        return dualpipe_slots(p, m, rank)
     try:
         fn = SCHEDULES[name]
     except KeyError:
-        raise KeyError(f"unknown pipeline schedule {name!r}; valid: {', '.join(SCHEDULES)}") from None
-    return fn(p, m, v, rank)
+        raise KeyError(f"unknown pipeline schedule {name!r}; valid: {', '.join([*SCHEDULES, 'dualpipe'])}") from None
+    return [(t,) for t in fn(p, m, v, rank)]
+
+
+def schedule(name: str, p: int, m: int, v: int, rank: int) -> list[Task]:
+    return [t for slot in slots(name, p, m, v, rank) for t in slot]
+
+
+def virtual_stage(name: str, p: int, rank: int, chunk: int) -> int:
+    """The stage (along its micro-batches' path) a rank's model chunk holds."""
+    if name == "dualpipe":
+        return rank if chunk == 0 else p - 1 - rank
+    return chunk * p + rank
+
+
+def rank_of_stage(name: str, p: int, stage: int, chunk: int) -> int:
+    """The rank holding `stage` of the path that model chunk `chunk` (DualPipe: direction) is on."""
+    if name == "dualpipe":
+        return stage if chunk == 0 else p - 1 - stage
+    return stage % p
+
+
+def chunk_of_stage(name: str, p: int, stage: int, chunk: int) -> int:
+    """The model chunk, on its rank, of `stage` on the same path as `chunk`."""
+    return chunk if name == "dualpipe" else stage // p
+
+
+def num_stages(name: str, p: int, v: int) -> int:
+    return p if name == "dualpipe" else p * v
 
 
 def split_layers(num_layers: int, num_slices: int) -> list[range]:
@@ -84,8 +156,12 @@ def split_layers(num_layers: int, num_slices: int) -> list[range]:
     return out
 
 
-def rank_layers(num_layers: int, p: int, v: int, rank: int) -> list[range]:
-    """The layers of each of `rank`'s model chunks (virtual stage chunk x p + rank)."""
+def rank_layers(num_layers: int, p: int, v: int, rank: int, name: str = "1f1b") -> list[range]:
+    """The layers of each of `rank`'s model chunks (virtual stage chunk x p + rank; DualPipe:
+    stage rank of direction 0 and stage p-1-rank of direction 1, twice the parameters)."""
+    if name == "dualpipe":
+        stages = split_layers(num_layers, p)
+        return [stages[rank], stages[p - 1 - rank]]
     slices = split_layers(num_layers, p * v)
     return [slices[chunk * p + rank] for chunk in range(v)]
 

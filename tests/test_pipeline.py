@@ -158,3 +158,29 @@ def test_every_collective_kind_of_a_tp_pp_dp_layout_conserves_bytes_and_the_run_
                      "grad_reducescatter", "expert_grad_reducescatter", "param_allgather"}
     again = summary_json(summarize(Run(load_scenario(path, short)).simulate()))
     assert summary_json(summarize(record)) == again
+
+
+def test_dualpipe_runs_each_direction_once_per_micro_batch_backward_after_forward():
+    from simulator.stages import dualpipe_slots
+    p, m = 4, 8
+    for rank in range(p):
+        order = [t for slot in dualpipe_slots(p, m, rank) for t in slot]
+        # half the micro-batches on direction 0 (from rank 0), half on direction 1 (from rank p-1)
+        assert sorted(order) == sorted(Task(ph, mb, mb // (m // 2)) for ph in (FWD, BWD) for mb in range(m))
+        for t in order:
+            if t.phase == BWD:
+                assert order.index(Task(FWD, t.micro_batch, t.chunk)) < order.index(t)
+    # the main step pairs a forward with a backward in one slot (DeepSeek's F&B overlap)
+    assert any(len(slot) == 2 for slot in dualpipe_slots(p, m, 0))
+
+
+def test_dualpipe_holds_two_stages_per_rank_and_shrinks_the_1f1b_bubble():
+    one = free_comm_pipeline(4, 8)
+    dual = free_comm_pipeline(4, 8, name="dualpipe")
+    assert memory_per_gpu(dual).weights == pytest.approx(2 * memory_per_gpu(one).weights)
+    assert [list(r) for r in rank_layers(8, 4, 1, 0, "dualpipe")] == [[0, 1], [6, 7]]
+    b1 = summarize(Run(one).simulate())["pipeline_bubble_s"]
+    b2 = summarize(Run(dual).simulate())["pipeline_bubble_s"]
+    assert max(b2) < min(b1)
+    with pytest.raises(ScenarioError, match="dualpipe"):
+        free_comm_pipeline(4, 6, name="dualpipe")  # needs micro-batches >= 2 x pp_size

@@ -200,7 +200,6 @@ def test_comm_sms_not_below_the_gpu_sm_count_is_rejected():
     ("placement.strategy", "topology_aware"),
     ("routing.distribution", "trace"),
     ("parallel.expert_tp_size", 2),
-    ("parallel.pp_schedule", "dualpipe"),
     ("routing.adaptive_alpha", 0.2),
     ("placement.redundant_experts", 8),
 ])

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from simulator.stages import Task, rank_layers, schedule
+from simulator.stages import FWD, Task, rank_layers, slots
 
 FORWARD, BACKWARD, UPDATE = "forward", "backward", "update"  # update: gradient sync and optimizer
 RECOMPUTE = "recompute"  # a layer's forward re-run inside the backward (training.recompute: full)
@@ -89,8 +89,12 @@ class Program:
     buckets: tuple[Bucket, ...] = ()  # in launch order: as their layers' backward completes
     # pipeline parallel: per model chunk its (forward ops, backward ops), and the tasks in order
     chunk_phases: tuple[tuple[tuple[Op, ...], tuple[Op, ...]], ...] = ()
-    tasks: tuple[Task, ...] = ()
+    slots: tuple[tuple[Task, ...], ...] = ()  # tasks in order, grouped into slots run together
     pp_rank: int = 0
+
+    @property
+    def tasks(self) -> tuple[Task, ...]:
+        return tuple(t for slot in self.slots for t in slot)
 
     @property
     def ops(self) -> tuple[Op, ...]:
@@ -215,14 +219,14 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
     recompute = train and s.training.recompute == "full"
     chunk_phases, tasks, rank = (), (), int(s.ranks.pp_rank[gpu])
     if par.pp_size > 1:
-        chunks = rank_layers(m.num_layers, par.pp_size, par.vpp_size, rank)
+        chunks = rank_layers(m.num_layers, par.pp_size, par.vpp_size, rank, par.pp_schedule)
         chunk_phases = tuple((tuple(op for op in forward if op.layer in layers),
                               tuple(with_tensor_parallel(backward_ops([op for op in base if op.layer in layers],
                                                                       recompute), par.tp_size)) if train else ())
                              for layers in chunks)
         forward = [op for fwd, _ in chunk_phases for op in fwd]
-        tasks = tuple(t for t in schedule(par.pp_schedule, par.pp_size, s.workload.micro_batches, par.vpp_size, rank)
-                      if train or t.phase == "forward")
+        order = slots(par.pp_schedule, par.pp_size, s.workload.micro_batches, par.vpp_size, rank)
+        tasks = tuple(slot for slot in (tuple(t for t in slot if train or t.phase == FWD) for slot in order) if slot)
     backward = [op for _, bwd in chunk_phases for op in bwd] if chunk_phases else (
         with_tensor_parallel(backward_ops(base, recompute), par.tp_size) if train else [])
     chains = tuple((mb, c) for mb in range(s.workload.micro_batches) for c in range(num_chunks))

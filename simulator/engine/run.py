@@ -13,7 +13,7 @@ from simulator.engine.paths import build_paths, mirrored
 from simulator.engine.program import (BACKWARD, FORWARD, RECOMPUTE, TP_KERNELS, UPDATE, Bucket, Op, OpId, Program,
                                       build_program, first_of_layer, last_of_layer)
 from simulator.engine.rings import p2p_paths, ring_paths
-from simulator.stages import FWD
+from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
 from simulator.engine.record import ChunkCounts, CollectiveRecord, PortRecord, RunRecord
 from simulator.scenario import Scenario
 from simulator.wire import algorithm, token_bytes
@@ -94,13 +94,15 @@ class Run:
         return order
 
     def _task_stream_order(self, program: Program) -> dict:
-        """PP: collectives in task order, inside a task op by op, chunks in order."""
+        """PP: collectives in slot order; inside a slot op by op (a pair's forward and backward
+        interleaved), chunks in order."""
         order = {}
         for stream in {kind.stream for kind in COLLECTIVES.values()}:
-            keys = [(t, k, c) for t, task in enumerate(program.tasks)
-                    for k, op in enumerate(program.chunk_phases[task.chunk][task.phase != FWD])
-                    if op.collective and COLLECTIVES[kind_of(op)].stream == stream
-                    for c in range(self.workload.num_chunks)]
+            keys = sorted((t, k, position, c) for t, slot in enumerate(program.slots)
+                          for position, task in enumerate(slot)
+                          for k, op in enumerate(program.chunk_phases[task.chunk][task.phase != FWD])
+                          if op.collective and COLLECTIVES[kind_of(op)].stream == stream
+                          for c in range(self.workload.num_chunks))
             order.update({key: n for n, key in enumerate(keys)})
         return order
 
@@ -112,27 +114,34 @@ class Run:
         return self.arrivals[key]
 
     def run_stage(self, gpu: GPU):
-        """PP: this rank's tasks in its schedule's order. A task waits for its input from the
-        neighbouring stage, runs its chunks' chains through its model chunk, and sends its output
-        on asynchronously (the pipeline stream), as Megatron's p2p does."""
+        """PP: this rank's tasks in its schedule's order, a slot at a time (DualPipe pairs a
+        forward with a backward in one slot). A task waits for its input from the neighbouring
+        stage, runs its chunks' chains through its model chunk, and sends its output on
+        asynchronously (the pipeline stream), as Megatron's and DualPipe's p2p do."""
         program = self.programs[gpu.index]
-        p = self.s.parallel.pp_size
-        last_stage = p * self.s.parallel.vpp_size - 1
-        for t, task in enumerate(program.tasks):
-            stage = task.chunk * p + program.pp_rank
-            forward = task.phase == FWD
-            if (forward and stage > 0) or (not forward and stage < last_stage):
-                yield self.arrival(gpu.index, task.phase, task.micro_batch, stage)
+        par = self.s.parallel
+        name, p = par.pp_schedule, par.pp_size
+        last_stage = num_stages(name, p, par.vpp_size) - 1
+        for t, slot in enumerate(program.slots):
+            chains = []
+            for position, task in enumerate(slot):
+                stage = virtual_stage(name, p, program.pp_rank, task.chunk)
+                if (task.phase == FWD and stage > 0) or (task.phase != FWD and stage < last_stage):
+                    yield self.arrival(gpu.index, task.phase, task.micro_batch, stage)
             start = self.env.now
-            yield self.env.all_of([self.env.process(self.run_task_chain(gpu, program, t, task, c))
-                                   for c in range(self.workload.num_chunks)])
+            for position, task in enumerate(slot):
+                chains += [self.env.process(self.run_task_chain(gpu, program, (t, position), task, c))
+                           for c in range(self.workload.num_chunks)]
+            yield self.env.all_of(chains)
             self.task_spans[gpu.index].append((start, self.env.now))
-            if forward and stage < last_stage:
-                self.env.process(self.pp_send(gpu.index, task, stage, stage + 1))
-            elif not forward and stage > 0:
-                self.env.process(self.pp_send(gpu.index, task, stage, stage - 1))
+            for task in slot:
+                stage = virtual_stage(name, p, program.pp_rank, task.chunk)
+                if task.phase == FWD and stage < last_stage:
+                    self.env.process(self.pp_send(gpu.index, task, stage, stage + 1))
+                elif task.phase != FWD and stage > 0:
+                    self.env.process(self.pp_send(gpu.index, task, stage, stage - 1))
 
-    def run_task_chain(self, gpu: GPU, program: Program, t: int, task, chunk: int):
+    def run_task_chain(self, gpu: GPU, program: Program, slot: tuple[int, int], task, chunk: int):
         ops = program.chunk_phases[task.chunk][task.phase != FWD]
         first = first_of_layer(ops) if task.phase == FWD and self.dp is not None and self.dp.gathers_before_forward \
             else None
@@ -140,23 +149,23 @@ class Run:
         for k, op in enumerate(ops):
             if first is not None and first[k]:
                 yield self.param_event(gpu.index, op.layer)
-            yield from self.run_op(gpu, task.micro_batch, chunk, op, (t, k, chunk))
+            yield from self.run_op(gpu, task.micro_batch, chunk, op, (slot[0], k, slot[1], chunk))
             if last is not None and last[k]:
                 self._layer_backward_done(gpu.index, op.layer)
 
     def pp_send(self, gpu: int, task, stage: int, to_stage: int):
         """One micro-batch's activations (forward) or input gradients (backward) to the GPU of the
         same position on the neighbouring stage, in BF16."""
-        p = self.s.parallel.pp_size
+        par = self.s.parallel
         group, _ = self.pp_where[gpu]
-        dst = int(self.ranks.pp_groups[group][to_stage % p])
+        dst = int(self.ranks.pp_groups[group][rank_of_stage(par.pp_schedule, par.pp_size, to_stage, task.chunk)])
         num_bytes = self.s.workload.tokens_per_gpu * self.s.model.hidden_size * WIRE_BYTES["bf16"]
         cid = CollectiveId("pp_send", int(group), stage, task.micro_batch, int(task.phase != FWD))
         members = np.array([gpu, dst])
         coll = Collective(self.env, self.network, members, lambda: p2p_paths(gpu, dst, num_bytes, self.topology),
                           True, self.s.cluster.gpu.kernel_launch_s)
         self.collectives[cid] = coll
-        arrived = self.arrival(dst, task.phase, task.micro_batch, to_stage)
+        arrived = self.arrival(dst, task.phase, task.micro_batch, to_stage)  # micro-batch ids differ by path
         op = OpId(-1, "pp_send", task.phase, task.micro_batch, -1)
 
         def both_join():

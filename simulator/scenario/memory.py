@@ -43,7 +43,7 @@ def moe_layers_in_scope(s: Scenario) -> int:
 
 def stage_layers(s: Scenario, rank: int) -> list[range]:
     """The layers of each model chunk of PP rank `rank` (all layers while PP = 1)."""
-    return rank_layers(s.model.num_layers, s.parallel.pp_size, s.parallel.vpp_size, rank)
+    return rank_layers(s.model.num_layers, s.parallel.pp_size, s.parallel.vpp_size, rank, s.parallel.pp_schedule)
 
 
 def local_params(s: Scenario, rank: int | None = None) -> dict[str, int]:

@@ -40,6 +40,13 @@ def check_pipeline(s: Scenario) -> None:
     if s.pipeline.schedule != "lockstep":
         raise ScenarioError("pipeline.schedule", s.pipeline.schedule, "pairs micro-batches on a single stage; with "
                             "parallel.pp_size > 1 the schedule is parallel.pp_schedule")
+    if par.pp_schedule == "dualpipe":
+        m_ = s.workload.micro_batches
+        if p % 2 or m_ % 2 or m_ < 2 * p:
+            raise ScenarioError("parallel.pp_schedule", "dualpipe", f"needs an even pp_size and an even number of "
+                                f"micro-batches >= 2 x pp_size (DualPipe); pp_size={p}, micro_batches={m_}")
+        if s.workload.mode != "train":
+            raise ScenarioError("parallel.pp_schedule", "dualpipe", "pairs forwards with backwards: needs workload.mode=train")
     if par.pp_schedule == "interleaved":
         if v < 2:
             raise ScenarioError("parallel.vpp_size", v, "the interleaved schedule needs vpp_size >= 2 model chunks")

@@ -149,8 +149,6 @@ TOP_LEVEL_KEYS = ("name", "hardware", "model", *SECTIONS)
 
 # Values the schema knows but this version does not simulate yet: (key, value) -> what is supported.
 NOT_YET = {
-    ("parallel.pp_schedule", "dualpipe"): "supported today: 1f1b, interleaved, gpipe (with pp_size 1, "
-                                          "pipeline.schedule: dualpipe pairs micro-batches on one stage)",
     ("workload.mode", "decode"): "supported today: train, prefill",
     ("routing.distribution", "trace"): "supported today: uniform, balanced, zipf",
     ("placement.strategy", "topology_aware"): "supported today: round_robin",
