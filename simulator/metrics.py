@@ -39,7 +39,7 @@ def step_tokens(s) -> int:
 def step_flop(r: RunRecord) -> float:
     s = r.scenario
     tokens = step_tokens(s)
-    per_token = s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope)
+    per_token = s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope, s.workload.embedding_and_head)
     return tokens * per_token * (TRAIN_FLOP_FACTOR if s.workload.mode == "train" else 1.0)
 
 
@@ -168,7 +168,8 @@ def summarize(r: RunRecord) -> dict:
         "load_imbalance": load_imbalance(r),
         **pipeline_bubble(r),
         "model_flop_per_step": flop,
-        "model_flop_per_token_forward": s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope),
+        "model_flop_per_token_forward": s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope,
+                                                                       s.workload.embedding_and_head),
         "layout": {"ep_size": s.parallel.ep_size, "dp_size": s.dp_size, "tp_size": s.ranks.tp_size,
                    "pp_size": s.ranks.pp_size, "dense_dp_size": s.ranks.dp_size,
                    "expert_dp_size": s.ranks.expert_dp_size,

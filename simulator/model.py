@@ -19,7 +19,8 @@ per token and layer, forward:
   shared experts         num_shared * 6*H*I
   dense FFN layers       6*H*I_dense (instead of router and experts)
 Training counts 3x the forward (backward = 2x). Embedding and LM head are outside the layers in
-scope (a pipeline stage) and are not counted.
+scope (a pipeline stage) and are not counted, unless workload.embedding_and_head adds them: the
+LM head then counts 2*H*vocab (the embedding lookup is no FLOP).
 """
 
 
@@ -130,9 +131,18 @@ class ModelSpec:
         """Router + routed experts + shared experts of one MoE layer, forward."""
         return self.router_flop_per_token() + self.routed_flop_per_token() + self.shared_flop_per_token()
 
-    def forward_flop_per_token(self, seq_len: int, scope: str) -> float:
+    def vocab_params(self, tp: int = 1) -> int:
+        """The embedding table, or the (untied) LM head, on one of `tp` vocab-parallel ranks."""
+        return self.vocab_size * self.hidden_size // tp
+
+    def lm_head_flop_per_token(self) -> float:
+        return 2.0 * self.hidden_size * self.vocab_size
+
+    def forward_flop_per_token(self, seq_len: int, scope: str, head: bool = False) -> float:
         if scope == "moe_layer":
             return self.moe_block_flop_per_token()
+        if head:
+            return self.forward_flop_per_token(seq_len, scope) + self.lm_head_flop_per_token()
         attention = self.num_layers * self.attention_flop_per_token(seq_len)
         if self.num_sliding_layers:
             sliding = self.num_sliding_layers

@@ -184,3 +184,20 @@ def test_dualpipe_holds_two_stages_per_rank_and_shrinks_the_1f1b_bubble():
     assert max(b2) < min(b1)
     with pytest.raises(ScenarioError, match="dualpipe"):
         free_comm_pipeline(4, 6, name="dualpipe")  # needs micro-batches >= 2 x pp_size
+
+
+def test_the_first_stage_embeds_the_last_runs_the_lm_head_and_the_flops_count_it():
+    sections = dict(model={"num_layers": 4}, parallel={"ep_size": 4, "pp_size": 2}, workload={"micro_batches": 4})
+    plain = make_scenario(**sections)
+    whole = make_scenario(**{**sections, "workload": {"micro_batches": 4, "embedding_and_head": True}})
+    run = Run(whole)
+    first, last = run.programs[0], run.programs[4]  # PP rank 0 (GPUs 0-3) and 1 (GPUs 4-7)
+    assert first.phases[0][0].op == "embedding" and first.phases[1][-1].name == "embedding_bwd"
+    assert last.phases[0][-1].op == "lm_head" and last.phases[1][0].name == "lm_head_bwd"
+    assert "lm_head" not in {op.op for op in first.ops} and "embedding" not in {op.op for op in last.ops}
+    m = whole.model
+    a, b = summarize(Run(plain).simulate()), summarize(run.simulate())
+    assert b["model_flop_per_token_forward"] - a["model_flop_per_token_forward"] == pytest.approx(
+        2 * m.hidden_size * m.vocab_size)
+    # the embedding table on the first stage, the (untied) head on the last
+    assert b["parameters_per_gpu"]["dense"] - a["parameters_per_gpu"]["dense"] == m.vocab_size * m.hidden_size

@@ -139,26 +139,36 @@ def with_tensor_parallel(ops: list[Op], tp: int) -> list[Op]:
     return [x for op in ops for x in (tensor_parallel(op) if op.op in TP_KERNELS and not op.collective else [op])]
 
 
-def layer_ops(scope: str, num_layers: int, num_dense_layers: int, has_shared: bool) -> list[Op]:
-    """The forward ops of the layers in scope."""
+def layer_ops(scope: str, num_layers: int, num_dense_layers: int, has_shared: bool,
+              embedding_and_head: bool = False) -> list[Op]:
+    """The forward ops of the layers in scope; the token embedding belongs to the first layer and
+    the LM head (with its cross-entropy) to the last, when the model is simulated whole."""
     if scope == "moe_layer":
         layers = [(0, 0)]
     else:
         layers = [(i, -1) for i in range(num_dense_layers)]
         layers += [(num_dense_layers + i, i) for i in range(num_layers - num_dense_layers)]
     shared = "shared" if has_shared else None
+    whole = embedding_and_head and scope == "model"
     ops: list[Op] = []
     for layer, moe in layers:
+        if whole and layer == 0:
+            ops.append(Op("embedding", layer, moe))
         if scope == "model":
             ops.append(Op("attention", layer, moe))
         if moe < 0:
             ops.append(Op("dense_ffn", layer, moe))
-            continue
-        ops += [Op("router", layer, moe),
-                Op("dispatch", layer, moe, collective=True, overlapped=shared),
-                Op("experts", layer, moe),
-                Op("combine", layer, moe, collective=True)]
+        else:
+            ops += [Op("router", layer, moe),
+                    Op("dispatch", layer, moe, collective=True, overlapped=shared),
+                    Op("experts", layer, moe),
+                    Op("combine", layer, moe, collective=True)]
+        if whole and layer == num_layers - 1:
+            ops.append(Op("lm_head", layer, moe))
     return ops
+
+
+OUTSIDE_LAYERS = ("embedding", "lm_head")  # not re-run by a layer's recompute
 
 
 def backward_ops(forward: list[Op], recompute: bool = False) -> list[Op]:
@@ -174,8 +184,10 @@ def backward_ops(forward: list[Op], recompute: bool = False) -> list[Op]:
     for layer in reversed(layers):
         ops = {op.op: op for op in layers[layer]}
         moe = layers[layer][0].moe_layer
+        if "lm_head" in ops:
+            out.append(Op("lm_head", layer, moe, BACKWARD))
         if recompute:
-            out += [op._replace(phase=RECOMPUTE) for op in layers[layer]]
+            out += [op._replace(phase=RECOMPUTE) for op in layers[layer] if op.op not in OUTSIDE_LAYERS]
         if moe < 0:
             out.append(Op("dense_ffn", layer, moe, BACKWARD))
         else:
@@ -186,6 +198,8 @@ def backward_ops(forward: list[Op], recompute: bool = False) -> list[Op]:
                     Op("router", layer, moe, BACKWARD)]
         if "attention" in ops:
             out.append(Op("attention", layer, moe, BACKWARD))
+        if "embedding" in ops:
+            out.append(Op("embedding", layer, moe, BACKWARD))
     return out
 
 
@@ -213,7 +227,8 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
     """The program of `gpu` from its position in the layout. Every GPU runs every layer in scope
     while PP = 1; a pipeline stage will run its own layers."""
     m, par = s.model, s.parallel
-    base = layer_ops(s.workload.scope, m.num_layers, m.num_dense_layers, m.num_shared_experts > 0)
+    base = layer_ops(s.workload.scope, m.num_layers, m.num_dense_layers, m.num_shared_experts > 0,
+                     s.workload.embedding_and_head)
     forward = with_tensor_parallel(base, par.tp_size)
     train = s.workload.mode == "train"
     recompute = train and s.training.recompute == "full"
@@ -238,6 +253,8 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
         for layer in dict.fromkeys(op.layer for op in forward):
             moe = layer >= m.num_dense_layers or s.workload.scope == "moe_layer"
             dense = m.dense_layer_params(moe, with_attention, tp=par.tp_size)
+            if s.workload.embedding_and_head and with_attention and layer in (0, m.num_layers - 1):
+                dense += m.vocab_params(par.tp_size) * ((layer == 0) + (layer == m.num_layers - 1))
             params.append((layer, dense, experts * m.expert_params if moe else 0))
         buckets = grad_buckets(params, bucket_params)
     return Program((tuple(forward), tuple(backward)), chains, buckets, chunk_phases, tasks, rank)

@@ -49,7 +49,8 @@ def stage_layers(s: Scenario, rank: int) -> list[range]:
 def local_params(s: Scenario, rank: int | None = None) -> dict[str, int]:
     """Parameters on a GPU of PP rank `rank` (None: the busiest): dense (replicated over the EP
     group) and routed experts."""
-    if s.parallel.pp_size == 1 and s.parallel.tp_size == 1:
+    whole = s.workload.embedding_and_head and s.workload.scope == "model"
+    if s.parallel.pp_size == 1 and s.parallel.tp_size == 1 and not whole:
         return {"dense": s.model.replicated_params(s.workload.scope),
                 "expert": experts_per_gpu(s) * moe_layers_in_scope(s) * s.model.expert_params}
     if rank is None and s.parallel.pp_size > 1:
@@ -60,7 +61,8 @@ def local_params(s: Scenario, rank: int | None = None) -> dict[str, int]:
                 "expert": experts_per_gpu(s) * m.expert_params}
     layers = [layer for chunk in stage_layers(s, rank or 0) for layer in chunk]
     moe = sum(1 for layer in layers if layer >= m.num_dense_layers)
-    return {"dense": sum(m.dense_layer_params(moe=layer >= m.num_dense_layers, tp=tp) for layer in layers),
+    vocab = m.vocab_params(tp) * ((0 in layers) + (m.num_layers - 1 in layers)) if whole else 0
+    return {"dense": vocab + sum(m.dense_layer_params(moe=layer >= m.num_dense_layers, tp=tp) for layer in layers),
             "expert": experts_per_gpu(s) * moe * m.expert_params}
 
 
@@ -86,6 +88,16 @@ def activation_bytes_per_token(s: Scenario, moe: bool) -> float:
     elems += m.top_k * per_copy + m.num_shared_experts * (2 * i + i)
     router_fp32 = 4 * m.num_experts  # router probabilities, FP32
     return ACT_BYTES * elems + router_fp32
+
+
+def logits_bytes(s: Scenario, layers=None) -> float:
+    """The BF16 logits the LM head keeps for its backward, per micro-batch, on the GPU holding the
+    last layer (when the model is simulated whole)."""
+    if not (s.workload.embedding_and_head and s.workload.scope == "model"):
+        return 0.0
+    if layers is not None and s.model.num_layers - 1 not in layers:
+        return 0.0
+    return s.workload.tokens_per_gpu * s.model.vocab_size * ACT_BYTES
 
 
 def micro_batches_in_flight(s: Scenario) -> int:
@@ -140,13 +152,14 @@ def stage_activations(s: Scenario, rank: int) -> float:
     m, tokens = s.model, s.workload.tokens_per_gpu
     chunks = stage_layers(s, rank)
     if s.workload.mode == "train" and s.training.recompute == "full":
-        weight = {c: tokens * ACT_BYTES * m.hidden_size * len(layers) for c, layers in enumerate(chunks)}
+        weight = {c: tokens * ACT_BYTES * m.hidden_size * len(layers) + logits_bytes(s, layers)
+                  for c, layers in enumerate(chunks)}
         p = s.parallel
         tasks = schedule(p.pp_schedule, p.pp_size, s.workload.micro_batches, p.vpp_size, rank)
         moe = any(layer >= m.num_dense_layers for layers in chunks for layer in layers)
         return peak_in_flight(tasks, weight) + tokens * activation_bytes_per_token(s, moe=moe)
     weight = {c: tokens * sum(activation_bytes_per_token(s, moe=layer >= m.num_dense_layers) for layer in layers)
-              for c, layers in enumerate(chunks)}
+              + logits_bytes(s, layers) for c, layers in enumerate(chunks)}
     if s.workload.mode != "train":
         return max(weight.values())
     p = s.parallel
@@ -175,6 +188,7 @@ def memory_per_gpu(s: Scenario, buffers: float = 0.0) -> Memory:
         per_token = (dense_layers * activation_bytes_per_token(s, moe=False)
                      + moe_layers_in_scope(s) * activation_bytes_per_token(s, moe=True))
         act = per_token * s.workload.tokens_per_gpu * micro_batches_in_flight(s)
+    act += logits_bytes(s) * micro_batches_in_flight(s)
     return Memory(total * WEIGHT_BYTES, total * GRAD_BYTES[s.training.grad_reduce_dtype], optimizer, act,
                   RESERVED_BYTES, capacity, buffers)
 

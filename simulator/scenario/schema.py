@@ -94,6 +94,10 @@ class WorkloadSection(_Section):
     micro_batches: int = Field(default=2, gt=0)
     seq_len: int = Field(default=4096, gt=0)
     gemm_dtype: Literal["bf16", "fp8", "fp32"] = "bf16"  # fp32: CPUs, with an fp32 calibration
+    # true: the first layer's stage also runs the token embedding, the last layer's the LM head and
+    # cross-entropy over the vocabulary (a whole model); false: decoder layers only (a stage cut
+    # out of a bigger model, as the reference scenarios)
+    embedding_and_head: bool = False
 
 
 class RoutingSection(_Section):

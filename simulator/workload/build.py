@@ -130,4 +130,11 @@ def dense_work_s(s, compute: RooflineCompute, num_tokens: int) -> dict[str, floa
         "shared": (compute.expert_ffn_s(np.full(m.num_shared_experts, n), h, m.moe_intermediate_size, permute=False)
                    if m.num_shared_experts else 0.0),
         "dense_ffn": compute.expert_ffn_s(np.array([nt]), h, m.dense_intermediate_size // t, permute=False),
+        # gather the tokens' rows (read + write BF16); backward: scatter-add into the FP32 grad
+        "embedding": compute.memory_s(2 * n * h * 2),
+        "embedding_bwd": compute.memory_s(n * h * (2 + 2 * 4)),
+        # logits GEMM over the vocabulary on the local shard, then cross-entropy: write the BF16
+        # logits, read them, write their gradient (epsim: three BF16 passes over n x vocab)
+        "lm_head": compute.gemm_s(n, m.vocab_size, h) + compute.memory_s(3 * n * m.vocab_size * 2),
+        "lm_head_bwd": BACKWARD_FACTOR * compute.gemm_s(n, m.vocab_size, h),
     }
