@@ -205,8 +205,10 @@ def per_layer_gpu_rows(r: RunRecord) -> list[dict]:
     over micro-batches and chunks (forward)."""
     s = r.scenario
     rows = []
-    for group, layer in dict.fromkeys((g, l) for g, l, _mb, _c in r.counts):
-        keys = [(mb, c) for mb in range(s.workload.micro_batches) for c in range(r.num_chunks)]
+    keys_of: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for g, l, mb, c in r.counts:  # the micro-batches that ran each (EP group, MoE layer)
+        keys_of.setdefault((g, l), []).append((mb, c))
+    for (group, layer), keys in keys_of.items():
         recv = sum(r.counts[group, layer, mb, c].recv_copies for mb, c in keys)
         work = sum(r.counts[group, layer, mb, c].expert_compute_s for mb, c in keys)
         times = {}

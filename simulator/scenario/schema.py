@@ -98,6 +98,9 @@ class WorkloadSection(_Section):
     # cross-entropy over the vocabulary (a whole model); false: decoder layers only (a stage cut
     # out of a bigger model, as the reference scenarios)
     embedding_and_head: bool = False
+    # a pipeline step of many micro-batches from two shorter ones (simulator/extension.py): auto
+    # when the whole step would be slow to simulate, always, or never
+    extend_micro_batches: Literal["auto", "always", "never"] = "auto"
 
 
 class RoutingSection(_Section):

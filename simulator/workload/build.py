@@ -52,12 +52,20 @@ def batch_limit(s, num_chunks: int) -> tuple[int, int, int]:
     return batch, rounds, min(s.workload.tokens_per_gpu, num_chunks * rounds)
 
 
-def stage_moe_layers(s, rank: int) -> list[int]:
-    """Indices (among MoE layers) of the MoE layers PP rank `rank` holds: all while PP = 1."""
+def stage_moe_work(s, rank: int) -> list[tuple[int, range]]:
+    """(index among MoE layers, the micro-batches that run it) for each MoE layer PP rank `rank`
+    holds: every layer and micro-batch while PP = 1; with DualPipe a stage of each direction sees
+    only that direction's half of the micro-batches."""
+    m = s.workload.micro_batches
     if s.parallel.pp_size == 1:
-        return list(range(moe_layers_in_scope(s)))
+        return [(layer, range(m)) for layer in range(moe_layers_in_scope(s))]
     dense = s.model.num_dense_layers
-    return [layer - dense for chunk in stage_layers(s, rank) for layer in chunk if layer >= dense]
+    dualpipe = s.parallel.pp_schedule == "dualpipe"
+    out = []
+    for chunk, layers in enumerate(stage_layers(s, rank)):
+        mbs = range(chunk * m // 2, (chunk + 1) * m // 2) if dualpipe else range(m)
+        out += [(layer - dense, mbs) for layer in layers if layer >= dense]
+    return out
 
 
 def build_workload(s, compute: RooflineCompute) -> Workload:
@@ -71,10 +79,10 @@ def build_workload(s, compute: RooflineCompute) -> Workload:
     for group in range(s.ranks.num_ep_groups):
         member_node = s.ranks.ep_group(group).node
         expert_node = member_node[expert_gpu]
-        for layer in stage_moe_layers(s, int(s.ranks.pp_rank[s.ranks.ep_groups[group][0]])):
+        for layer, mbs in stage_moe_work(s, int(s.ranks.pp_rank[s.ranks.ep_groups[group][0]])):
             router = Router(m.num_experts, m.top_k, s.routing.distribution, s.routing.zipf_alpha, expert_node,
                             s.routing.max_nodes_per_token, np.random.default_rng([s.routing.seed, group, layer]))
-            for mb in range(s.workload.micro_batches):
+            for mb in mbs:
                 rng = np.random.default_rng([s.routing.seed, group, layer, mb, 1])
                 experts = router.route(p * s.workload.tokens_per_gpu, rng)
                 chunks = micro_batch_traffic(experts, s.workload.tokens_per_gpu, num_chunks, expert_gpu,

@@ -1,0 +1,36 @@
+"""A pipeline step extended from two shorter ones matches the whole simulation (within 1 %)."""
+import pytest
+
+from simulator.api import simulate_scenario
+from simulator.extension import sample_micro_batches
+from tests.conftest import make_scenario
+
+
+def layout(name, m, extend, v=1):
+    return make_scenario(hardware={"nodes": 2, "gpus_per_node": 4}, model={"num_layers": 8},
+                         parallel={"ep_size": 4, "pp_size": 2, "vpp_size": v, "pp_schedule": name},
+                         workload={"micro_batches": m, "extend_micro_batches": extend}, pipeline={"chunks": 1})
+
+
+@pytest.mark.parametrize("name, m, v", [("1f1b", 16, 1), ("1f1b", 64, 1), ("interleaved", 24, 2), ("dualpipe", 20, 1),
+                                        ("gpipe", 16, 1)])
+def test_the_extended_step_matches_the_whole_simulation(name, m, v):
+    whole, _, _ = simulate_scenario(layout(name, m, "never", v))
+    s = layout(name, m, "always", v)
+    m1, m2 = sample_micro_batches(s)
+    assert m2 < m
+    extended, _, record = simulate_scenario(s)
+    assert extended["step_time_s"] == pytest.approx(whole["step_time_s"], rel=0.01)
+    assert extended["mfu"] == pytest.approx(whole["mfu"], rel=0.01)
+    assert extended["tokens_per_s"] == pytest.approx(whole["tokens_per_s"], rel=0.01)
+    assert extended["model_flop_per_step"] == pytest.approx(whole["model_flop_per_step"], rel=1e-12)
+    assert sum(extended["breakdown_s"].values()) == pytest.approx(extended["step_time_s"], rel=1e-9)
+    assert extended["collectives"]["dispatch"]["count"] == whole["collectives"]["dispatch"]["count"]
+    assert extended["memory_per_gpu"] == whole["memory_per_gpu"]
+    assert f"{m1} and {m2} of the step's {m}" in extended["provenance"]["simulated"]
+    assert "simulated" not in whole["provenance"]
+
+
+def test_auto_simulates_small_steps_whole():
+    assert sample_micro_batches(layout("1f1b", 16, "auto")) is None
+    assert sample_micro_batches(layout("1f1b", 16, "always")) is not None
