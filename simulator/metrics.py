@@ -9,7 +9,7 @@ from simulator.engine.collective import COLLECTIVES, CollectiveId
 from simulator.engine.gpu import COMPUTE
 from simulator.engine.record import RunRecord
 from simulator.model import FLOP_CONVENTION
-from simulator.scenario.memory import RESERVED_BYTES, local_params, memory_per_gpu
+from simulator.scenario.memory import RESERVED_BYTES, auto_expert_tp, local_params, memory_per_gpu
 from simulator.workload.build import buffer_bytes_per_token
 
 TRAIN_FLOP_FACTOR = 3.0  # forward + backward (2x forward)
@@ -131,6 +131,17 @@ def load_imbalance(r: RunRecord) -> float:
     return float(np.mean([v.max() / v.mean() for v in recv.values()]))
 
 
+def expert_tp(s) -> dict:
+    """The expert TP size, and with `auto` what seed 4.1 found."""
+    if s.parallel.expert_tp_size != "auto":
+        return {"expert_tp_size": s.parallel.expert_tp_size}
+    auto = auto_expert_tp(s)
+    return {"expert_tp_size": auto["expert_tp_size"],
+            "expert_tp_auto": (f"seed 4.1: one expert with its gradients and optimizer share takes "
+                               f"{auto['expert_bytes'] / 1e9:.3f} GB of the {auto['available_bytes'] / 1e9:.1f} GB "
+                               f"the rest leaves: ceil(...) = {auto['expert_tp_size']}, experts stay whole")}
+
+
 def data_parallel_provenance(s) -> str:
     if s.workload.mode != "train":
         return "none: no gradients outside training"
@@ -171,7 +182,7 @@ def summarize(r: RunRecord) -> dict:
         "model_flop_per_token_forward": s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope,
                                                                        s.workload.embedding_and_head),
         "layout": {"ep_size": s.parallel.ep_size, "dp_size": s.dp_size, "tp_size": s.ranks.tp_size,
-                   "pp_size": s.ranks.pp_size, "dense_dp_size": s.ranks.dp_size,
+                   "pp_size": s.ranks.pp_size, "dense_dp_size": s.ranks.dp_size, **expert_tp(s),
                    "expert_dp_size": s.ranks.expert_dp_size,
                    "nodes": s.cluster.num_nodes, "gpus_per_node": s.cluster.gpus_per_node},
         "batching": {"chunks": r.num_chunks, "tokens_per_batch_limit": r.tokens_per_batch_limit,

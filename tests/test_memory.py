@@ -85,3 +85,15 @@ def test_too_many_micro_batches_in_flight_names_the_activations_and_the_micro_ba
     with pytest.raises(ScenarioError) as err:
         dsv3_stage(workload={"micro_batches": 16})
     assert err.value.key == "workload.micro_batches" and "the biggest is activations" in err.value.rule
+
+
+def test_expert_tp_auto_applies_seed_4_1_and_says_what_it_found():
+    s = make_scenario(parallel={"ep_size": 8, "expert_tp_size": "auto"})
+    layout = summarize(simulate(s))["layout"]
+    assert layout["expert_tp_size"] == 1 and "seed 4.1" in layout["expert_tp_auto"]
+    # an expert of 1.5 G parameters (27.6 GB with grads and Adam state) on a 20 GB GPU needs two
+    with pytest.raises(ScenarioError) as err:
+        make_scenario(parallel={"ep_size": 8, "expert_tp_size": "auto"}, hardware={"hbm_gb": 20},
+                      model={"moe_intermediate_size": 2_000_000, "num_shared_experts": 0},
+                      workload={"tokens_per_gpu": 16, "micro_batches": 1}, pipeline={"chunks": 1})
+    assert err.value.key == "parallel.expert_tp_size" and "over 2 GPUs" in err.value.rule

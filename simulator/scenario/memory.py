@@ -19,6 +19,7 @@ fragmentation (an assumption, RESERVED_BYTES, named in provenance).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from simulator.scenario.schema import Scenario
@@ -224,3 +225,20 @@ def key_to_change(s: Scenario, mem: Memory) -> tuple[str, object]:
     if s.workload.scope == "model" and s.model.num_layers > s.parallel.pp_size * s.parallel.vpp_size:
         return "parallel.pp_size", s.parallel.pp_size  # more stages: fewer layers per GPU
     return "model.num_layers", s.model.num_layers
+
+
+def auto_expert_tp(s: Scenario) -> dict:
+    """Seed 4.1: Expert_parallelism = ceil(expert_size / GPU_memory_available). One expert with its
+    gradients and optimizer share against the memory the rest of the GPU's state leaves."""
+    mem = memory_per_gpu(s)
+    params = local_params(s)
+    n = params["expert"] or 1
+    experts_state = (mem.weights + mem.gradients) * params["expert"] / max(sum(params.values()), 1)
+    if s.workload.mode == "train":
+        shard = s.ranks.expert_dp_size if s.training.distributed_optimizer else 1
+        experts_state += OPTIMIZER_BYTES * params["expert"] / shard
+    one_expert = experts_state / (n / s.model.expert_params)
+    left = mem.capacity - (mem.before_buffers - experts_state)
+    # nothing left at all: no split helps, and the memory rule names the biggest term instead
+    split = max(1, math.ceil(one_expert / left)) if left > 0 else 1
+    return {"expert_tp_size": split, "expert_bytes": one_expert, "available_bytes": left}

@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 from simulator.errors import ScenarioError
-from simulator.scenario.memory import Memory, key_to_change, memory_per_gpu
+from simulator.scenario.memory import Memory, auto_expert_tp, key_to_change, memory_per_gpu
 from simulator.scenario.schema import Scenario
 
 
 def check_tensor_parallel(s: Scenario) -> None:
     t, a, gpn = s.parallel.tp_size, s.model.attention, s.cluster.gpus_per_node
-    if s.parallel.expert_tp_size != 1:
+    if s.parallel.expert_tp_size == "auto":
+        auto = auto_expert_tp(s)
+        if auto["expert_tp_size"] != 1:
+            raise ScenarioError("parallel.expert_tp_size", "auto",
+                                f"seed 4.1 splits each expert over {auto['expert_tp_size']} GPUs (one expert with "
+                                f"its gradients and optimizer share: {auto['expert_bytes'] / 1e9:.1f} GB; memory left: "
+                                f"{auto['available_bytes'] / 1e9:.1f} GB); expert TP > 1 is not simulated in this version")
+    elif s.parallel.expert_tp_size != 1:
         raise ScenarioError("parallel.expert_tp_size", s.parallel.expert_tp_size,
-                            "not simulated in this version; supported today: 1 (experts whole on one GPU)")
+                            "not simulated in this version; supported today: 1 (experts whole on one GPU), auto")
     if t == 1:
         return
     if gpn % t:
