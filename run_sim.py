@@ -149,8 +149,8 @@ def _print_sweep(table, axis_keys, files, plots, counts, num_skipped, wall_s) ->
 def cmd_golden(args: argparse.Namespace) -> int:
     """Re-simulate the reference scenarios against tests/golden/; --update rewrites them."""
     from hardware.atomic import write_atomic
-    from simulator.studies import golden
     from simulator.errors import ScenarioError
+    from simulator.studies import golden
 
     golden_dir, scenarios_dir = Path(args.dir), Path(args.scenarios_dir)
     names = args.names or list(golden.GOLDEN_SCENARIOS)
@@ -220,8 +220,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 # -- validate -------------------------------------------------------------------------------------
 def cmd_validate(args: argparse.Namespace) -> int:
     from reports.validation import print_validation, write_validation
-    from simulator.studies.validation.harness import (BASELINE_FILE, baseline_of, load_cases, rows_as_dicts, run_case,
-                                              select, summary_stats)
+    from simulator.studies.validation.harness import (
+        BASELINE_FILE,
+        baseline_of,
+        load_cases,
+        rows_as_dicts,
+        run_case,
+        select,
+        summary_stats,
+    )
 
     cases = select(load_cases(), args.case)
     if not cases:

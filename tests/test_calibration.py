@@ -8,8 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hardware.calibrated import (BLOCK_TERMS, CALIBRATION_DIR, GEMM_TERMS, SCHEMA, block_features, compute_model,
-                                 fit_dtype, gemm_features, load_calibration)
+from hardware.calibrated import (
+    BLOCK_TERMS,
+    CALIBRATION_DIR,
+    GEMM_TERMS,
+    SCHEMA,
+    block_features,
+    compute_model,
+    fit_dtype,
+    gemm_features,
+    load_calibration,
+)
 from hardware.compute import RooflineCompute
 from simulator.engine import simulate
 from simulator.errors import ScenarioError

@@ -175,8 +175,9 @@ def test_every_collective_completes_on_every_gpu_under_skewed_routing():
 
 
 def test_default_scenario_runs_and_reports_every_contract_field():
-    from simulator.scenario import load_scenario
     from pathlib import Path
+
+    from simulator.scenario import load_scenario
     s = load_scenario(Path(__file__).parents[1] / "scenarios" / "default.yaml")
     summary = summarize(simulate(s))
     for key in ("scenario", "num_gpus", "step_time_s", "mfu", "model_tflops_per_gpu", "tokens_per_s",

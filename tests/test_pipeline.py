@@ -201,3 +201,16 @@ def test_the_first_stage_embeds_the_last_runs_the_lm_head_and_the_flops_count_it
         2 * m.hidden_size * m.vocab_size)
     # the embedding table on the first stage, the (untied) head on the last
     assert b["parameters_per_gpu"]["dense"] - a["parameters_per_gpu"]["dense"] == m.vocab_size * m.hidden_size
+
+
+def test_every_schedule_finishes_with_the_gradient_sync_and_the_optimizer_on_every_gpu():
+    for name in ("1f1b", "dualpipe", "interleaved"):
+        s = make_scenario(hardware={"nodes": 2, "gpus_per_node": 4}, model={"num_layers": 4},
+                          parallel={"ep_size": 2, "pp_size": 2, "vpp_size": 2 if name == "interleaved" else 1,
+                                    "pp_schedule": name},
+                          workload={"micro_batches": 4}, pipeline={"chunks": 1})
+        record = Run(s).simulate()
+        kinds = {cid.kind for cid in record.collectives}
+        assert {"grad_allreduce", "expert_grad_allreduce"} <= kinds, name  # dense DP 4, expert DP 2
+        for intervals in record.intervals:
+            assert [iv.op.op for iv in intervals].count("optimizer") == 1, name

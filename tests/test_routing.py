@@ -1,7 +1,8 @@
 """Gating, placement and traffic counting against their expected laws."""
+from math import comb
+
 import numpy as np
 import pytest
-from math import comb
 
 from simulator.workload.placement import round_robin
 from simulator.workload.routing import Router

@@ -5,8 +5,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from simulator.studies import sweep
 from simulator.errors import ScenarioError
+from simulator.studies import sweep
 from tests.test_cli import TINY, run_sim, write_scenario
 
 

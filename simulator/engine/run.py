@@ -10,12 +10,24 @@ from simulator.engine.collective import COLLECTIVES, Collective, CollectiveId
 from simulator.engine.gpu import DP_COMM, GPU, PP_COMM
 from simulator.engine.network import Network
 from simulator.engine.paths import build_paths, mirrored
-from simulator.engine.program import (BACKWARD, FORWARD, RECOMPUTE, TP_KERNELS, UPDATE, Bucket, Op, OpId, Program,
-                                      build_program, first_of_layer, last_of_layer)
-from simulator.engine.rings import p2p_paths, ring_paths
-from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
+from simulator.engine.program import (
+    BACKWARD,
+    FORWARD,
+    RECOMPUTE,
+    TP_KERNELS,
+    UPDATE,
+    Bucket,
+    Op,
+    OpId,
+    Program,
+    build_program,
+    first_of_layer,
+    last_of_layer,
+)
 from simulator.engine.record import ChunkCounts, CollectiveRecord, PortRecord, RunRecord
+from simulator.engine.rings import p2p_paths, ring_paths
 from simulator.scenario import Scenario
+from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
 from simulator.wire import algorithm, token_bytes
 from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_work_s
 
@@ -244,8 +256,16 @@ class Run:
     def _layer_grads(self, gpu: int, layer: int) -> list:
         key = (gpu, layer)
         if key not in self.layer_grads:
-            self.layer_grads[key] = [len(self.programs[gpu].chains), self.env.event()]
+            self.layer_grads[key] = [self._backward_visits(self.programs[gpu], layer), self.env.event()]
         return self.layer_grads[key]
+
+    def _backward_visits(self, program: Program, layer: int) -> int:
+        """Chains that run the layer's backward on this GPU: every (micro-batch, chunk) while PP = 1;
+        with PP the backward tasks of the model chunk holding it (DualPipe: its direction's half)."""
+        if not program.slots:
+            return len(program.chains)
+        holds = [any(op.layer == layer for op in bwd) for _, bwd in program.chunk_phases]
+        return sum(holds[t.chunk] for t in program.tasks if t.phase != FWD) * self.workload.num_chunks
 
     def _layer_backward_done(self, gpu: int, layer: int) -> None:
         entry = self._layer_grads(gpu, layer)
@@ -344,6 +364,7 @@ class Run:
         three_stream = self.s.pipeline.overlap == "three_stream"
         orders = {id(p): self.stream_order(p) for p in self._programs.values()} if three_stream else {}
         self.stream_seq = [orders[id(p)] for p in self.programs] if three_stream else None
+        processes = []
         for gpu in self.gpus:
             if self.pp:
                 chains = [self.env.process(self.run_stage(gpu))]
@@ -352,14 +373,18 @@ class Run:
             else:
                 chains = [self.env.process(self.run_chain(gpu, mb, chunk))
                           for mb, chunk in self.programs[gpu.index].chains]
+            processes += [(gpu.index, p) for p in chains]
             if self.train:
-                self.env.process(self.run_update(gpu.index, chains))
+                processes.append((gpu.index, self.env.process(self.run_update(gpu.index, chains))))
         while True:
             try:
                 self.env.step()
             except simpy.core.EmptySchedule:
                 break
             self.num_events += 1
+        stuck = [gpu for gpu, p in processes if not p.triggered]
+        if stuck:  # an engine bug, never a property of the input: say so rather than report a short step
+            raise RuntimeError(f"simulation ended with GPU {stuck[0]}'s program unfinished ({len(stuck)} processes)")
         return self.record()
 
     def record(self) -> RunRecord:

@@ -18,8 +18,7 @@ from hardware.spec import cluster_from_fields
 from simulator.errors import ScenarioError
 from simulator.model import AttentionSpec, ModelSpec
 from simulator.scenario.rules import check_layout
-from simulator.scenario.schema import (NOT_YET, SECTIONS, TOP_LEVEL_KEYS, HardwareSection, ModelSection,
-                                       Scenario)
+from simulator.scenario.schema import NOT_YET, SECTIONS, TOP_LEVEL_KEYS, HardwareSection, ModelSection, Scenario
 
 MODEL_PRESET_DIR = Path(__file__).parent.parent / "models"
 

@@ -31,8 +31,15 @@ from simulator import __version__
 from simulator.api import run_scenario
 from simulator.errors import ScenarioError
 from simulator.scenario import apply_overrides, build_scenario, parse_override, read_scenario_file
-from simulator.studies.sweep_store import (POINT_FILE, flatten, point_json_record, read_point_summary, sweep_table,
-                                           write_point, write_sweep_table)
+from simulator.studies.sweep_store import (
+    POINT_FILE,
+    flatten,
+    point_json_record,
+    read_point_summary,
+    sweep_table,
+    write_point,
+    write_sweep_table,
+)
 
 OK, INVALID, FAILED = "ok", "invalid", "failed"
 POINTS_DIR = "points"

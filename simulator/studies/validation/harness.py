@@ -18,8 +18,8 @@ from simulator.engine import RunRecord
 from simulator.engine.collective import COLLECTIVES
 from simulator.engine.gpu import COMPUTE
 from simulator.engine.program import UPDATE
-from simulator.metrics import union_length
 from simulator.errors import ScenarioError
+from simulator.metrics import union_length
 from simulator.scenario import build_scenario
 
 CASES_FILE = Path(__file__).parent / "cases.yaml"
