@@ -142,6 +142,22 @@ def expert_tp(s) -> dict:
                                f"the rest leaves: ceil(...) = {auto['expert_tp_size']}, experts stay whole")}
 
 
+def parallelism_provenance(s) -> str:
+    par = s.parallel
+    parts = [f"Megatron-Core rank order (TP fastest, then DP, then PP); EP {par.ep_size} inside a stage"]
+    if par.tp_size > 1:
+        parts.append(f"TP {par.tp_size} with sequence parallelism: attention and dense FFN split, an all-gather "
+                     "before and a reduce-scatter after each (rings over NVLink); router and experts on the shard; "
+                     "shared experts replicated")
+    if par.pp_size > 1:
+        parts.append(f"PP {par.pp_size} x {par.vpp_size} virtual stages, schedule {par.pp_schedule}, layers split "
+                     "evenly (earlier stages take the remainder), BF16 activations / gradients sent per micro-batch as "
+                     "one flow")
+    if s.workload.embedding_and_head:
+        parts.append("embedding on the first layer's stage, LM head and cross-entropy on the last's")
+    return "; ".join(parts)
+
+
 def data_parallel_provenance(s) -> str:
     if s.workload.mode != "train":
         return "none: no gradients outside training"
@@ -205,7 +221,9 @@ def summarize(r: RunRecord) -> dict:
                        f"with ZeRO-1); activations saved for the backward tensor by tensor in BF16, no recompute, "
                        f"for the micro-batches in flight; all-to-all receive buffers of the batch limit; "
                        f"{RESERVED_BYTES / 1e9:g} GB allowance for context, workspaces and fragmentation (assumed)"),
-            "not_modelled": "TP, PP, embedding/LM head",
+            "parallelism": parallelism_provenance(s),
+            "not_modelled": ("expert TP > 1, FSDP (weights sharded), DualPipe's zero-bubble weight-gradient split, "
+                             "the kernels around the GEMMs (norms, rotary, residuals, quantisation), decode"),
         },
         "epsim_version": __version__,
     }
