@@ -81,10 +81,13 @@ def test_ep8_training_fits_an_80_gb_gpu_only_with_the_distributed_optimizer():
     assert memory_per_gpu(s).before_buffers <= 80e9
 
 
-def test_too_many_micro_batches_in_flight_names_the_activations_and_the_micro_batches():
+def test_too_many_micro_batches_in_flight_name_the_activations_and_the_knob_that_shrinks_them():
     with pytest.raises(ScenarioError) as err:
         dsv3_stage(workload={"micro_batches": 16})
-    assert err.value.key == "workload.micro_batches" and "the biggest is activations" in err.value.rule
+    assert err.value.key == "training.recompute" and "the biggest is activations" in err.value.rule
+    with pytest.raises(ScenarioError) as err:  # even with full recompute, 256 micro-batches of inputs do not fit
+        dsv3_stage(workload={"micro_batches": 256}, training={"recompute": "full"})
+    assert err.value.key == "workload.micro_batches"
 
 
 def test_expert_tp_auto_applies_seed_4_1_and_says_what_it_found():

@@ -213,6 +213,10 @@ def key_to_change(s: Scenario, mem: Memory) -> tuple[str, object]:
     term = mem.biggest
     params = local_params(s)
     if term == "activations":
+        if s.workload.mode == "train" and s.training.recompute != "full":
+            return "training.recompute", s.training.recompute  # keeps only each layer's input
+        if s.training.global_batch_size is not None:
+            return "training.micro_batch_size", s.training.micro_batch_size
         if s.parallel.pp_size > 1:  # the schedule, not the batch, sets how many are in flight
             return "workload.tokens_per_gpu", s.workload.tokens_per_gpu
         return "workload.micro_batches", s.workload.micro_batches
