@@ -1,3 +1,3 @@
-"""epsim's engine and workload: scenario loading, routing, placement, traffic, network, pipeline, metrics."""
+"""epsim: the scenario, the rank layout, the workload (routing, placement, traffic), the engine, metrics and studies."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
