@@ -15,12 +15,8 @@ def _gb(x: float) -> str:
 
 def summary_tables(summary: dict) -> list[Table]:
     layout = summary["layout"]
-    shape = f"EP {layout['ep_size']} x DP {layout['dp_size']}"
-    if layout.get("tp_size", 1) > 1 or layout.get("pp_size", 1) > 1:
-        shape = (f"TP {layout['tp_size']} x PP {layout['pp_size']} x DP {layout['dense_dp_size']}, "
-                 f"EP {layout['ep_size']} x expert DP {layout['expert_dp_size']}")
-    head = Table(title=f"epsim: {summary['scenario']}  ({summary['num_gpus']} GPUs, {shape})",
-                 show_header=False, title_justify="left")
+    head = Table(title=f"epsim: {summary['scenario']}  ({summary['num_gpus']} GPUs, "
+                       f"EP {layout['ep_size']} x DP {layout['dp_size']})", show_header=False, title_justify="left")
     head.add_column("metric", style="bold")
     head.add_column("value", justify="right")
     b = summary["breakdown_s"]
@@ -35,6 +31,10 @@ def summary_tables(summary: dict) -> list[Table]:
         ("idle", f"{_ms(b['idle'])}  ({b['idle'] / step * 100:.1f} %)"),
         ("load imbalance (max/mean)", f"{summary['load_imbalance']:.3f}"),
     ]
+    if layout.get("tp_size", 1) > 1 or layout.get("pp_size", 1) > 1:
+        rows[:0] = [("layout", f"TP {layout['tp_size']} x PP {layout['pp_size']} x DP {layout['dense_dp_size']}, "
+                               f"EP {layout['ep_size']} x expert DP {layout['expert_dp_size']}"),
+                    ("pipeline bubble", f"{summary['pipeline_bubble_fraction'] * 100:.1f} % of the step")]
     for cls, util in summary["bandwidth_utilization"].items():
         rows.append((f"{cls} utilisation busy / step",
                      f"{util * 100:.1f} % / {summary['bandwidth_utilization_step'][cls] * 100:.1f} %"))
