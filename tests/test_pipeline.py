@@ -214,3 +214,13 @@ def test_every_schedule_finishes_with_the_gradient_sync_and_the_optimizer_on_eve
         assert {"grad_allreduce", "expert_grad_allreduce"} <= kinds, name  # dense DP 4, expert DP 2
         for intervals in record.intervals:
             assert [iv.op.op for iv in intervals].count("optimizer") == 1, name
+
+
+def test_dualpipe_sums_the_gradients_of_a_stages_two_copies_between_mirror_ranks():
+    run = Run(free_comm_pipeline(4, 8, name="dualpipe"))
+    record = run.simulate()
+    mirror = [c for c in record.collectives.values() if c.kind == "mirror_grad_allreduce"]
+    assert sorted(c.gpus.tolist() for c in mirror) == [[0, 3], [1, 2]]  # rank r with rank p-1-r
+    params = sum(b.num_params for b in run.programs[0].buckets)
+    # a ring of two: each GPU sends its whole FP32 gradient once
+    assert mirror[0].nvlink_bytes_per_gpu.tolist() == pytest.approx([params * 4] * 2)

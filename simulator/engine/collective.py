@@ -61,6 +61,10 @@ COLLECTIVES = {kind.name: kind for kind in (
                    "training.grad_reduce_dtype", BACKWARD, "gradients of routed-expert parameters, sharded"),
     CollectiveKind("expert_param_allgather", "allgather", "edp", DP_COMM, True, "bf16", FORWARD,
                    "updated routed-expert parameters from their optimizer shards"),
+    # DualPipe keeps two copies of every stage (on ranks r and p-1-r): their gradients are summed
+    # between the two before the update (deepseek-ai/DualPipe examples/example_dualpipe.py)
+    CollectiveKind("mirror_grad_allreduce", "allreduce", "mirror", DP_COMM, True, "training.grad_reduce_dtype",
+                   BACKWARD, "gradients of both model chunks, between a DualPipe rank and its mirror"),
     # Sequence parallelism: each layer's TP-split kernels gather their input over the TP group
     # before and reduce-scatter their output after (NVLink inside a node); on their own stream.
     CollectiveKind("tp_allgather", "allgather", "tp", TP_COMM, True, "bf16", FORWARD,

@@ -298,6 +298,25 @@ class Run:
         op = OpId(bucket.first_layer, kind_name, UPDATE, -1, -1)
         yield from self.gpus[gpu].communicate(DP_COMM, None, lambda: coll.arrive(rank), self.dp.comm_sms, op)
 
+    def mirror_allreduce(self, gpu: int, program: Program):
+        """DualPipe: sum the gradients of the two copies of each stage between rank r and rank
+        p-1-r (the rank's whole parameters, a ring of two)."""
+        p = self.s.parallel.pp_size
+        group, rank = self.pp_where[gpu]
+        mirror = int(self.ranks.pp_groups[group][p - 1 - rank])
+        pair = np.array(sorted((gpu, mirror)))
+        cid = CollectiveId("mirror_grad_allreduce", int(group), int(min(rank, p - 1 - rank)), -1, -1)
+        coll = self.collectives.get(cid)
+        if coll is None:
+            params = sum(b.num_params for b in program.buckets)
+            num_bytes = params * WIRE_BYTES[COLLECTIVES["mirror_grad_allreduce"].wire_dtype(self.s)]
+            coll = Collective(self.env, self.network, pair, lambda: ring_paths("allreduce", pair, num_bytes, self.topology),
+                              True, self.s.cluster.gpu.kernel_launch_s)
+            self.collectives[cid] = coll
+        op = OpId(-1, "mirror_grad_allreduce", UPDATE, -1, -1)
+        index = int(np.nonzero(pair == gpu)[0][0])
+        yield from self.gpus[gpu].communicate(DP_COMM, None, lambda: coll.arrive(index), self.dp.comm_sms, op)
+
     def gather_params(self, gpu: int):
         """ZeRO-1: all-gather each bucket's updated parameters, in forward order; each layer's
         first forward waits for its bucket."""
@@ -323,6 +342,8 @@ class Run:
             yield self.env.all_of([self._layer_grads(gpu, layer)[1] for layer in bucket.layers])
             yield from self.dp_collective(self.dp.reduce_kind[bucket.family], gpu, bucket)
         yield self.env.all_of(chains)
+        if self.s.parallel.pp_schedule == "dualpipe" and self.pp:
+            yield from self.mirror_allreduce(gpu, program)
         yield from self.gpus[gpu].compute(self.dp.optimizer_s(self.compute_model, program),
                                           OpId(-1, "optimizer", UPDATE, -1, -1))
         if self.dp.distributed and not self.dp.gathers_before_forward:
