@@ -21,6 +21,7 @@ from hardware.spec import ClusterSpec
 FP8_SCALE_GROUP = 128  # DeepEP / DeepSeek FP8: one FP32 scale per 128 hidden values
 FP8_SCALE_BYTES = 4
 WIRE_DTYPES = ("fp8", "bf16")
+ELEMENT_BYTES = {"fp32": 4, "bf16": 2}  # a value of an unscaled dtype: gradients, activations, parameters
 
 
 @dataclass(frozen=True)

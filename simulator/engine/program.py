@@ -11,6 +11,7 @@ and the validation harness read those fields and never parse a label.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 from simulator.stages import FWD, Task, rank_layers, slots
@@ -104,12 +105,21 @@ class Program:
     def layers(self) -> tuple[int, ...]:
         return tuple(dict.fromkeys(op.layer for op in self.phases[0]))
 
-    def last_of_layer(self, phase: int) -> tuple[bool, ...]:
-        """For each op of the phase: is it the last op of its layer there?"""
-        return last_of_layer(self.phases[phase])
+    @cached_property
+    def _layer_marks(self) -> dict:
+        marks = {}
+        for chunk, phases in [(None, self.phases), *enumerate(self.chunk_phases)]:
+            for phase, ops in enumerate(phases):
+                marks[chunk, phase] = (first_of_layer(ops), last_of_layer(ops))
+        return marks
 
-    def first_of_layer(self, phase: int) -> tuple[bool, ...]:
-        return first_of_layer(self.phases[phase])
+    def first_of_layer(self, phase: int, chunk: int | None = None) -> tuple[bool, ...]:
+        """For each op of the phase (of a model chunk, with PP): is it the first op of its layer?
+        Computed once per program, not per chain."""
+        return self._layer_marks[chunk, phase][0]
+
+    def last_of_layer(self, phase: int, chunk: int | None = None) -> tuple[bool, ...]:
+        return self._layer_marks[chunk, phase][1]
 
 
 def last_of_layer(ops) -> tuple[bool, ...]:

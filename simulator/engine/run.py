@@ -7,6 +7,7 @@ import simpy
 from hardware.calibrated import compute_model
 from hardware.topology import Topology
 from simulator.engine.collective import COLLECTIVES, Collective, CollectiveId
+from simulator.engine.data_parallel import DataParallel
 from simulator.engine.gpu import DP_COMM, GPU, PP_COMM
 from simulator.engine.network import Network
 from simulator.engine.paths import build_paths, mirrored
@@ -21,14 +22,12 @@ from simulator.engine.program import (
     OpId,
     Program,
     build_program,
-    first_of_layer,
-    last_of_layer,
 )
 from simulator.engine.record import ChunkCounts, CollectiveRecord, PortRecord, RunRecord
 from simulator.engine.rings import p2p_paths, ring_paths
 from simulator.scenario import Scenario
 from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
-from simulator.wire import algorithm, token_bytes
+from simulator.wire import ELEMENT_BYTES, algorithm, token_bytes
 from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_work_s
 
 
@@ -49,7 +48,7 @@ class Run:
         self.group_of = [self.ranks.ep_group_of(g) for g in range(s.num_gpus)]  # GPU -> EP group
         self.ep_rank = self.ranks.ep_rank.tolist()  # GPU -> its rank in that group
         self.train = s.workload.mode == "train"
-        self.dp = _DataParallel(s) if self.train else None
+        self.dp = DataParallel(s) if self.train else None
         self._programs: dict = {}
         self.programs = [self._program(g) for g in range(s.num_gpus)]
         # gradient sync overlaps the backward only where streams overlap at all
@@ -119,11 +118,14 @@ class Run:
         return order
 
     # -- pipeline stages ------------------------------------------------------------------------
+    def _event(self, table: dict, key) -> simpy.Event:
+        """The event `table` keeps under `key`, created on first use by whichever side comes first."""
+        if key not in table:
+            table[key] = self.env.event()
+        return table[key]
+
     def arrival(self, gpu: int, phase: str, mb: int, stage: int) -> simpy.Event:
-        key = (gpu, phase, mb, stage)
-        if key not in self.arrivals:
-            self.arrivals[key] = self.env.event()
-        return self.arrivals[key]
+        return self._event(self.arrivals, (gpu, phase, mb, stage))
 
     def run_stage(self, gpu: GPU):
         """PP: this rank's tasks in its schedule's order, a slot at a time (DualPipe pairs a
@@ -155,9 +157,10 @@ class Run:
 
     def run_task_chain(self, gpu: GPU, program: Program, slot: tuple[int, int], task, chunk: int):
         ops = program.chunk_phases[task.chunk][task.phase != FWD]
-        first = first_of_layer(ops) if task.phase == FWD and self.dp is not None and self.dp.gathers_before_forward \
-            else None
-        last = last_of_layer(ops) if task.phase != FWD and program.buckets else None
+        phase = int(task.phase != FWD)
+        first = program.first_of_layer(0, task.chunk) if not phase and self.dp is not None \
+            and self.dp.gathers_before_forward else None
+        last = program.last_of_layer(1, task.chunk) if phase and program.buckets else None
         for k, op in enumerate(ops):
             if first is not None and first[k]:
                 yield self.param_event(gpu.index, op.layer)
@@ -171,7 +174,7 @@ class Run:
         par = self.s.parallel
         group, _ = self.pp_where[gpu]
         dst = int(self.ranks.pp_groups[group][rank_of_stage(par.pp_schedule, par.pp_size, to_stage, task.chunk)])
-        num_bytes = self.s.workload.tokens_per_gpu * self.s.model.hidden_size * WIRE_BYTES["bf16"]
+        num_bytes = self.s.workload.tokens_per_gpu * self.s.model.hidden_size * ELEMENT_BYTES["bf16"]
         cid = CollectiveId("pp_send", int(group), stage, task.micro_batch, int(task.phase != FWD))
         members = np.array([gpu, dst])
         coll = Collective(self.env, self.network, members, lambda: p2p_paths(gpu, dst, num_bytes, self.topology),
@@ -205,19 +208,23 @@ class Run:
             self.collectives[cid] = coll
         return coll
 
-    def tp_collective(self, cid: CollectiveId) -> Collective:
-        """A sequence-parallel all-gather / reduce-scatter of a chunk's activations (BF16, the
-        whole sequence's tensor) over the TP group, as a ring."""
+    def ring(self, cid: CollectiveId, members: np.ndarray, num_bytes) -> Collective:
+        """The ring collective `cid` (its kind's all-reduce, reduce-scatter or all-gather) over
+        `members`, created when its first member reaches it; num_bytes() sizes it then."""
         coll = self.collectives.get(cid)
         if coll is None:
-            t = self.s.parallel.tp_size
-            members = np.arange(cid.group * t, (cid.group + 1) * t)
-            num_bytes = self.workload.chunk_tokens[cid.chunk] * t * self.s.model.hidden_size * WIRE_BYTES["bf16"]
-            op = COLLECTIVES[cid.kind].op
-            coll = Collective(self.env, self.network, members, lambda: ring_paths(op, members, num_bytes, self.topology),
+            op, size = COLLECTIVES[cid.kind].op, num_bytes()
+            coll = Collective(self.env, self.network, members, lambda: ring_paths(op, members, size, self.topology),
                               True, self.s.cluster.gpu.kernel_launch_s)
             self.collectives[cid] = coll
         return coll
+
+    def tp_collective(self, cid: CollectiveId) -> Collective:
+        """A sequence-parallel all-gather / reduce-scatter of a chunk's activations (BF16, the
+        whole sequence's tensor) over the TP group."""
+        t = self.s.parallel.tp_size
+        return self.ring(cid, np.arange(cid.group * t, (cid.group + 1) * t),
+                         lambda: self.workload.chunk_tokens[cid.chunk] * t * self.s.model.hidden_size * ELEMENT_BYTES["bf16"])
 
     # -- processes ----------------------------------------------------------------------------
     def work_s(self, op: Op, group: int, local: int, mb: int, chunk: int) -> float:
@@ -274,10 +281,7 @@ class Run:
             entry[1].succeed()
 
     def param_event(self, gpu: int, layer: int) -> simpy.Event:
-        key = (gpu, layer)
-        if key not in self.params_ready:
-            self.params_ready[key] = self.env.event()
-        return self.params_ready[key]
+        return self._event(self.params_ready, (gpu, layer))
 
     # -- the update: gradient sync, optimizer step, parameter all-gather ------------------------
     def dp_collective(self, kind_name: str, gpu: int, bucket: Bucket):
@@ -287,14 +291,8 @@ class Run:
         group, rank, members = self.dp.group_of(kind.group, gpu)
         if len(members) == 1:
             return
-        cid = CollectiveId(kind_name, group, bucket.index, -1, -1)
-        coll = self.collectives.get(cid)
-        if coll is None:
-            num_bytes = bucket.num_params * WIRE_BYTES[kind.wire_dtype(self.s)]
-            coll = Collective(self.env, self.network, members,
-                              lambda: ring_paths(kind.op, members, num_bytes, self.topology), True,
-                              self.s.cluster.gpu.kernel_launch_s)
-            self.collectives[cid] = coll
+        coll = self.ring(CollectiveId(kind_name, group, bucket.index, -1, -1), members,
+                         lambda: bucket.num_params * ELEMENT_BYTES[kind.wire_dtype(self.s)])
         op = OpId(bucket.first_layer, kind_name, UPDATE, -1, -1)
         yield from self.gpus[gpu].communicate(DP_COMM, None, lambda: coll.arrive(rank), self.dp.comm_sms, op)
 
@@ -305,14 +303,9 @@ class Run:
         group, rank = self.pp_where[gpu]
         mirror = int(self.ranks.pp_groups[group][p - 1 - rank])
         pair = np.array(sorted((gpu, mirror)))
-        cid = CollectiveId("mirror_grad_allreduce", int(group), int(min(rank, p - 1 - rank)), -1, -1)
-        coll = self.collectives.get(cid)
-        if coll is None:
-            params = sum(b.num_params for b in program.buckets)
-            num_bytes = params * WIRE_BYTES[COLLECTIVES["mirror_grad_allreduce"].wire_dtype(self.s)]
-            coll = Collective(self.env, self.network, pair, lambda: ring_paths("allreduce", pair, num_bytes, self.topology),
-                              True, self.s.cluster.gpu.kernel_launch_s)
-            self.collectives[cid] = coll
+        kind = COLLECTIVES["mirror_grad_allreduce"]
+        coll = self.ring(CollectiveId(kind.name, int(group), int(min(rank, p - 1 - rank)), -1, -1), pair,
+                         lambda: sum(b.num_params for b in program.buckets) * ELEMENT_BYTES[kind.wire_dtype(self.s)])
         op = OpId(-1, "mirror_grad_allreduce", UPDATE, -1, -1)
         index = int(np.nonzero(pair == gpu)[0][0])
         yield from self.gpus[gpu].communicate(DP_COMM, None, lambda: coll.arrive(index), self.dp.comm_sms, op)
@@ -350,10 +343,7 @@ class Run:
             yield from self.gather_params(gpu)
 
     def _forward_done(self, gpu: int, mb: int, chunk: int) -> simpy.Event:
-        key = (gpu, mb, chunk)
-        if key not in self.forward_done:
-            self.forward_done[key] = self.env.event()
-        return self.forward_done[key]
+        return self._event(self.forward_done, (gpu, mb, chunk))
 
     def run_op(self, gpu: GPU, mb: int, chunk: int, op: Op, order_key: tuple):
         group, local = self.group_of[gpu.index], self.ep_rank[gpu.index]
@@ -459,49 +449,6 @@ def _p2p_records(cid: CollectiveId, c: Collective) -> dict:
             bytes_out=c.bytes_out, bytes_nvlink=c.bytes_nvlink, bytes_ib=c.bytes_ib,
             nvlink_bytes_per_gpu=np.array([c.bytes_nvlink]), ib_bytes_per_gpu=np.array([c.bytes_ib]))
     return out
-
-
-WIRE_BYTES = {"fp32": 4, "bf16": 2}
-# Adam over one parameter (Megatron's fused multi-tensor Adam, memory-bound): read the FP32 main
-# grad, master weight and both moments (4 x 4 B), write master weight and moments (3 x 4 B) and
-# the BF16 model weight (2 B).
-ADAM_BYTES_PER_PARAM = 30
-
-
-class _DataParallel:
-    """The data-parallel side of a training layout: DP groups, bucket sizes, which collectives."""
-
-    def __init__(self, s: Scenario):
-        ranks = s.ranks
-        self.distributed = s.training.distributed_optimizer
-        self.groups = {"dp": ranks.dp_groups, "edp": ranks.expert_dp_groups}
-        self.index = {}
-        for name, groups in self.groups.items():
-            where = np.empty((s.num_gpus, 2), dtype=np.int64)  # GPU -> (group, rank in group)
-            for g, members in enumerate(groups):
-                where[members, 0], where[members, 1] = g, np.arange(len(members))
-            self.index[name] = where
-        sizes = {"dense": ranks.dp_size, "expert": ranks.expert_dp_size}
-        # Megatron-Core's default bucket: max(40M, 1M x DP size) parameters
-        self.bucket_params = {family: s.training.grad_bucket_params or max(40_000_000, 1_000_000 * n)
-                              for family, n in sizes.items()}
-        self.shards = sizes if self.distributed else {"dense": 1, "expert": 1}
-        prefix = {"dense": "", "expert": "expert_"}
-        verb = "grad_reducescatter" if self.distributed else "grad_allreduce"
-        self.reduce_kind = {family: p + verb for family, p in prefix.items()}
-        self.gather_kind = {family: p + "param_allgather" for family, p in prefix.items()}
-        self.gathers_before_forward = (self.distributed and s.training.grad_overlap
-                                       and s.pipeline.overlap == "three_stream")
-        self.comm_sms = s.cluster.nccl_sms
-
-    def group_of(self, group: str, gpu: int) -> tuple[int, int, np.ndarray]:
-        g, rank = self.index[group][gpu]
-        return int(g), int(rank), self.groups[group][g]
-
-    def optimizer_s(self, compute, program: Program) -> float:
-        """Adam over the parameters this GPU updates: its shard of each family with ZeRO-1."""
-        params = sum(b.num_params / self.shards[b.family] for b in program.buckets)
-        return compute.memory_s(params * ADAM_BYTES_PER_PARAM)
 
 
 def simulate(scenario: Scenario) -> RunRecord:

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 
 from simulator.scenario.schema import Scenario
 from simulator.stages import peak_in_flight, rank_layers, schedule
+from simulator.wire import ELEMENT_BYTES
 
 WEIGHT_BYTES = 2
-GRAD_BYTES = {"fp32": 4, "bf16": 2}
+GRAD_BYTES = ELEMENT_BYTES  # the main-grad buffer holds grads in training.grad_reduce_dtype
 OPTIMIZER_BYTES = 12
 PREFILL_WEIGHT_BYTES = 2  # serving holds BF16 weights only
 RESERVED_BYTES = 3e9  # assumption: CUDA context ~0.5 GB, cuBLAS/NCCL workspaces and buffers, fragmentation
@@ -167,20 +168,33 @@ def stage_activations(s: Scenario, rank: int) -> float:
     return peak_in_flight(schedule(p.pp_schedule, p.pp_size, s.workload.micro_batches, p.vpp_size, rank), weight)
 
 
+def optimizer_shards(s: Scenario) -> dict[str, int]:
+    """Over how many GPUs each family's optimizer state is split: its DP group with ZeRO-1."""
+    if s.workload.mode == "train" and s.training.distributed_optimizer:
+        return {"dense": s.ranks.dp_size, "expert": s.ranks.expert_dp_size}
+    return {"dense": 1, "expert": 1}
+
+
+def _state_memory(s: Scenario, params: dict[str, int], activations: float, buffers: float) -> Memory:
+    """The terms of a GPU holding `params` and `activations`: weights, and in training gradients
+    and (sharded) optimizer state; the allowance; the given buffers."""
+    total = sum(params.values())
+    capacity = s.cluster.gpu.hbm_bytes
+    if s.workload.mode != "train":
+        return Memory(total * PREFILL_WEIGHT_BYTES, 0.0, 0.0, activations, RESERVED_BYTES, capacity, buffers)
+    shards = optimizer_shards(s)
+    optimizer = sum(OPTIMIZER_BYTES * n / shards[family] for family, n in params.items())
+    return Memory(total * WEIGHT_BYTES, total * GRAD_BYTES[s.training.grad_reduce_dtype], optimizer, activations,
+                  RESERVED_BYTES, capacity, buffers)
+
+
 def memory_per_gpu(s: Scenario, buffers: float = 0.0) -> Memory:
     """Memory of the busiest GPU, without (or with the given) all-to-all buffers."""
     if s.parallel.pp_size > 1:
         return max((stage_memory(s, rank, buffers) for rank in range(s.parallel.pp_size)), key=lambda m: m.peak)
-    params = local_params(s)
-    total = sum(params.values())
-    capacity = s.cluster.gpu.hbm_bytes
     if s.workload.mode != "train":
-        moe = moe_layers_in_scope(s) > 0
-        act = activation_bytes_per_token(s, moe) * s.workload.tokens_per_gpu
-        return Memory(total * PREFILL_WEIGHT_BYTES, 0.0, 0.0, act, RESERVED_BYTES, capacity, buffers)
-    shards = ({"dense": s.ranks.dp_size, "expert": s.ranks.expert_dp_size} if s.training.distributed_optimizer
-              else {"dense": 1, "expert": 1})
-    optimizer = sum(OPTIMIZER_BYTES * n / shards[family] for family, n in params.items())
+        act = activation_bytes_per_token(s, moe_layers_in_scope(s) > 0) * s.workload.tokens_per_gpu
+        return _state_memory(s, local_params(s), act, buffers)
     dense_layers = 0 if s.workload.scope == "moe_layer" else s.model.num_dense_layers
     if s.training.recompute == "full":
         act = full_recompute_activations(s, dense_layers + moe_layers_in_scope(s), micro_batches_in_flight(s),
@@ -190,22 +204,11 @@ def memory_per_gpu(s: Scenario, buffers: float = 0.0) -> Memory:
                      + moe_layers_in_scope(s) * activation_bytes_per_token(s, moe=True))
         act = per_token * s.workload.tokens_per_gpu * micro_batches_in_flight(s)
     act += logits_bytes(s) * micro_batches_in_flight(s)
-    return Memory(total * WEIGHT_BYTES, total * GRAD_BYTES[s.training.grad_reduce_dtype], optimizer, act,
-                  RESERVED_BYTES, capacity, buffers)
+    return _state_memory(s, local_params(s), act, buffers)
 
 
 def stage_memory(s: Scenario, rank: int, buffers: float = 0.0) -> Memory:
-    params = local_params(s, rank)
-    total = sum(params.values())
-    capacity = s.cluster.gpu.hbm_bytes
-    act = stage_activations(s, rank)
-    if s.workload.mode != "train":
-        return Memory(total * PREFILL_WEIGHT_BYTES, 0.0, 0.0, act, RESERVED_BYTES, capacity, buffers)
-    shards = ({"dense": s.ranks.dp_size, "expert": s.ranks.expert_dp_size} if s.training.distributed_optimizer
-              else {"dense": 1, "expert": 1})
-    optimizer = sum(OPTIMIZER_BYTES * n / shards[family] for family, n in params.items())
-    return Memory(total * WEIGHT_BYTES, total * GRAD_BYTES[s.training.grad_reduce_dtype], optimizer, act,
-                  RESERVED_BYTES, capacity, buffers)
+    return _state_memory(s, local_params(s, rank), stage_activations(s, rank), buffers)
 
 
 def key_to_change(s: Scenario, mem: Memory) -> tuple[str, object]:
@@ -239,8 +242,7 @@ def auto_expert_tp(s: Scenario) -> dict:
     n = params["expert"] or 1
     experts_state = (mem.weights + mem.gradients) * params["expert"] / max(sum(params.values()), 1)
     if s.workload.mode == "train":
-        shard = s.ranks.expert_dp_size if s.training.distributed_optimizer else 1
-        experts_state += OPTIMIZER_BYTES * params["expert"] / shard
+        experts_state += OPTIMIZER_BYTES * params["expert"] / optimizer_shards(s)["expert"]
     one_expert = experts_state / (n / s.model.expert_params)
     left = mem.capacity - (mem.before_buffers - experts_state)
     # nothing left at all: no split helps, and the memory rule names the biggest term instead

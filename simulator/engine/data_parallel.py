@@ -1,0 +1,50 @@
+"""The data-parallel side of a training layout: DP groups, gradient buckets, which collectives, and
+the optimizer step's cost."""
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.engine.program import Program
+from simulator.scenario import Scenario
+from simulator.scenario.memory import optimizer_shards
+
+# Adam over one parameter (Megatron's fused multi-tensor Adam, memory-bound): read the FP32 main
+# grad, master weight and both moments (4 x 4 B), write master weight and moments (3 x 4 B) and
+# the BF16 model weight (2 B).
+ADAM_BYTES_PER_PARAM = 30
+
+
+class DataParallel:
+    """The data-parallel side of a training layout: DP groups, bucket sizes, which collectives."""
+
+    def __init__(self, s: Scenario):
+        ranks = s.ranks
+        self.distributed = s.training.distributed_optimizer
+        self.groups = {"dp": ranks.dp_groups, "edp": ranks.expert_dp_groups}
+        self.index = {}
+        for name, groups in self.groups.items():
+            where = np.empty((s.num_gpus, 2), dtype=np.int64)  # GPU -> (group, rank in group)
+            for g, members in enumerate(groups):
+                where[members, 0], where[members, 1] = g, np.arange(len(members))
+            self.index[name] = where
+        sizes = {"dense": ranks.dp_size, "expert": ranks.expert_dp_size}
+        # Megatron-Core's default bucket: max(40M, 1M x DP size) parameters
+        self.bucket_params = {family: s.training.grad_bucket_params or max(40_000_000, 1_000_000 * n)
+                              for family, n in sizes.items()}
+        self.shards = optimizer_shards(s)
+        prefix = {"dense": "", "expert": "expert_"}
+        verb = "grad_reducescatter" if self.distributed else "grad_allreduce"
+        self.reduce_kind = {family: p + verb for family, p in prefix.items()}
+        self.gather_kind = {family: p + "param_allgather" for family, p in prefix.items()}
+        self.gathers_before_forward = (self.distributed and s.training.grad_overlap
+                                       and s.pipeline.overlap == "three_stream")
+        self.comm_sms = s.cluster.nccl_sms
+
+    def group_of(self, group: str, gpu: int) -> tuple[int, int, np.ndarray]:
+        g, rank = self.index[group][gpu]
+        return int(g), int(rank), self.groups[group][g]
+
+    def optimizer_s(self, compute, program: Program) -> float:
+        """Adam over the parameters this GPU updates: its shard of each family with ZeRO-1."""
+        params = sum(b.num_params / self.shards[b.family] for b in program.buckets)
+        return compute.memory_s(params * ADAM_BYTES_PER_PARAM)
