@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hardware.units import GB, TB, TFLOP, US, gbit_per_s_to_bytes_per_s
+from hardware.units import GB, GIB, TB, TFLOP, US, gbit_per_s_to_bytes_per_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +60,12 @@ class ClusterSpec:
 
 
 def cluster_from_fields(name: str, num_nodes: int, fields: dict) -> ClusterSpec:
-    """Convert validated preset fields (GB/s, TFLOPS, us, Gbit/s) to an SI ClusterSpec."""
+    """Convert validated preset fields (GB/s, TFLOPS, us, Gbit/s; HBM in GiB) to an SI ClusterSpec."""
     gpu = GPUSpec(
         name=fields["gpu_name"],
         peak_bf16_flop_per_s=fields["peak_bf16_tflops"] * TFLOP,
         peak_fp8_flop_per_s=fields["peak_fp8_tflops"] * TFLOP,
-        hbm_bytes=fields["hbm_gb"] * GB,
+        hbm_bytes=fields["hbm_gb"] * GIB,
         hbm_bytes_per_s=fields["hbm_tb_per_s"] * TB,
         num_sms=fields["num_sms"],
         matmul_efficiency=fields["matmul_efficiency"],

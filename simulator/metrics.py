@@ -4,12 +4,22 @@ from __future__ import annotations
 import numpy as np
 
 from hardware.topology import PORT_CLASSES
+from hardware.units import GIB
 from simulator import __version__
 from simulator.engine.collective import COLLECTIVES, CollectiveId
+from simulator.engine.data_parallel import adam_bytes_per_param
 from simulator.engine.gpu import COMPUTE
 from simulator.engine.record import RunRecord
 from simulator.model import FLOP_CONVENTION
-from simulator.scenario.memory import RESERVED_BYTES, auto_expert_tp, local_params, memory_per_gpu
+from simulator.scenario.memory import (
+    RESERVED_BYTES,
+    WEIGHT_BYTES,
+    auto_expert_tp,
+    local_params,
+    memory_per_gpu,
+    optimizer_bytes,
+)
+from simulator.wire import ELEMENT_BYTES
 from simulator.workload.build import buffer_bytes_per_token
 
 TRAIN_FLOP_FACTOR = 3.0  # forward + backward (2x forward)
@@ -138,7 +148,7 @@ def expert_tp(s) -> dict:
     auto = auto_expert_tp(s)
     return {"expert_tp_size": auto["expert_tp_size"],
             "expert_tp_auto": (f"seed 4.1: one expert with its gradients and optimizer share takes "
-                               f"{auto['expert_bytes'] / 1e9:.3f} GB of the {auto['available_bytes'] / 1e9:.1f} GB "
+                               f"{auto['expert_bytes'] / GIB:.3f} GiB of the {auto['available_bytes'] / GIB:.1f} GiB "
                                f"the rest leaves: ceil(...) = {auto['expert_tp_size']}, experts stay whole")}
 
 
@@ -168,8 +178,27 @@ def data_parallel_provenance(s) -> str:
         else "after the whole backward"
     return (f"gradient {sync} in {t.grad_reduce_dtype}, buckets of {bucket} parameters of whole layers, "
             f"{overlap}; NCCL-style rings over dense DP {s.ranks.dp_size} and expert DP {s.ranks.expert_dp_size} "
-            f"holding {s.cluster.nccl_sms} SMs; Adam step memory-bound at 30 B per parameter over "
+            f"holding {s.cluster.nccl_sms} SMs; Adam step memory-bound at {adam_bytes_per_param(s)} B per parameter over "
             f"{'the DP shard' if t.distributed_optimizer else 'all local parameters'}; norms not counted")
+
+
+def memory_provenance(s) -> str:
+    t = s.training
+    if s.workload.mode != "train":
+        state, acts = "BF16 weights", "one layer's working set"
+    else:
+        moments = ELEMENT_BYTES[t.adam_moments_dtype]
+        state = (f"{WEIGHT_BYTES + ELEMENT_BYTES[t.grad_reduce_dtype] + optimizer_bytes(s)} B per parameter "
+                 f"(BF16 weight, {t.grad_reduce_dtype} grad, FP32 master, {t.adam_moments_dtype} Adam moments "
+                 f"of {moments} B; optimizer / DP with ZeRO-1)")
+        how = {"full": "full recompute: each layer's BF16 input, and one layer's tensors while it re-runs",
+               "selective": f"selective recompute of {', '.join(t.recompute_modules)}",
+               "none": "no recompute"}[t.recompute]
+        acts = (f"activations saved for the backward tensor by tensor ({how}; "
+                f"{'FP8' if s.workload.gemm_dtype == 'fp8' else 'BF16'} GEMM inputs) for the micro-batches "
+                f"in flight under the schedule")
+    return (f"{state}; {acts}; all-to-all receive buffers of the batch limit; {RESERVED_BYTES / 1e9:g} GB "
+            f"allowance for context, workspaces and fragmentation (assumed); capacity hardware.hbm_gb in GiB")
 
 
 def summarize(r: RunRecord) -> dict:
@@ -217,12 +246,10 @@ def summarize(r: RunRecord) -> dict:
             "seed": s.routing.seed,
             "flop_convention": " ".join(FLOP_CONVENTION.split()),
             "data_parallel": data_parallel_provenance(s),
-            "memory": (f"18 B per parameter (BF16 weight, FP32 grad, FP32 master + Adam moments; optimizer / DP "
-                       f"with ZeRO-1); activations saved for the backward tensor by tensor in BF16, no recompute, "
-                       f"for the micro-batches in flight; all-to-all receive buffers of the batch limit; "
-                       f"{RESERVED_BYTES / 1e9:g} GB allowance for context, workspaces and fragmentation (assumed)"),
+            "memory": memory_provenance(s),
             "parallelism": parallelism_provenance(s),
-            "not_modelled": ("expert TP > 1, FSDP (weights sharded), DualPipe's zero-bubble weight-gradient split, "
+            "not_modelled": ("expert TP > 1, FSDP with reshard_after_forward (weights sharded between uses), "
+                             "DualPipe's zero-bubble weight-gradient split, "
                              "the kernels around the GEMMs (norms, rotary, residuals, quantisation), decode"),
         },
         "epsim_version": __version__,

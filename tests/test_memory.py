@@ -53,8 +53,8 @@ def test_an_mla_moe_layer_saves_what_its_backward_reads_per_token():
     s = dsv3_stage()
     h, i, k = 7168, 2048, 8
     attention = h + 1536 + 512 + 64 + 128 * (2 * 192 + 2 * 128)  # input, latents, Q K V O
-    moe = h + k * (h + 2 * i + i + h) + 1 * (2 * i + i)  # router input, 8 routed copies, shared expert
-    expected = 2 * (2 * h + attention + moe) + 4 * 256  # BF16, plus FP32 router probabilities
+    moe = h + k * (h + 2 * i + i) + 1 * (2 * i + i)  # router input, 8 routed copies, shared expert
+    expected = 2 * (2 * h + attention + moe) + 4 * 256 + 4 * k  # BF16, FP32 router and gate probabilities
     assert activation_bytes_per_token(s, moe=True) == expected
 
 
@@ -100,3 +100,29 @@ def test_expert_tp_auto_applies_seed_4_1_and_says_what_it_found():
                       model={"moe_intermediate_size": 2_000_000, "num_shared_experts": 0},
                       workload={"tokens_per_gpu": 16, "micro_batches": 1}, pipeline={"chunks": 1})
     assert err.value.key == "parallel.expert_tp_size" and "over 2 GPUs" in err.value.rule
+
+
+def test_bf16_adam_moments_hold_8_bytes_per_parameter_and_adam_moves_22():
+    from simulator.engine.data_parallel import adam_bytes_per_param
+    fp32, bf16 = dsv3_stage(), dsv3_stage(training={"adam_moments_dtype": "bf16"})
+    assert memory_per_gpu(bf16).optimizer == pytest.approx(memory_per_gpu(fp32).optimizer * 8 / 12)
+    assert adam_bytes_per_param(fp32) == 30 and adam_bytes_per_param(bf16) == 22
+
+
+def test_deepseeks_own_layout_fits_an_h800_only_with_its_memory_savings():
+    """DeepSeek-V3 on 2048 H800 (PP 16 DualPipe, EP 64, ZeRO-1, 120 micro-batches): its report's
+    recompute, FP8 caching and BF16 moments are what make the 61 layers fit 80 GiB."""
+    from pathlib import Path
+
+    import yaml
+
+    from simulator.scenario.load import build_scenario
+    data = yaml.safe_load(Path("benchmarks/deepseek-v3-2048-h800-dualpipe.yaml").read_text())
+    mem = memory_per_gpu(build_scenario(data))
+    assert mem.peak < mem.capacity == 80 * 2**30
+    plain = {**data, "training": {k: v for k, v in data["training"].items()
+                                  if k not in ("recompute", "recompute_modules", "adam_moments_dtype")},
+             "workload": {**data["workload"], "gemm_dtype": "bf16"}}
+    with pytest.raises(ScenarioError) as err:
+        build_scenario(plain)
+    assert "training.recompute" in str(err.value) and "the biggest is activations" in str(err.value)

@@ -224,3 +224,17 @@ def test_dualpipe_sums_the_gradients_of_a_stages_two_copies_between_mirror_ranks
     params = sum(b.num_params for b in run.programs[0].buckets)
     # a ring of two: each GPU sends its whole FP32 gradient once
     assert mirror[0].nvlink_bytes_per_gpu.tolist() == pytest.approx([params * 4] * 2)
+
+
+def test_with_zero1_dualpipe_mirrors_only_the_shard_each_gpu_updates():
+    s = make_scenario(hardware={"nodes": 2, "gpus_per_node": 4}, model={"num_layers": 4},
+                      parallel={"ep_size": 2, "pp_size": 2, "pp_schedule": "dualpipe"},
+                      training={"distributed_optimizer": True}, workload={"micro_batches": 4}, pipeline={"chunks": 1})
+    run = Run(s)
+    record = run.simulate()
+    mirror = [c for c in record.collectives.values() if c.kind == "mirror_grad_allreduce"]
+    buckets = run.programs[0].buckets
+    shard = sum(b.num_params / {"dense": 4, "expert": 2}[b.family] for b in buckets)  # dense DP 4, expert DP 2
+    sent = mirror[0].nvlink_bytes_per_gpu + mirror[0].ib_bytes_per_gpu
+    assert sent.tolist() == pytest.approx([shard * 4] * 2)
+    assert shard < sum(b.num_params for b in buckets) / 2

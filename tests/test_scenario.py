@@ -256,7 +256,7 @@ def test_hardware_preset_field_can_be_overridden_keeping_the_others():
     s = build_scenario(scenario_dict({"hardware.peak_bf16_tflops": 500}))
     assert s.cluster.gpu.peak_bf16_flop_per_s == pytest.approx(5e14)
     assert s.cluster.gpu.peak_fp8_flop_per_s == pytest.approx(8e14)  # h100-seed's own value
-    assert s.cluster.gpu.hbm_bytes == pytest.approx(64e9)
+    assert s.cluster.gpu.hbm_bytes == pytest.approx(64 * 2**30)
     assert s.hardware_preset == "h100-seed"
 
 
@@ -291,7 +291,7 @@ def test_yaml_units_are_converted_to_si():
     assert s.cluster.nvlink.bandwidth_bytes_per_s == pytest.approx(450e9)
     assert s.cluster.ib.bandwidth_bytes_per_s == pytest.approx(50e9)
     assert s.cluster.gpu.peak_bf16_flop_per_s == pytest.approx(4e14)
-    assert s.cluster.gpu.hbm_bytes == pytest.approx(80e9)
+    assert s.cluster.gpu.hbm_bytes == pytest.approx(80 * 2**30)
     assert s.cluster.gpu.hbm_bytes_per_s == pytest.approx(3.35e12)
     assert s.cluster.nvlink.latency_s == pytest.approx(3.33e-6)
 

@@ -6,12 +6,16 @@ import numpy as np
 
 from simulator.engine.program import Program
 from simulator.scenario import Scenario
-from simulator.scenario.memory import optimizer_shards
+from simulator.scenario.memory import MASTER_BYTES, WEIGHT_BYTES, optimizer_shards
+from simulator.wire import ELEMENT_BYTES
 
-# Adam over one parameter (Megatron's fused multi-tensor Adam, memory-bound): read the FP32 main
-# grad, master weight and both moments (4 x 4 B), write master weight and moments (3 x 4 B) and
-# the BF16 model weight (2 B).
-ADAM_BYTES_PER_PARAM = 30
+
+def adam_bytes_per_param(s: Scenario) -> int:
+    """Bytes Adam moves per parameter (Megatron's fused multi-tensor Adam, memory-bound): read the
+    main grad, the FP32 master weight and both moments, write master weight and moments and the
+    BF16 model weight: 30 B with FP32 grads and moments, 22 B with BF16 moments."""
+    moments = 2 * ELEMENT_BYTES[s.training.adam_moments_dtype]
+    return ELEMENT_BYTES[s.training.grad_reduce_dtype] + 2 * (MASTER_BYTES + moments) + WEIGHT_BYTES
 
 
 class DataParallel:
@@ -39,12 +43,16 @@ class DataParallel:
         self.gathers_before_forward = (self.distributed and s.training.grad_overlap
                                        and s.pipeline.overlap == "three_stream")
         self.comm_sms = s.cluster.nccl_sms
+        self.adam_bytes = adam_bytes_per_param(s)
 
     def group_of(self, group: str, gpu: int) -> tuple[int, int, np.ndarray]:
         g, rank = self.index[group][gpu]
         return int(g), int(rank), self.groups[group][g]
 
+    def shard_params(self, program: Program) -> float:
+        """The parameters this GPU updates: its shard of each family with ZeRO-1, else all it holds."""
+        return sum(b.num_params / self.shards[b.family] for b in program.buckets)
+
     def optimizer_s(self, compute, program: Program) -> float:
-        """Adam over the parameters this GPU updates: its shard of each family with ZeRO-1."""
-        params = sum(b.num_params / self.shards[b.family] for b in program.buckets)
-        return compute.memory_s(params * ADAM_BYTES_PER_PARAM)
+        """Adam over the parameters this GPU updates."""
+        return compute.memory_s(self.shard_params(program) * self.adam_bytes)

@@ -230,7 +230,10 @@ class Run:
     def work_s(self, op: Op, group: int, local: int, mb: int, chunk: int) -> float:
         """Seconds of a kernel at full SM rate."""
         if op.op == "experts":
-            fwd = float(self.workload.expert_work_s[group, op.moe_layer, mb, chunk][local])
+            key = (group, op.moe_layer, mb, chunk)
+            fwd = float(self.workload.expert_work_s[key][local])
+            if op.backward and self.workload.expert_rerun_s:
+                return fwd * BACKWARD_FACTOR + float(self.workload.expert_rerun_s[key][local])
         else:
             dense = self.dense[chunk]
             if op.op == "attention" and self.s.model.is_sliding(op.layer):
@@ -298,14 +301,15 @@ class Run:
 
     def mirror_allreduce(self, gpu: int, program: Program):
         """DualPipe: sum the gradients of the two copies of each stage between rank r and rank
-        p-1-r (the rank's whole parameters, a ring of two)."""
+        p-1-r (a ring of two): the rank's whole gradients, or with ZeRO-1 the shard it updates,
+        which its DP reduce-scatter has already summed over the replicas."""
         p = self.s.parallel.pp_size
         group, rank = self.pp_where[gpu]
         mirror = int(self.ranks.pp_groups[group][p - 1 - rank])
         pair = np.array(sorted((gpu, mirror)))
         kind = COLLECTIVES["mirror_grad_allreduce"]
         coll = self.ring(CollectiveId(kind.name, int(group), int(min(rank, p - 1 - rank)), -1, -1), pair,
-                         lambda: sum(b.num_params for b in program.buckets) * ELEMENT_BYTES[kind.wire_dtype(self.s)])
+                         lambda: self.dp.shard_params(program) * ELEMENT_BYTES[kind.wire_dtype(self.s)])
         op = OpId(-1, "mirror_grad_allreduce", UPDATE, -1, -1)
         index = int(np.nonzero(pair == gpu)[0][0])
         yield from self.gpus[gpu].communicate(DP_COMM, None, lambda: coll.arrive(index), self.dp.comm_sms, op)

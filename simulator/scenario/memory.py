@@ -5,11 +5,11 @@ Optimizer": BF16 parameters with FP32 gradients take 18 B, or 6 + 12/d with the 
 optimizer over d data-parallel ranks):
     weights      2 B    BF16
     gradients    4 B    FP32 main-grad buffer (2 B when training.grad_reduce_dtype is bf16)
-    optimizer   12 B    FP32 master weight and Adam's two moments, / DP size with ZeRO-1
+    optimizer   12 B    FP32 master weight and Adam's two moments (8 B with BF16 moments), / DP size with ZeRO-1
 Dense parameters shard over dense DP, expert parameters over expert DP.
 
-Activations: the tensors a layer saves for its backward, per token, counted kernel by kernel in
-BF16 (activation_bytes_per_token), times the tokens of every micro-batch in flight under the
+Activations: the tensors a layer saves for its backward, per token, counted tensor by tensor
+(saved_tensors: BF16, FP8 for FP8 GEMM inputs, less what selective recompute re-runs), times the tokens of every micro-batch in flight under the
 schedule; with full recompute only each layer's BF16 input, plus one layer's whole activations
 while it is re-run. Prefill saves nothing: one layer's working set.
 
@@ -28,7 +28,13 @@ from simulator.wire import ELEMENT_BYTES
 
 WEIGHT_BYTES = 2
 GRAD_BYTES = ELEMENT_BYTES  # the main-grad buffer holds grads in training.grad_reduce_dtype
-OPTIMIZER_BYTES = 12
+MASTER_BYTES = 4  # FP32 master weight
+
+
+def optimizer_bytes(s: Scenario) -> int:
+    """Optimizer state per parameter: the FP32 master weight and Adam's two moments (12 B; 8 B with
+    BF16 moments, as DeepSeek-V3 trains)."""
+    return MASTER_BYTES + 2 * ELEMENT_BYTES[s.training.adam_moments_dtype]
 PREFILL_WEIGHT_BYTES = 2  # serving holds BF16 weights only
 RESERVED_BYTES = 3e9  # assumption: CUDA context ~0.5 GB, cuBLAS/NCCL workspaces and buffers, fragmentation
 ACT_BYTES = 2  # BF16 activations
@@ -68,28 +74,66 @@ def local_params(s: Scenario, rank: int | None = None) -> dict[str, int]:
             "expert": experts_per_gpu(s) * moe * m.expert_params}
 
 
-def activation_bytes_per_token(s: Scenario, moe: bool) -> float:
-    """Bytes one token's layer keeps for the backward (no recompute), tensor by tensor."""
-    m, a = s.model, s.model.attention
-    h = m.hidden_size
-    elems = 2 * h  # the two norms' inputs (residual stream)
+FP8_SAVED_BYTES = 1 + 4 / 128  # an FP8 GEMM input kept for its backward: E4M3 with an FP32 scale per 1x128 tile
+
+
+def saved_tensors(s: Scenario, moe: bool) -> list[tuple[str, int, float]]:
+    """(tensor, elements per token, bytes per element) a layer keeps for its backward, tensor by
+    tensor, under the scenario's selective recompute modules and GEMM precision.
+
+    The input of an FP8 GEMM is kept in FP8 (what Transformer Engine and DeepSeek-V3, report
+    3.3.2, cache for the weight gradient); everything else in BF16, router probabilities in FP32.
+    A recompute module's outputs are not kept: layernorm (both norms' outputs; re-run from the
+    residual), mla_up_proj (Q, K, V; re-run from the latents), moe_act (the SwiGLU output; re-run
+    from its input; in FP8 training its input is then cached in FP8, as DeepSeek-V3 does). core_attn
+    keeps no more than FlashAttention, which recomputes its scores anyway. Not modelled: DeepSeek's
+    E5M6 format for the output projection's input (FP8 here)."""
+    m, a, h = s.model, s.model.attention, s.model.hidden_size
+    modules = set(s.training.recompute_modules) if s.training.recompute == "selective" else set()
+    gemm_in = FP8_SAVED_BYTES if s.workload.gemm_dtype == "fp8" else ACT_BYTES
+    keep_norm_out = "layernorm" not in modules
+    # DeepSeek-V3 (3.3.2) caches the SwiGLU input in FP8 when it re-runs the SwiGLU (moe_act) in FP8 training
+    swiglu_in = FP8_SAVED_BYTES if gemm_in == FP8_SAVED_BYTES and "moe_act" in modules else ACT_BYTES
+    out = [("norm inputs (residual stream)", 2 * h, ACT_BYTES)]
     if s.workload.scope == "model":
-        elems += h  # attention input (norm output), read again by the projections' backward
+        if keep_norm_out:
+            out.append(("attention input (norm output)", h, gemm_in))
         if a.kind == "mla":
             qk = a.qk_nope_head_dim + a.qk_rope_head_dim
-            elems += a.q_lora_rank + a.kv_lora_rank + a.qk_rope_head_dim  # latents into the up-projections
-            elems += a.num_heads * (2 * qk + 2 * a.v_head_dim)  # Q, K, V and O for FlashAttention's backward
+            out += [("MLA latents (up-projection inputs)", a.q_lora_rank + a.kv_lora_rank, gemm_in),
+                    ("rotary key", a.qk_rope_head_dim, ACT_BYTES)]
+            if "mla_up_proj" not in modules:
+                out.append(("Q, K, V for FlashAttention's backward", a.num_heads * (2 * qk + a.v_head_dim), ACT_BYTES))
+            out.append(("attention output (output-projection input)", a.num_heads * a.v_head_dim, gemm_in))
         else:
-            elems += (2 * a.num_heads + 2 * a.num_kv_heads) * a.head_dim  # Q, K, V, O
+            out += [("Q, K, V for FlashAttention's backward", (a.num_heads + 2 * a.num_kv_heads) * a.head_dim, ACT_BYTES),
+                    ("attention output (output-projection input)", a.num_heads * a.head_dim, gemm_in)]
     if not moe:
         i = m.dense_intermediate_size
-        return ACT_BYTES * (elems + h + 2 * i + i)  # FFN input, gate/up output, SwiGLU output
-    i = m.moe_intermediate_size
-    elems += h  # router input
-    per_copy = h + 2 * i + i + h  # permuted input, gate/up output, SwiGLU output, output (gate-weight grad)
-    elems += m.top_k * per_copy + m.num_shared_experts * (2 * i + i)
-    router_fp32 = 4 * m.num_experts  # router probabilities, FP32
-    return ACT_BYTES * elems + router_fp32
+        if keep_norm_out:
+            out.append(("FFN input (norm output)", h, gemm_in))
+        return out + [("gate/up output (SwiGLU input)", 2 * i, ACT_BYTES), ("SwiGLU output", i, gemm_in)]
+    i, k, shared = m.moe_intermediate_size, m.top_k, m.num_shared_experts
+    if keep_norm_out:
+        out.append(("router and shared-expert input (norm output)", h, ACT_BYTES))
+    out += [("routed copies: permuted input", k * h, gemm_in),
+            ("routed copies: gate/up output (SwiGLU input)", k * 2 * i, swiglu_in),
+            # Megatron-Core multiplies the gate probabilities into the SwiGLU output (weighted
+            # SwiGLU), so their gradient needs the SwiGLU output and each copy's probability, not
+            # the expert's output
+            ("routed copies: gate probabilities", k, 4)]
+    if "moe_act" not in modules:
+        out.append(("routed copies: SwiGLU output", k * i, gemm_in))
+    if shared:
+        out.append(("shared experts: gate/up output", shared * 2 * i, swiglu_in))
+        if "moe_act" not in modules:
+            out.append(("shared experts: SwiGLU output", shared * i, gemm_in))
+    return out + [("router probabilities", m.num_experts, 4)]
+
+
+def activation_bytes_per_token(s: Scenario, moe: bool) -> float:
+    """Bytes one token's layer keeps for the backward (no full recompute), tensor by tensor."""
+    return sum(elems * nbytes for _, elems, nbytes in saved_tensors(s, moe))
 
 
 def logits_bytes(s: Scenario, layers=None) -> float:
@@ -183,7 +227,7 @@ def _state_memory(s: Scenario, params: dict[str, int], activations: float, buffe
     if s.workload.mode != "train":
         return Memory(total * PREFILL_WEIGHT_BYTES, 0.0, 0.0, activations, RESERVED_BYTES, capacity, buffers)
     shards = optimizer_shards(s)
-    optimizer = sum(OPTIMIZER_BYTES * n / shards[family] for family, n in params.items())
+    optimizer = sum(optimizer_bytes(s) * n / shards[family] for family, n in params.items())
     return Memory(total * WEIGHT_BYTES, total * GRAD_BYTES[s.training.grad_reduce_dtype], optimizer, activations,
                   RESERVED_BYTES, capacity, buffers)
 
@@ -242,7 +286,7 @@ def auto_expert_tp(s: Scenario) -> dict:
     n = params["expert"] or 1
     experts_state = (mem.weights + mem.gradients) * params["expert"] / max(sum(params.values()), 1)
     if s.workload.mode == "train":
-        experts_state += OPTIMIZER_BYTES * params["expert"] / optimizer_shards(s)["expert"]
+        experts_state += optimizer_bytes(s) * params["expert"] / optimizer_shards(s)["expert"]
     one_expert = experts_state / (n / s.model.expert_params)
     left = mem.capacity - (mem.before_buffers - experts_state)
     # nothing left at all: no split helps, and the memory rule names the biggest term instead

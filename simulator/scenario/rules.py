@@ -1,6 +1,7 @@
 """Rules a scenario's layout must obey; each broken rule is a ScenarioError naming key, value and rule."""
 from __future__ import annotations
 
+from hardware.units import GIB
 from simulator.errors import ScenarioError
 from simulator.scenario.memory import Memory, auto_expert_tp, key_to_change, memory_per_gpu
 from simulator.scenario.schema import Scenario
@@ -13,8 +14,8 @@ def check_tensor_parallel(s: Scenario) -> None:
         if auto["expert_tp_size"] != 1:
             raise ScenarioError("parallel.expert_tp_size", "auto",
                                 f"seed 4.1 splits each expert over {auto['expert_tp_size']} GPUs (one expert with "
-                                f"its gradients and optimizer share: {auto['expert_bytes'] / 1e9:.1f} GB; memory left: "
-                                f"{auto['available_bytes'] / 1e9:.1f} GB); expert TP > 1 is not simulated in this version")
+                                f"its gradients and optimizer share: {auto['expert_bytes'] / GIB:.1f} GiB; memory left: "
+                                f"{auto['available_bytes'] / GIB:.1f} GiB); expert TP > 1 is not simulated in this version")
     elif s.parallel.expert_tp_size != 1:
         raise ScenarioError("parallel.expert_tp_size", s.parallel.expert_tp_size,
                             "not simulated in this version; supported today: 1 (experts whole on one GPU), auto")
@@ -62,6 +63,19 @@ def check_pipeline(s: Scenario) -> None:
                                 f"the interleaved schedule needs a multiple of parallel.pp_size={p} (Megatron-Core)")
 
 
+def check_recompute(s: Scenario) -> None:
+    t = s.training
+    modules = list(t.recompute_modules)
+    if "recompute_modules" in t.model_fields_set and t.recompute != "selective":
+        raise ScenarioError("training.recompute_modules", modules,
+                            f"lists what selective recompute re-runs: needs training.recompute=selective, not {t.recompute}")
+    if len(set(modules)) != len(modules):
+        raise ScenarioError("training.recompute_modules", modules, "lists each module once")
+    if "mla_up_proj" in modules and t.recompute == "selective" and s.model.attention.kind != "mla":
+        raise ScenarioError("training.recompute_modules", modules,
+                            f"mla_up_proj re-runs MLA's up-projections; model.attention.kind is {s.model.attention.kind}")
+
+
 def check_layout(s: Scenario) -> None:
     ep = s.parallel.ep_size
     gpus = s.num_gpus
@@ -69,6 +83,7 @@ def check_layout(s: Scenario) -> None:
     m = s.model
     check_tensor_parallel(s)
     check_pipeline(s)
+    check_recompute(s)
     if gpus % ep:
         raise ScenarioError("parallel.ep_size", ep, f"must divide the {gpus} GPUs (hardware.nodes x gpus_per_node)")
     stage = gpus // s.parallel.pp_size
@@ -129,10 +144,10 @@ def check_layout(s: Scenario) -> None:
     mem = memory_per_gpu(s)
     if mem.before_buffers > mem.capacity:
         key, value = key_to_change(s, mem)
-        terms = ", ".join(f"{t} {getattr(mem, t) / 1e9:.1f}" for t in Memory.TERMS if t != "buffers")
+        terms = ", ".join(f"{t} {getattr(mem, t) / GIB:.1f}" for t in Memory.TERMS if t != "buffers")
         raise ScenarioError(
             key, value,
-            f"does not fit memory: {mem.before_buffers / 1e9:.1f} GB per GPU before all-to-all buffers "
-            f"({terms} GB; the biggest is {mem.biggest}) at ep_size={ep} exceeds "
-            f"hardware.hbm_gb={mem.capacity / 1e9:g}; rule: memory per GPU <= HBM; change {key}"
+            f"does not fit memory: {mem.before_buffers / GIB:.1f} GiB per GPU before all-to-all buffers "
+            f"({terms} GiB; the biggest is {mem.biggest}) at ep_size={ep} exceeds "
+            f"hardware.hbm_gb={mem.capacity / GIB:g} (GiB); rule: memory per GPU <= HBM; change {key}"
             f"{' (with more hardware.nodes)' if key == 'parallel.ep_size' and ep == gpus else ''}")

@@ -123,11 +123,20 @@ class NetworkSection(_Section):
     comm_sms: int = Field(default=20, ge=0)
 
 
+RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "moe_act")
+
+
 class TrainingSection(_Section):
     """How gradients and parameters are synchronised (Megatron-Core DDP and distributed optimizer)."""
     # full: each layer keeps only its input and re-runs its forward in the backward; selective:
-    # Megatron-Core's default module (core attention), which FlashAttention already recomputes
+    # the modules of recompute_modules are re-run in the backward and their outputs not kept
     recompute: Literal["none", "selective", "full"] = "none"
+    # Megatron-Core's --recompute-modules (default core_attn, which FlashAttention already
+    # recomputes); DeepSeek-V3 (report 3.2.3, 3.3.2) re-runs layernorm, mla_up_proj and moe_act
+    recompute_modules: tuple[Literal[RECOMPUTE_MODULES], ...] = Field(default=("core_attn",), strict=False)
+    # Adam's two moments: fp32, or bf16 as DeepSeek-V3 keeps them (report 3.3.2; Megatron's
+    # --exp-avg-dtype / --exp-avg-sq-dtype with the precision-aware optimizer)
+    adam_moments_dtype: Literal["fp32", "bf16"] = "fp32"
     distributed_optimizer: bool = False  # ZeRO-1: optimizer state sharded over DP, grads reduce-scattered
     grad_overlap: bool = True  # bucketed grad reduction (and ZeRO-1 param all-gather) overlapped with compute
     # Megatron sets accumulate_allreduce_grads_in_fp32 for BF16 training: grads are reduced in FP32

@@ -27,6 +27,9 @@ class Workload:
     expert_gpu: np.ndarray  # expert -> GPU index inside the EP group
     traffic: dict  # (group, moe_layer, mb, chunk) -> ChunkTraffic
     expert_work_s: dict  # (group, moe_layer, mb, chunk) -> [P] forward seconds of routed experts
+    # (group, moe_layer, mb, chunk) -> [P] seconds the backward adds to BACKWARD_FACTOR x forward
+    # (moe_act recompute); empty when nothing is re-run
+    expert_rerun_s: dict
 
 
 def buffer_bytes_per_token(s) -> float:
@@ -75,7 +78,8 @@ def build_workload(s, compute: RooflineCompute) -> Workload:
     expert_gpu = place(s.placement.strategy, m.num_experts, p)
     local = np.arange(p)
     on_gpu = [np.nonzero(expert_gpu == g)[0] for g in range(p)]
-    traffic, work = {}, {}
+    traffic, work, rerun = {}, {}, {}
+    act_rerun = "moe_act" in recompute_modules(s)
     for group in range(s.ranks.num_ep_groups):
         member_node = s.ranks.ep_group(group).node
         expert_node = member_node[expert_gpu]
@@ -92,11 +96,28 @@ def build_workload(s, compute: RooflineCompute) -> Workload:
                     work[group, layer, mb, c] = np.array([
                         compute.expert_ffn_s(t.expert_tokens[on_gpu[g]], m.hidden_size, m.moe_intermediate_size)
                         for g in local])
+                    if act_rerun:
+                        rerun[group, layer, mb, c] = np.array([
+                            swiglu_rerun_s(s, compute, int(t.expert_tokens[on_gpu[g]].sum())) for g in local])
     sizes = [hi - lo for lo, hi in chunk_bounds(s.workload.tokens_per_gpu, num_chunks)]
-    return Workload(num_chunks, sizes, batch, rounds, expert_gpu, traffic, work)
+    return Workload(num_chunks, sizes, batch, rounds, expert_gpu, traffic, work, rerun)
 
 
 BACKWARD_FACTOR = 2.0  # backward GEMMs: input gradient + weight gradient
+
+
+def recompute_modules(s) -> set[str]:
+    """The modules selective recompute re-runs in the backward (none unless training with it)."""
+    t = s.training
+    return set(t.recompute_modules) if s.workload.mode == "train" and t.recompute == "selective" else set()
+
+
+def swiglu_rerun_s(s, compute: RooflineCompute, rows) -> float:
+    """moe_act: the SwiGLU re-run over `rows` expert rows in the backward (read gate and up, write
+    the output, BF16); nothing without it."""
+    if "moe_act" not in recompute_modules(s):
+        return 0.0
+    return compute.memory_s(rows * 3 * s.model.moe_intermediate_size * 2)
 ATTENTION_CORE_BACKWARD_FACTOR = 2.5
 
 
@@ -128,16 +149,31 @@ def dense_work_s(s, compute: RooflineCompute, num_tokens: int) -> dict[str, floa
     core = compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len), n * a.core_bytes_per_token())
     window = (compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len, sliding=True),
                                        n * a.core_bytes_per_token()) if a.sliding_window else core)
+    rerun = recompute_modules(s)
+    # selective recompute re-runs in the backward: an RMSNorm (read and write h BF16 per token) before
+    # the attention's and before the MLP's backward; MLA's up-projection GEMMs; the shared experts' SwiGLU
+    norm = compute.memory_s(2 * n * h * 2) if "layernorm" in rerun else 0.0
+    up_proj = 0.0
+    if "mla_up_proj" in rerun:
+        up_proj = compute.gemm_s(nt, a.num_heads * (a.qk_nope_head_dim + a.v_head_dim) // t, a.kv_lora_rank)
+        up_proj += (compute.gemm_s(nt, a.num_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim) // t, a.q_lora_rank)
+                    if a.q_lora_rank else 0.0)
+    router = compute.gemm_s(n, m.num_experts, h)
+    shared = (compute.expert_ffn_s(np.full(m.num_shared_experts, n), h, m.moe_intermediate_size, permute=False)
+              if m.num_shared_experts else 0.0)
+    dense_ffn = compute.expert_ffn_s(np.array([nt]), h, m.dense_intermediate_size // t, permute=False)
     return {
         "attention": proj + core,
         # FlashAttention's backward recomputes the scores: 5 matmuls against the forward's 2.
-        "attention_bwd": BACKWARD_FACTOR * proj + ATTENTION_CORE_BACKWARD_FACTOR * core,
+        "attention_bwd": BACKWARD_FACTOR * proj + ATTENTION_CORE_BACKWARD_FACTOR * core + norm + up_proj,
         "attention_window": proj + window,  # a sliding-window layer
-        "attention_window_bwd": BACKWARD_FACTOR * proj + ATTENTION_CORE_BACKWARD_FACTOR * window,
-        "router": compute.gemm_s(n, m.num_experts, h),
-        "shared": (compute.expert_ffn_s(np.full(m.num_shared_experts, n), h, m.moe_intermediate_size, permute=False)
-                   if m.num_shared_experts else 0.0),
-        "dense_ffn": compute.expert_ffn_s(np.array([nt]), h, m.dense_intermediate_size // t, permute=False),
+        "attention_window_bwd": BACKWARD_FACTOR * proj + ATTENTION_CORE_BACKWARD_FACTOR * window + norm + up_proj,
+        "router": router,
+        "router_bwd": BACKWARD_FACTOR * router + norm,
+        "shared": shared,
+        "shared_bwd": BACKWARD_FACTOR * shared + swiglu_rerun_s(s, compute, n * m.num_shared_experts),
+        "dense_ffn": dense_ffn,
+        "dense_ffn_bwd": BACKWARD_FACTOR * dense_ffn + norm,
         # gather the tokens' rows (read + write BF16); backward: scatter-add into the FP32 grad
         "embedding": compute.memory_s(2 * n * h * 2),
         "embedding_bwd": compute.memory_s(n * h * (2 + 2 * 4)),
