@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
+from hardware.safe_yaml import load_yaml_file, quote
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -13,15 +13,18 @@ def resolve_data_file(name_or_path: str, directory: Path, suffixes: tuple[str, .
     """A shipped data file by name (`h800` -> directory/h800.yaml) or a path to one; KeyError says
     what exists."""
     candidate = Path(name_or_path)
-    if candidate.suffix in suffixes:
-        if not candidate.is_file():
-            raise KeyError(f"{what} file {name_or_path!r} does not exist")
-        return candidate
-    path = directory / f"{name_or_path}{suffixes[0]}"
-    if not path.is_file():
-        valid = sorted(p.stem for p in directory.glob(f"*{suffixes[0]}"))
-        raise KeyError(f"unknown {what} {name_or_path!r}; valid: {', '.join(valid)} or a path to a {suffixes[0]} file")
-    return path
+    path = candidate if candidate.suffix in suffixes else directory / f"{name_or_path}{suffixes[0]}"
+    try:
+        found = path.is_file()
+    except (OSError, ValueError) as exc:  # a name longer than the file system allows, a NUL byte
+        why = getattr(exc, "strerror", None) or str(exc)
+        raise KeyError(f"{what} {quote(name_or_path)} cannot be looked up ({why})") from None
+    if found:
+        return path
+    if path is candidate:
+        raise KeyError(f"{what} file {quote(name_or_path)} does not exist")
+    valid = sorted(p.stem for p in directory.glob(f"*{suffixes[0]}"))
+    raise KeyError(f"unknown {what} {quote(name_or_path)}; valid: {', '.join(valid)} or a path to a {suffixes[0]} file")
 
 
 def preset_path(name_or_path: str, preset_dir: Path = PRESET_DIR) -> Path:
@@ -30,11 +33,9 @@ def preset_path(name_or_path: str, preset_dir: Path = PRESET_DIR) -> Path:
 
 
 def load_yaml_mapping(path: Path) -> dict:
-    """safe_load a YAML file that must hold a mapping. Raises ValueError with the parser's message."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"YAML syntax error in {path}: {exc}") from None
+    """Read a YAML file that must hold a mapping, within hardware.safe_yaml's limits; ValueError says
+    what is wrong without quoting the file."""
+    data = load_yaml_file(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -8,12 +8,12 @@ import copy
 from pathlib import Path
 from typing import Optional
 
-import yaml
 from pydantic import ValidationError
 
 from hardware.calibrated import calibration_path, load_calibration
 from hardware.presets import PRESET_DIR as HARDWARE_PRESET_DIR
 from hardware.presets import load_yaml_mapping, preset_path
+from hardware.safe_yaml import MAX_DEPTH, clip, parse_yaml
 from hardware.spec import cluster_from_fields
 from simulator.errors import ScenarioError
 from simulator.model import AttentionSpec, ModelSpec
@@ -57,8 +57,24 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _with_preset(section: str, user: dict, default: str, preset_dir: Path) -> dict:
-    """Merge a section's preset file (YAML data) with the user's field-by-field overrides."""
+def _written_in(user: dict, loc: tuple) -> bool:
+    """Whether the key path `loc` is one the user wrote (not one that came from a preset file)."""
+    node = user
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def _with_preset(section: str, user: dict, default: str, preset_dir: Path, model_cls):
+    """Merge a section's preset file (YAML data) with the user's field-by-field overrides and validate.
+
+    An error in a key that came from the preset file names the key but never quotes the file's
+    values: `preset:` may be any path, a symlink to a file the user could not read otherwise."""
     if not isinstance(user, dict):
         raise ScenarioError(section, user, "must be a mapping of keys")
     name = user.get("preset", default)
@@ -68,10 +84,19 @@ def _with_preset(section: str, user: dict, default: str, preset_dir: Path) -> di
         path = preset_path(name, preset_dir)
         base = load_yaml_mapping(path)
     except (KeyError, ValueError) as exc:
-        raise ScenarioError(f"{section}.preset", name, str(exc).strip("\"'")) from None
+        raise ScenarioError(f"{section}.preset", clip(name), str(exc).strip("\"'")) from None
     merged = _deep_merge(base, user)
     merged["preset"] = name
-    return merged
+    try:
+        return model_cls.model_validate(merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        if err["type"] != "missing" and not _written_in(user, err["loc"]):
+            key = ".".join([section, *map(str, err["loc"])])
+            rule = "is an unknown key" if err["type"] == "extra_forbidden" else f"is not valid ({err['msg']})"
+            raise ScenarioError(f"{section}.preset", clip(name),
+                                f"the preset file's key {clip(key)} {rule}; its value is not shown") from None
+        _raise_from_pydantic(exc, section, model_cls)
 
 
 def resolve_calibration(name: Optional[str], dtype: str) -> Optional[Path]:
@@ -94,11 +119,14 @@ def parse_override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise ScenarioError("--set", text, "must be KEY=VALUE with a dotted scenario key")
     key, raw = text.split("=", 1)
+    key = key.strip()
+    if key.count(".") >= MAX_DEPTH:
+        raise ScenarioError("--set", clip(key), f"a key of {key.count('.') + 1} dotted parts; at most {MAX_DEPTH}")
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise ScenarioError(key, raw, "the value must be valid YAML") from None
-    return key.strip(), value
+        value = parse_yaml(raw, "the value")
+    except ValueError as exc:
+        raise ScenarioError(clip(key), clip(raw), f"must be valid YAML within the limits: {exc}") from None
+    return key, value
 
 
 def apply_overrides(data: dict, overrides: list[tuple[str, object]]) -> dict:
@@ -117,12 +145,16 @@ def apply_overrides(data: dict, overrides: list[tuple[str, object]]) -> dict:
 
 def read_scenario_file(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise ScenarioError("scenario", str(path), "file does not exist")
+    try:
+        exists = path.is_file()
+    except (OSError, ValueError) as exc:  # a name longer than the file system allows, a NUL byte
+        raise ScenarioError("scenario", clip(str(path)), getattr(exc, "strerror", None) or str(exc)) from None
+    if not exists:
+        raise ScenarioError("scenario", clip(str(path)), "file does not exist")
     try:
         return load_yaml_mapping(path)
     except ValueError as exc:
-        raise ScenarioError("scenario", str(path), str(exc)) from None
+        raise ScenarioError("scenario", clip(str(path)), str(exc)) from None
 
 
 def load_scenario(path: str | Path, overrides: list[tuple[str, object]] = ()) -> Scenario:
@@ -164,10 +196,8 @@ def build_scenario(data: dict) -> Scenario:
         raise ScenarioError("name", name, "required: a non-empty string naming the scenario")
     if "hardware" not in data:
         raise ScenarioError("hardware.nodes", None, "required key is missing")
-    hw_raw = _with_preset("hardware", data["hardware"], "h100-seed", HARDWARE_PRESET_DIR)
-    hw = _validate(HardwareSection, hw_raw, "hardware")
-    model_raw = _with_preset("model", data.get("model", {}), "deepseek-v3", MODEL_PRESET_DIR)
-    msec = _validate(ModelSection, model_raw, "model")
+    hw = _with_preset("hardware", data["hardware"], "h100-seed", HARDWARE_PRESET_DIR, HardwareSection)
+    msec = _with_preset("model", data.get("model", {}), "deepseek-v3", MODEL_PRESET_DIR, ModelSection)
     if "parallel" not in data:
         raise ScenarioError("parallel.ep_size", None, "required key is missing")
     sections = {key: _validate(cls, data.get(key, {}), key) for key, cls in SECTIONS.items()}
