@@ -28,6 +28,7 @@ import numpy as np
 
 from hardware.compute import BF16_BYTES, RooflineCompute
 from hardware.presets import resolve_data_file
+from hardware.safe_yaml import quote
 from hardware.spec import GPUSpec
 
 SCHEMA = "epsim-calibration/2"
@@ -182,30 +183,92 @@ def calibration_path(name_or_path: str) -> Path:
     return resolve_data_file(name_or_path, CALIBRATION_DIR, (".json",), "calibration")
 
 
+MAX_CALIBRATION_BYTES = 16 << 20  # a measured file is ~0.3 MB
+# Physical ranges of a fit's numbers (what the rule in an error says): rates past any device's,
+# times past any kernel's are not a calibration.
+RATE = (1e3, 1e18, "a finite rate in [1e3, 1e18] per second")
+TIME_S = (0.0, 1.0, "a finite time in [0, 1] s")
+PER_UNIT_S = (0.0, 1e-3, "a finite cost in [0, 1e-3] s per unit")
+BYTES = (1.0, 1e15, "a finite size in [1, 1e15] bytes")
+RANGE_KEYS = ("tokens_per_expert", "hidden_size", "intermediate_size", "gemm_m", "gemm_nk")
+
+
+def _check_number(path: Path, key: str, value, bounds: tuple) -> None:
+    lo, hi, rule = bounds
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ValueError(f"calibration {path}: {key} = {quote(value)}: must be {rule}")
+
+
+def _check_terms(path: Path, key: str, terms: dict, names: tuple) -> None:
+    if not isinstance(terms, dict):
+        raise ValueError(f"calibration {path}: {key} = {quote(terms)}: must be a mapping of {', '.join(names)}")
+    missing = [f"{key}.{t}" for t in names if t not in terms]
+    if missing:
+        raise ValueError(f"calibration {path}: lacks {', '.join(missing)}")
+    for t in names:
+        _check_number(path, f"{key}.{t}", terms[t], TIME_S if t.endswith("overhead_s") else PER_UNIT_S)
+    if terms["s_per_flop"] + terms["s_per_flop_sqrt_m"] <= 0:
+        raise ValueError(f"calibration {path}: {key}.s_per_flop = {terms['s_per_flop']!r} and s_per_flop_sqrt_m = "
+                         f"{terms['s_per_flop_sqrt_m']!r}: one must be > 0 (FLOPs take time)")
+
+
+def _check_fit(path: Path, name: str, fit) -> None:
+    """Schema, types and physical ranges of one dtype's fit; ValueError names file, key, value, rule."""
+    key = f"fits.{name}"
+    if name not in ELEMENT_BYTES:
+        raise ValueError(f"calibration {path}: {key}: unknown dtype; valid: {', '.join(ELEMENT_BYTES)}")
+    if not isinstance(fit, dict) or fit.get("form") not in ("additive", "roofline"):
+        raise ValueError(f"calibration {path}: {key} must have form 'additive' or 'roofline'")
+    needed = {"additive": ("gemm", "expert_block", "valid_range", "best_gemm_flop_per_s"),
+              "roofline": ("flop_per_s", "bytes_per_s", "overhead_s")}[fit["form"]]
+    missing = [f"{key}.{k}" for k in needed if k not in fit]
+    if missing:
+        raise ValueError(f"calibration {path}: lacks {', '.join(missing)}")
+    if fit["form"] == "roofline":
+        _check_number(path, f"{key}.flop_per_s", fit["flop_per_s"], RATE)
+        _check_number(path, f"{key}.bytes_per_s", fit["bytes_per_s"], RATE)
+        _check_number(path, f"{key}.overhead_s", fit["overhead_s"], TIME_S)
+        return
+    _check_terms(path, f"{key}.gemm", fit["gemm"], GEMM_TERMS)
+    _check_terms(path, f"{key}.expert_block", fit["expert_block"], BLOCK_TERMS)
+    _check_number(path, f"{key}.best_gemm_flop_per_s", fit["best_gemm_flop_per_s"], RATE)
+    if fit.get("page_fault_threshold_bytes") is not None:
+        _check_number(path, f"{key}.page_fault_threshold_bytes", fit["page_fault_threshold_bytes"], BYTES)
+    ranges = fit["valid_range"]
+    for r in RANGE_KEYS:
+        pair = ranges.get(r) if isinstance(ranges, dict) else None
+        if (not isinstance(pair, list) or len(pair) != 2
+                or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in pair)
+                or not 0 < pair[0] <= pair[1] <= 1e15):
+            raise ValueError(f"calibration {path}: {key}.valid_range.{r} = {quote(pair)}: must be [low, high] "
+                             "with 0 < low <= high <= 1e15")
+
+
 def load_calibration(path: Path, dtype: str | None = None) -> dict:
-    """Read and check a calibration file; ValueError names what is wrong (and the dtypes it has)."""
+    """Read and check a calibration file; ValueError names the file, the key, the value and the rule
+    (and the dtypes it has)."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read calibration {path}: {exc}") from None
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CALIBRATION_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read calibration {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CALIBRATION_BYTES:
+        raise ValueError(f"calibration {path} is larger than {MAX_CALIBRATION_BYTES:,} bytes; "
+                         f"rule: at most {MAX_CALIBRATION_BYTES:,}")
+    try:
+        data = json.loads(raw)  # NaN and Infinity parse; the range checks reject them by key
     except json.JSONDecodeError as exc:
         raise ValueError(f"calibration {path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit integer, nesting past the parser's stack
+        why = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
+        raise ValueError(f"calibration {path} is not a valid calibration: {why}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ValueError(f"{path} is not an epsim calibration file (expected schema {SCHEMA!r})")
     fits = data.get("fits")
     if not isinstance(fits, dict) or not fits:
         raise ValueError(f"calibration {path} has no fitted parameters ('fits')")
     for name, fit in fits.items():
-        if not isinstance(fit, dict) or fit.get("form") not in ("additive", "roofline"):
-            raise ValueError(f"calibration {path}: fits.{name} must have form 'additive' or 'roofline'")
-        needed = {"additive": ("gemm", "expert_block", "valid_range", "best_gemm_flop_per_s"),
-                  "roofline": ("flop_per_s", "bytes_per_s", "overhead_s")}[fit["form"]]
-        missing = [key for key in needed if key not in fit]
-        if fit["form"] == "additive" and not missing:
-            missing = [f"{part}.{term}" for part, terms in (("gemm", GEMM_TERMS), ("expert_block", BLOCK_TERMS))
-                       for term in terms if term not in fit[part]]
-        if missing:
-            raise ValueError(f"calibration {path}: fits.{name} lacks {', '.join(missing)}")
+        _check_fit(path, name, fit)
     if dtype is not None and dtype not in fits:
         raise ValueError(f"calibration {path} was made for {', '.join(sorted(fits))}, not {dtype}")
     return data

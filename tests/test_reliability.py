@@ -1,12 +1,14 @@
 """Hostile input and interrupted runs (issue 16): bounded YAML, validated calibration files, safe
 output paths and messages, file sets that a kill leaves whole, deterministic sweep tables, a
 calibrate that never replaces a file unasked, and Ctrl-C without a traceback."""
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
 import run_sim
+from hardware.calibrated import CALIBRATION_DIR, load_calibration
 from hardware.presets import PRESET_DIR
 from simulator.errors import ScenarioError
 from simulator.scenario import build_scenario, load_scenario, parse_override
@@ -149,3 +151,78 @@ def test_a_syntax_error_in_a_preset_file_does_not_quote_its_line(tmp_path):
     path.write_text("secret_line: [hunter2-do-not-print\nother: 1\n")
     err = rejects({**TINY, "hardware": {"preset": str(path), "nodes": 2}}, "hardware.preset", "line 2")
     assert "hunter2" not in str(err)
+
+
+# -- 3. calibration files are validated -------------------------------------------------------------
+def calibration_copy(tmp_path: Path, name: str, change) -> Path:
+    data = json.loads((CALIBRATION_DIR / f"{name}.json").read_text())
+    change(data)
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _set(path: str, value):
+    def change(data):
+        *parents, last = path.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return change
+
+
+@pytest.mark.parametrize("name, key, value, rule", [
+    ("h100-sxm", "fits.bf16.bytes_per_s", 0, "finite rate"),
+    ("h100-sxm", "fits.bf16.flop_per_s", "1e15", "finite rate"),
+    ("h100-sxm", "fits.fp8.overhead_s", 1e300, "[0, 1] s"),
+    ("h100-sxm", "fits.fp8.overhead_s", float("inf"), "finite"),
+    ("h100-sxm", "fits.bf16.flop_per_s", True, "finite rate"),
+    ("cpu-local", "fits.fp32.gemm.s_per_act_byte", None, "lacks"),
+    ("cpu-local", "fits.fp32.gemm.overhead_s", -1e-6, "[0, 1] s"),
+    ("cpu-local", "fits.fp32.expert_block.s_per_act_byte", "fast", "finite cost"),
+    ("cpu-local", "fits.fp32.best_gemm_flop_per_s", 0.0, "finite rate"),
+    ("cpu-local", "fits.fp32.valid_range.gemm_m", [64, 1], "0 < low <= high"),
+    ("cpu-local", "fits.fp32.page_fault_threshold_bytes", 0, "finite size"),
+], ids=["zero-bandwidth", "string-rate", "1e300-overhead", "inf", "bool", "missing-term", "negative",
+        "string-term", "zero-best-rate", "inverted-range", "zero-threshold"])
+def test_a_bad_calibration_number_is_rejected_naming_file_key_value_and_rule(tmp_path, name, key, value, rule):
+    if value is None:  # a term of the wrong part: gemm has no s_per_act_byte, so delete a real one
+        change = (lambda data: data["fits"]["fp32"]["gemm"].pop("s_per_flop"))
+        key = "fits.fp32.gemm.s_per_flop"
+    else:
+        change = _set(key, value)
+    path = calibration_copy(tmp_path, name, change)
+    with pytest.raises(ValueError) as info:
+        load_calibration(path)
+    message = str(info.value)
+    for word in (str(path), key, rule):
+        assert word in message, f"{word!r} missing from {message!r}"
+
+
+def test_nan_in_a_calibration_file_is_rejected_naming_the_key(tmp_path):
+    path = tmp_path / "cal.json"
+    text = (CALIBRATION_DIR / "h100-sxm.json").read_text()
+    path.write_text(text.replace('"overhead_s": 4e-6', '"overhead_s": NaN', 1))
+    with pytest.raises(ValueError, match=r"fits.bf16.overhead_s = nan: must be a finite time"):
+        load_calibration(path)
+
+
+def test_a_fit_where_flops_cost_nothing_is_rejected(tmp_path):
+    def change(data):
+        data["fits"]["fp32"]["gemm"].update(s_per_flop=0.0, s_per_flop_sqrt_m=0.0)
+    with pytest.raises(ValueError, match="FLOPs take time"):
+        load_calibration(calibration_copy(tmp_path, "cpu-local", change))
+
+
+def test_a_calibration_with_zeros_exits_2_naming_the_file(tmp_path, capsys):
+    cal = calibration_copy(tmp_path, "h100-sxm", _set("fits.bf16.bytes_per_s", 0))
+    scenario = write_yaml(tmp_path / "t.yaml", {**TINY, "hardware": {"preset": "h100-sxm", "nodes": 2,
+                                                                      "gpus_per_node": 4, "calibration": str(cal)}})
+    code, _, err = cli(capsys, scenario, "--out", tmp_path / "out")
+    assert_clean_exit_2(code, err, "hardware.calibration", str(cal), "fits.bf16.bytes_per_s = 0")
+
+
+def test_the_shipped_calibrations_pass_their_checks():
+    for path in CALIBRATION_DIR.glob("*.json"):
+        assert load_calibration(path)["fits"]
