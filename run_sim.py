@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import signal
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_SCENARIO = ROOT / "scenarios" / "default.yaml"
+RUNS_DIR = Path("runs")
 
 
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def default_out(name: str) -> Path:
+    """runs/<name>, the name made one plain folder name: no separators, no leading dot, at most 100
+    characters, so `name: ../../x` or an absolute name cannot write outside runs/."""
+    return RUNS_DIR / (re.sub(r"[^A-Za-z0-9_.=+-]+", "-", name).strip(".-")[:100] or "scenario")
 
 
 def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> None:
@@ -27,7 +36,7 @@ def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> No
 # -- run ------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from reports.table import print_summary
-    from reports.trace import DEFAULT_EVENT_LIMIT, estimate_slices, write_trace
+    from reports.trace import DEFAULT_EVENT_LIMIT, estimate_slices, trace_text
     from simulator.api import simulate_scenario
     from simulator.errors import ScenarioError
     from simulator.results import write_run_files
@@ -40,17 +49,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     if args.trace_gpus < 1:
         return fail(f"--trace-gpus = {args.trace_gpus}: must be >= 1")
-    out = Path(args.out) if args.out else Path("runs") / scenario.name
+    out = Path(args.out) if args.out else default_out(scenario.name)
     if out.exists() and not out.is_dir():
         return fail(f"--out = {str(out)!r}: must be a folder, not an existing file")
     summary, rows, result = simulate_scenario(scenario)
+    num_slices = estimate_slices(result, args.trace_gpus)
+    # --trace forces it, --no-trace skips it; by default only traces under the size limit
+    trace = (trace_text(result, args.trace_gpus)
+             if args.trace or (args.trace is None and num_slices <= DEFAULT_EVENT_LIMIT) else None)
     try:
-        files = write_run_files(out, summary, rows)
-        num_slices = estimate_slices(result, args.trace_gpus)
-        # --trace forces it, --no-trace skips it; by default only traces under the size limit
-        if args.trace or (args.trace is None and num_slices <= DEFAULT_EVENT_LIMIT):
-            files["trace"] = write_trace(out / "trace.json", result, args.trace_gpus)
-        elif args.trace is None:
+        files = write_run_files(out, summary, rows, trace)  # one set: an old trace.json goes with the old summary
+        if trace is None and args.trace is None:
             files["trace"] = (f"skipped: {num_slices:,} slices > {DEFAULT_EVENT_LIMIT:,} "
                               f"(--trace forces it, --trace-gpus N samples fewer GPUs)")
     except OSError as exc:
@@ -87,13 +96,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         return fail(str(exc))
     name = next((p.data["name"] for p in points if isinstance(p.data.get("name"), str)), Path(args.scenario).stem)
-    out = Path(args.out) if args.out else Path("runs") / name
+    out = Path(args.out) if args.out else default_out(name)
     if out.exists() and not out.is_dir():
         return fail(f"--out = {str(out)!r}: must be a folder, not an existing file")
 
     axis_keys = [a.key for a in axes]
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    console = Console(stderr=True, markup=False)  # names and values are the user's text, not markup
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("simulating", total=None)
 
@@ -112,11 +121,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             result = sweep.run_sweep(points, out, args.executor, args.jobs, args.address, on_start, on_point)
         except ScenarioError as exc:
             return fail(str(exc))
+        except OSError as exc:
+            return fail(f"--out = {str(out)!r}: cannot write the sweep there ({exc.strerror}: {exc.filename})")
     table, files = result.table, dict(result.table_files)
-    # zipped axes move together: the first is the x axis, the rest are not separate lines
-    plots = scaling_plots(table, axis_keys[:1] if args.zip else axis_keys, out / "plots", name)
-    files.update(write_report(out, name, str(args.scenario), base_yaml, sweep.describe_axes(fixed, axes, args.zip),
-                              table, axis_keys, plots))
+    try:
+        # zipped axes move together: the first is the x axis, the rest are not separate lines
+        plots = scaling_plots(table, axis_keys[:1] if args.zip else axis_keys, out / "plots", name)
+        files.update(write_report(out, name, str(args.scenario), base_yaml,
+                                  sweep.describe_axes(fixed, axes, args.zip), table, axis_keys, plots))
+    except OSError as exc:
+        return fail(f"--out = {str(out)!r}: cannot write the report there ({exc.strerror}: {exc.filename})")
     _print_sweep(table, axis_keys, files, plots, result.counts, result.num_skipped, time.perf_counter() - t0)
     return 1 if result.counts["failed"] else 0
 
@@ -235,13 +249,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return fail(f"--case = {args.case!r}: matches no validation case")
     rows = [row for case in cases for row in run_case(case)]
     stats = summary_stats(rows)
-    files = write_validation(Path(args.out), rows_as_dicts(rows))
-    if args.record:
-        import json
+    try:
+        files = write_validation(Path(args.out), rows_as_dicts(rows))
+        if args.record:
+            import json
 
-        from hardware.atomic import write_atomic
-        write_atomic(BASELINE_FILE, json.dumps(baseline_of(rows), indent=2, sort_keys=True) + "\n")
-        files["recorded baseline"] = BASELINE_FILE
+            from hardware.atomic import write_atomic
+            write_atomic(BASELINE_FILE, json.dumps(baseline_of(rows), indent=2, sort_keys=True) + "\n")
+            files["recorded baseline"] = BASELINE_FILE
+    except OSError as exc:
+        return fail(f"--out = {args.out!r}: cannot write the validation files ({exc.strerror}: {exc.filename})")
     print_validation(rows_as_dicts(rows), stats, files)
     return 0
 
@@ -299,8 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         return fail(f"unrecognised arguments: {' '.join(unknown)}")
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:  # files already written stay whole: every writer is atomic
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C, so temporary files are removed
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated)
     sys.exit(main())

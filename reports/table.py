@@ -52,9 +52,10 @@ def summary_tables(summary: dict) -> list[Table]:
 
 def wide_console(width: int) -> Console:
     """The terminal as it is, or, when output is piped or logged, `width` columns instead of
-    rich's default 80, so tables are not squeezed."""
-    console = Console()
-    return console if console.is_terminal else Console(width=width)
+    rich's default 80, so tables are not squeezed. Markup is off: scenario names and swept values
+    are the user's text (`[/x]` would be a closing tag)."""
+    console = Console(markup=False)
+    return console if console.is_terminal else Console(width=width, markup=False)
 
 
 def print_summary(summary: dict, files: dict | None = None, console: Console | None = None) -> None:

@@ -120,7 +120,12 @@ def trace_document(result: RunRecord, max_gpus: int = DEFAULT_MAX_GPUS) -> dict:
     return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
 
 
+def trace_text(result: RunRecord, max_gpus: int = DEFAULT_MAX_GPUS) -> str:
+    return json.dumps(trace_document(result, max_gpus), separators=(",", ":")) + "\n"
+
+
 def write_trace(path: Path, result: RunRecord, max_gpus: int = DEFAULT_MAX_GPUS) -> Path:
+    """trace.json on its own; a run writes it in its set of files (simulator.results.write_run_files)."""
     path = Path(path)
-    write_atomic(path, json.dumps(trace_document(result, max_gpus), separators=(",", ":")) + "\n")
+    write_atomic(path, trace_text(result, max_gpus))
     return path

@@ -1,5 +1,6 @@
-"""A run's files: summary.json and the per-layer / per-GPU metrics CSV, written atomically so a
-failed run never corrupts old files."""
+"""A run's files: summary.json, the per-layer / per-GPU metrics CSV and, when asked, trace.json,
+written as one set (hardware.atomic.write_set_atomic, summary.json the marker) so that a failed
+or killed run never corrupts old files nor leaves a new summary beside an old trace."""
 from __future__ import annotations
 
 import json
@@ -7,16 +8,28 @@ from pathlib import Path
 
 import pandas as pd
 
-from hardware.atomic import write_atomic
+from hardware.atomic import write_set_atomic
+
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics_per_layer_gpu.csv"
+TRACE_FILE = "trace.json"
+RUN_FILES = (METRICS_FILE, TRACE_FILE, SUMMARY_FILE)
 
 
 def summary_json(summary: dict) -> str:
     return json.dumps(summary, indent=2) + "\n"
 
 
-def write_run_files(out_dir: Path, summary: dict, rows: list[dict]) -> dict[str, Path]:
-    out_dir = Path(out_dir)
-    paths = {"summary": out_dir / "summary.json", "metrics": out_dir / "metrics_per_layer_gpu.csv"}
-    write_atomic(paths["metrics"], pd.DataFrame(rows).to_csv(index=False))
-    write_atomic(paths["summary"], summary_json(summary))
-    return paths
+def run_file_contents(summary: dict, rows: list[dict]) -> dict[str, str]:
+    """{file name: text} of a run without its trace, summary.json last (the set's marker)."""
+    return {METRICS_FILE: pd.DataFrame(rows).to_csv(index=False), SUMMARY_FILE: summary_json(summary)}
+
+
+def write_run_files(out_dir: Path, summary: dict, rows: list[dict], trace: str | None = None) -> dict[str, Path]:
+    """Write the run's set; without `trace`, an old trace.json there is deleted with the old set."""
+    contents = run_file_contents(summary, rows)
+    if trace is not None:
+        contents = {METRICS_FILE: contents[METRICS_FILE], TRACE_FILE: trace, SUMMARY_FILE: contents[SUMMARY_FILE]}
+    paths = write_set_atomic(out_dir, contents, RUN_FILES)
+    names = {SUMMARY_FILE: "summary", METRICS_FILE: "metrics", TRACE_FILE: "trace"}
+    return {names[name]: paths[name] for name in (SUMMARY_FILE, METRICS_FILE, TRACE_FILE) if name in paths}

@@ -2,12 +2,14 @@
 output paths and messages, file sets that a kill leaves whole, deterministic sweep tables, a
 calibrate that never replaces a file unasked, and Ctrl-C without a traceback."""
 import json
+import os
 from pathlib import Path
 
 import pytest
 import yaml
 
 import run_sim
+from hardware.atomic import write_atomic
 from hardware.calibrated import CALIBRATION_DIR, load_calibration
 from hardware.presets import PRESET_DIR
 from simulator.errors import ScenarioError
@@ -226,3 +228,161 @@ def test_a_calibration_with_zeros_exits_2_naming_the_file(tmp_path, capsys):
 def test_the_shipped_calibrations_pass_their_checks():
     for path in CALIBRATION_DIR.glob("*.json"):
         assert load_calibration(path)["fits"]
+
+
+# -- 4. output paths and terminal output --------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../../escaped", "/ABSOLUTE/victim", ".hidden/../x"])
+def test_a_scenario_name_never_leads_the_default_out_folder_outside_runs(tmp_path, monkeypatch, capsys, name):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    name = name.replace("/ABSOLUTE", str(tmp_path))
+    code, out, err = cli(capsys, write_yaml(work / "t.yaml", {**TINY, "name": name}), "--no-trace")
+    assert code == 0, err
+    written = [p for p in tmp_path.rglob("summary.json")]
+    assert len(written) == 1 and written[0].parent.parent == work / "runs"
+    assert not written[0].parent.name.startswith(".")
+
+
+def test_rich_markup_in_a_name_is_printed_as_text(tmp_path, capsys):
+    code, out, err = cli(capsys, write_yaml(tmp_path / "t.yaml", {**TINY, "name": "odd[/x] [bold]"}),
+                         "--out", tmp_path / "out", "--no-trace")
+    assert code == 0, err
+    assert "odd[/x] [bold]" in out
+
+
+def test_rich_markup_in_a_swept_value_is_printed_as_text(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli(capsys, "sweep", write_yaml(tmp_path / "t.yaml", TINY), "--set", "name=a[/x],b",
+                         "--jobs", 1)
+    assert code == 0, err
+    assert "a[/x]" in out and "2 points: 2 simulated" in out
+    assert (tmp_path / "runs" / "a-x" / "sweep.csv").is_file()
+
+
+# -- 5. a run's files are one set ------------------------------------------------------------------------
+def old_set(folder: Path) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("summary.json", "metrics_per_layer_gpu.csv", "trace.json"):
+        (folder / name).write_text(f"old {name}\n")
+    return {p.name: p.read_text() for p in folder.iterdir()}
+
+
+def test_a_run_without_a_trace_removes_the_old_trace_with_the_old_summary(tmp_path, capsys):
+    out = tmp_path / "out"
+    old_set(out)
+    (out / "notes.txt").write_text("the user's own file\n")
+    code, _, err = cli(capsys, write_yaml(tmp_path / "t.yaml", TINY), "--out", out, "--no-trace")
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics_per_layer_gpu.csv", "notes.txt", "summary.json"]
+    assert json.loads((out / "summary.json").read_text())["scenario"] == "rel-tiny"
+
+
+def test_a_write_killed_before_the_renames_leaves_the_old_set_and_no_temporary(tmp_path):
+    from hardware.atomic import write_set_atomic
+    before = old_set(tmp_path)
+
+    def killed(tmp):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_set_atomic(tmp_path, {"metrics_per_layer_gpu.csv": "new", "trace.json": killed, "summary.json": "new"})
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before
+
+
+def test_a_write_killed_between_renames_never_leaves_a_new_summary_beside_an_old_trace(tmp_path, monkeypatch):
+    from hardware.atomic import write_set_atomic
+    old_set(tmp_path)
+    real_replace, calls = os.replace, []
+
+    def replace_then_die(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr("hardware.atomic.os.replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        write_set_atomic(tmp_path, {"metrics_per_layer_gpu.csv": "new", "summary.json": "new"},
+                         ("metrics_per_layer_gpu.csv", "trace.json", "summary.json"))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["metrics_per_layer_gpu.csv"]  # marker and stale trace gone, no temporary left
+
+
+def test_two_writers_of_one_file_use_distinct_temporary_names(tmp_path):
+    seen = []
+
+    def outer(tmp):
+        seen.append(tmp)
+        write_atomic(tmp_path / "sweep.csv", lambda inner: (seen.append(inner), inner.write_text("inner")))
+        tmp.write_text("outer")
+
+    write_atomic(tmp_path / "sweep.csv", outer)
+    assert seen[0] != seen[1] and all(p.parent == tmp_path for p in seen)
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep.csv"] and (tmp_path / "sweep.csv").read_text() == "outer"
+
+
+# -- 6. sweep table and resume key ----------------------------------------------------------------------
+def test_sweep_table_columns_do_not_depend_on_which_point_finished_first():
+    from simulator.studies.sweep_store import sweep_table
+    invalid = {"index": 0, "label": "a", "status": "invalid", "x": 1, "error": "e", "key": "k0", "folder": "f0"}
+    ok = {"index": 1, "label": "b", "status": "ok", "x": 2, "error": None, "step_time_s": 1.0, "mfu": 0.5,
+          "key": "k1", "folder": "f1"}
+    first, second = sweep_table([invalid, ok]), sweep_table([ok, invalid])
+    assert list(first.columns) == list(second.columns)
+    assert list(first.columns)[-2:] == ["key", "folder"] and list(first["index"]) == [0, 1]
+
+
+def test_the_resume_key_changes_with_the_calibration_files_contents(tmp_path):
+    from simulator.studies.sweep import expand_grid, parse_sweep_sets
+    cal = tmp_path / "cal.json"
+    cal.write_text((CALIBRATION_DIR / "h100-sxm.json").read_text())
+    scenario = write_yaml(tmp_path / "t.yaml", {**TINY, "hardware": {"preset": "h100-sxm", "nodes": 2,
+                                                                      "gpus_per_node": 4, "calibration": str(cal)}})
+    fixed, axes = parse_sweep_sets(["parallel.ep_size=4,8"])
+    before = [p.key for p in expand_grid(scenario, fixed, axes)]
+    data = json.loads(cal.read_text())
+    data["fits"]["bf16"]["flop_per_s"] /= 10
+    cal.write_text(json.dumps(data))
+    after = [p.key for p in expand_grid(scenario, fixed, axes)]
+    assert len(set(before + after)) == 4
+
+
+# -- 8. Ctrl-C ------------------------------------------------------------------------------------------
+def test_ctrl_c_during_a_run_ends_with_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    def interrupted(scenario):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("simulator.api.simulate_scenario", interrupted)
+    code, out, err = cli(capsys, write_yaml(tmp_path / "t.yaml", TINY), "--out", tmp_path / "out")
+    assert (code, err) == (130, "interrupted\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_during_a_sweep_keeps_the_points_already_written(tmp_path, capsys, monkeypatch):
+    from simulator.studies import sweep
+    real, calls = sweep.run_point, []
+
+    def second_is_interrupted(data):
+        calls.append(data)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(data)
+
+    monkeypatch.setattr(sweep, "run_point", second_is_interrupted)
+    out = tmp_path / "out"
+    code, _, err = cli(capsys, "sweep", write_yaml(tmp_path / "t.yaml", TINY), "--set", "parallel.ep_size=4,8",
+                       "--jobs", 1, "--out", out)
+    assert code == 130 and err.endswith("interrupted\n") and "Traceback" not in err
+    assert len(list((out / "points").glob("*/point.json"))) == 1
+    assert not [p for p in out.rglob(".*.tmp")]
+
+
+def test_sweep_workers_end_quietly_on_ctrl_c():
+    import subprocess
+    import sys
+    code = ("import os, signal, time; from simulator.studies.sweep import exit_quietly_on_interrupt; "
+            "exit_quietly_on_interrupt(); os.kill(os.getpid(), signal.SIGINT); time.sleep(5)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=run_sim.ROOT, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "")
+

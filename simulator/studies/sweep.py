@@ -1,8 +1,9 @@
 """Sweeps: a grid of scenario overrides run as independent, resumable points.
 
 `--set key=a,b,c` makes an axis; several axes form their product. Each point is keyed by a hash of
-its resolved scenario (every preset field filled in) and the epsim version, so a rerun of the same
-sweep skips the points whose results are on disk and a sweep killed half-way loses nothing.
+its resolved scenario (every preset field filled in), its calibration file's bytes and the epsim
+version, so a rerun of the same sweep skips the points whose results are on disk and a sweep
+killed half-way loses nothing.
 Points run in worker processes (`local`) or on a Ray cluster (`ray`, an optional extra); results
 come back to the caller's `on_done` one by one, as they finish, and the caller writes them.
 
@@ -16,7 +17,9 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import os
 import re
+import signal
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -103,9 +106,13 @@ def parse_sweep_sets(texts: list[str]) -> tuple[list[tuple[str, object]], list[A
     return fixed, axes
 
 
-def scenario_key(resolved: dict) -> str:
-    text = json.dumps({"scenario": resolved, "epsim_version": __version__}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+def scenario_key(resolved: dict, calibration: Path | None = None) -> str:
+    """sha256 of the resolved scenario (preset values included), the epsim version and the bytes of
+    the calibration file: a file recalibrated under the same name must not reuse old points."""
+    doc = {"scenario": resolved, "epsim_version": __version__}
+    if calibration is not None:
+        doc["calibration_sha256"] = hashlib.sha256(Path(calibration).read_bytes()).hexdigest()
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def expand_grid(path: str | Path, fixed: list[tuple[str, object]], axes: list[Axis], zipped: bool = False) -> list[Point]:
@@ -122,8 +129,9 @@ def expand_grid(path: str | Path, fixed: list[tuple[str, object]], axes: list[Ax
         coords = tuple((a.key, v) for a, v in zip(axes, combo))
         data = apply_overrides(base, [*fixed, *coords])
         try:
-            resolved, error = build_scenario(data).resolved, None
-            key = scenario_key(resolved)
+            scenario = build_scenario(data)
+            resolved, error = scenario.resolved, None
+            key = scenario_key(resolved, scenario.calibration_path)
         except ScenarioError as exc:
             resolved, error = None, str(exc)
             key = scenario_key({"unresolved": data})
@@ -170,6 +178,12 @@ def finished_record(out_dir: Path, point: Point) -> dict | None:
 OnDone = Callable[[Point, dict], None]
 
 
+def exit_quietly_on_interrupt() -> None:
+    """In a worker: Ctrl-C reaches the whole process group; the worker just ends (no traceback of
+    its own), the main process reports the interrupt once and keeps the points already written."""
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(128 + signum))
+
+
 def run_local(points: list[Point], on_done: OnDone, jobs: int) -> None:
     """jobs == 1 runs in this process; otherwise a pool of `jobs` worker processes."""
     if jobs == 1:
@@ -178,7 +192,7 @@ def run_local(points: list[Point], on_done: OnDone, jobs: int) -> None:
         return
     # forkserver: workers start clean, never forked from a process running a progress thread
     ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=exit_quietly_on_interrupt) as pool:
         pending = {pool.submit(run_point, p.data): p for p in points}
         try:
             while pending:

@@ -7,23 +7,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from hardware.atomic import write_atomic
-from simulator.results import write_run_files
+from hardware.atomic import write_atomic, write_set_atomic
+from simulator.results import METRICS_FILE, SUMMARY_FILE, run_file_contents
 
 POINT_FILE = "point.json"
+SCENARIO_FILE = "scenario.yaml"
+POINT_FILES = (METRICS_FILE, SUMMARY_FILE, SCENARIO_FILE, POINT_FILE)
 TABLE_CSV = "sweep.csv"
 TABLE_PARQUET = "sweep.parquet"
 
 
 def write_point(folder: Path, record: dict, summary: dict | None, rows: list[dict] | None,
                 resolved_yaml: str | None) -> None:
-    """point.json goes last: its presence (with the key) is what marks the point done."""
-    folder = Path(folder)
-    if summary is not None:
-        write_run_files(folder, summary, rows or [])
+    """One set of files (hardware.atomic.write_set_atomic) whose marker is point.json: its presence
+    (with the key) is what marks the point done; a point now invalid loses its old summary."""
+    contents = run_file_contents(summary, rows or []) if summary is not None else {}
     if resolved_yaml is not None:
-        write_atomic(folder / "scenario.yaml", resolved_yaml)
-    write_atomic(folder / POINT_FILE, json.dumps(record, indent=2, default=str) + "\n")
+        contents[SCENARIO_FILE] = resolved_yaml
+    contents[POINT_FILE] = json.dumps(record, indent=2, default=str) + "\n"
+    write_set_atomic(folder, contents, POINT_FILES)
 
 
 def read_point_summary(folder: Path) -> dict | None:
@@ -75,12 +77,18 @@ def flatten(record: dict, summary: dict | None) -> dict:
     return row
 
 
+TABLE_TAIL = ("key", "folder")
+
+
 def sweep_table(rows: list[dict]) -> pd.DataFrame:
-    """Rows in grid order; columns in first-seen order across rows (failed points leave gaps)."""
+    """Rows in grid order; columns in first-seen order over the rows in grid order (failed points
+    leave gaps), key and folder last, so the order never depends on which point finished first."""
+    rows = sorted(rows, key=lambda r: r["index"])
     columns: dict[str, None] = {}
     for row in rows:
         columns.update(dict.fromkeys(row))
-    return pd.DataFrame(sorted(rows, key=lambda r: r["index"]), columns=list(columns))
+    order = [c for c in columns if c not in TABLE_TAIL] + [c for c in TABLE_TAIL if c in columns]
+    return pd.DataFrame(rows, columns=order)
 
 
 def write_sweep_table(out_dir: Path, table: pd.DataFrame) -> dict[str, Path]:
