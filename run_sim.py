@@ -193,14 +193,30 @@ def cmd_golden(args: argparse.Namespace) -> int:
 
 
 # -- calibrate ------------------------------------------------------------------------------------
+def default_calibration_out(device: str) -> Path:
+    """A new file under runs/: calibrate never replaces a file (a tracked one least) unless asked."""
+    import datetime
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return RUNS_DIR / "calibrations" / f"{device}-{stamp}.json"
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from hardware.calibration import DeviceUnavailable, run_calibration, write_calibration
+    from hardware.calibration import (
+        DeviceUnavailable,
+        TooContended,
+        describe_contention,
+        run_calibration,
+        write_calibration,
+    )
 
     if args.device not in ("cpu", "cuda"):
         return fail(f"--device = {args.device!r}: unknown device; valid: cpu, cuda")
-    out = Path(args.out) if args.out else ROOT / "hardware" / "calibrations" / f"{args.device}-local.json"
+    out = Path(args.out) if args.out else default_calibration_out(args.device)
     if out.is_dir():
         return fail(f"--out = {str(out)!r}: must be a file path, not a folder")
+    if out.exists() and not args.force:
+        return fail(f"--out = {str(out)!r}: the file exists; rule: calibrate replaces a file only with --force")
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -215,7 +231,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 bar.update(task, completed=done, total=total, description=f"calibrating {args.device}: {label}")
 
             calibration = run_calibration(args.device, progress)
-    except DeviceUnavailable as exc:
+    except (DeviceUnavailable, TooContended) as exc:
         return fail(str(exc))
     try:
         write_calibration(out, calibration)
@@ -225,9 +241,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"{calibration['device']}, torch {calibration['torch_version']}, {calibration['num_threads']} threads: "
           f"{sum(map(len, calibration['measurements'].values()))} measurements in "
           f"{calibration['benchmark_wall_s']:.0f} s; best GEMM GFLOP/s: {best}")
+    print(describe_contention(calibration["contention"]))
     for dtype, why in calibration.get("skipped", {}).items():
         print(f"{dtype} not measured: {why}")
-    print(f"wrote {out}")
+    print(f"wrote {out} (use it with --set hardware.calibration={out})")
     return 0
 
 
@@ -294,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--device", default="cpu",
                            help="cpu or cuda (default: cpu); cuda fails with exit 2 where CUDA is missing")
     calibrate.add_argument("--out", default=None,
-                           help="calibration file to write (default: hardware/calibrations/<device>-local.json)")
+                           help="calibration file to write (default: a new runs/calibrations/<device>-<UTC time>.json)")
+    calibrate.add_argument("--force", action="store_true", help="replace --out if it exists")
     calibrate.set_defaults(handler=cmd_calibrate)
     validate = sub.add_parser("validate", help="predicted vs published measurements")
     validate.add_argument("--case", action="append", default=None, metavar="NAME",

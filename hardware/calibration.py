@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from hardware.atomic import write_atomic
-from hardware.calibrated import SCHEMA, fit_dtype
+from hardware.calibrated import CONTENDED_CPU_SHARE, SCHEMA, fit_dtype
 from hardware.timing import combine_rounds, machine_speed, time_round
 
 TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp8": "bfloat16"}  # fp8: activations stay BF16
@@ -38,6 +38,31 @@ ZIPF_ALPHA = 1.2
 
 class DeviceUnavailable(RuntimeError):
     """The requested device cannot run the benchmark on this machine."""
+
+
+class TooContended(RuntimeError):
+    """Other processes took the CPUs during too many timings for a fit worth writing."""
+
+
+MIN_CLEAN_POINT_SHARE = 0.5  # refuse a calibration fitted on fewer of its points than this
+
+
+def contention(measurements: dict[str, list[dict]]) -> dict:
+    """How much the machine's other load cost the benchmark: timing rounds dropped (others took more
+    than CONTENDED_CPU_SHARE of the CPUs while they ran) and points left with no clean round, which
+    the fit leaves out (see timing.combine_rounds and calibrated.uncontended)."""
+    points = [m for rows in measurements.values() for m in rows]
+    rounds = [r for m in points for r in m.get("rounds", [])]
+    return {"rounds": len(rounds),
+            "dropped_rounds": sum(r["others_cpu_share"] > CONTENDED_CPU_SHARE for r in rounds),
+            "points": len(points),
+            "points_left_out": sum(m["others_cpu_share"] > CONTENDED_CPU_SHARE for m in points),
+            "rule": f"a round is dropped when other processes took more than {CONTENDED_CPU_SHARE:.0%} of the CPUs"}
+
+
+def describe_contention(c: dict) -> str:
+    return (f"dropped {c['dropped_rounds']} of {c['rounds']} timing rounds ({c['rule']}); "
+            f"{c['points_left_out']} of {c['points']} points had no clean round and are left out of the fit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,10 +354,16 @@ def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None
     timed_extra = {m["label"]: {k: v for k, v in m.items() if k not in ("kind", "label")}
                    for m in measurements if m["kind"] == "extra"}
     by_dtype = {d: [m for m in measurements if m.get("dtype") == d] for d in plan.dtypes if d not in skipped}
+    contended = contention(by_dtype)
+    if contended["points_left_out"] > (1.0 - MIN_CLEAN_POINT_SHARE) * contended["points"]:
+        raise TooContended(f"not written: {describe_contention(contended)}; rerun on a quieter machine")
     fits = {}
     for dtype, rows in by_dtype.items():
         grouped = device == "cuda" and any(m.get("impl") == "grouped" for m in rows)
-        fits[dtype] = fit_dtype(rows, dtype, "grouped" if grouped else "loop", fault_threshold(device))
+        try:
+            fits[dtype] = fit_dtype(rows, dtype, "grouped" if grouped else "loop", fault_threshold(device))
+        except ValueError as exc:  # every point of a kind was contended
+            raise TooContended(f"not written: {dtype}: {exc}; {describe_contention(contended)}") from None
     return {
         "schema": SCHEMA,
         "source": "measured",
@@ -346,6 +377,7 @@ def run_calibration(device: str = "cpu", progress=None, plan: Plan | None = None
         "plan": {"passes": plan.passes, "warmup": plan.warmup, "reps": plan.reps,
                  "drift_window_s": plan.drift_window_s, "zipf_alpha": ZIPF_ALPHA,
                  "block_shapes": [list(s) for s in plan.block_shapes]},
+        "contention": contended,
         **({"skipped": skipped} if skipped else {}),
         **({"extra": timed_extra} if extra else {}),
         "measurements": by_dtype,

@@ -348,6 +348,59 @@ def test_the_resume_key_changes_with_the_calibration_files_contents(tmp_path):
     assert len(set(before + after)) == 4
 
 
+# -- 7. calibrate ---------------------------------------------------------------------------------------
+def test_calibrate_writes_a_new_file_under_runs_by_default():
+    out = run_sim.default_calibration_out("cpu")
+    assert out.parts[0] == "runs" and out.suffix == ".json"
+    assert (Path(run_sim.ROOT) / out).resolve() != (CALIBRATION_DIR / "cpu-local.json").resolve()
+
+
+def fake_calibration(rounds_shares: list[list[float]]) -> dict:
+    from hardware.calibration import contention
+    rows = [{"kind": "gemm", "others_cpu_share": min(shares), "rounds": [{"others_cpu_share": s} for s in shares]}
+            for shares in rounds_shares]
+    data = json.loads((CALIBRATION_DIR / "h100-sxm.json").read_text())
+    data.update(num_threads=2, benchmark_wall_s=1.0, measurements={"bf16": rows})
+    data["fits"]["bf16"]["best_gemm_flop_per_s"] = 1e12
+    data["fits"]["fp8"]["best_gemm_flop_per_s"] = 2e12
+    data["contention"] = contention(data["measurements"])
+    return data
+
+
+def test_calibrate_refuses_to_replace_an_existing_file_without_force(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr("hardware.calibration.run_calibration", lambda *a, **k: fake_calibration([[0.0]]))
+    existing = tmp_path / "cpu-local.json"
+    existing.write_text("tracked\n")
+    code, _, err = cli(capsys, "calibrate", "--out", existing)
+    assert_clean_exit_2(code, err, str(existing), "--force")
+    assert existing.read_text() == "tracked\n"
+    code, out, err = cli(capsys, "calibrate", "--out", existing, "--force")
+    assert code == 0, err
+    assert json.loads(existing.read_text())["schema"] == "epsim-calibration/2"
+
+
+def test_calibrate_says_how_many_rounds_it_dropped_on_a_busy_machine(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    shares = [[0.0, 0.9, 0.8], [0.5, 0.0, 0.0], [0.6, 0.7, 0.9]]  # 6 of 9 rounds contended, 1 point has none clean
+    monkeypatch.setattr("hardware.calibration.run_calibration", lambda *a, **k: fake_calibration(shares))
+    code, out, err = cli(capsys, "calibrate", "--out", tmp_path / "c.json")
+    assert code == 0, err
+    assert "dropped 6 of 9 timing rounds" in out and "1 of 3 points had no clean round" in out
+
+
+def test_a_calibration_with_too_few_clean_rounds_is_refused(monkeypatch):
+    pytest.importorskip("torch")
+    from hardware import calibration
+    plan = calibration.Plan(dtypes=("fp32",), block_shapes=((64, 96, "test"),), block_points=((4, 2, 16, "uniform"),),
+                            permute_points=((96, 64, 2),), gemm_shapes=((64, 128),), gemm_tokens=(1, 16),
+                            grouped_points=1, passes=2, warmup=0, reps=1, drift_window_s=1.0, max_block_flop=1e9)
+    busy = {"median_s": 1e-4, "samples_s": [1e-4], "others_cpu_share": 0.9, "at": 0.0}
+    monkeypatch.setattr(calibration, "time_round", lambda *a, **k: dict(busy))
+    with pytest.raises(calibration.TooContended, match="dropped 10 of 10 timing rounds"):
+        calibration.run_calibration("cpu", plan=plan)
+
+
 # -- 8. Ctrl-C ------------------------------------------------------------------------------------------
 def test_ctrl_c_during_a_run_ends_with_one_line_and_status_130(tmp_path, capsys, monkeypatch):
     def interrupted(scenario):
