@@ -8,7 +8,9 @@ softmax, top-k and renormalised weights, permutation by expert, per-expert SwiGL
 combine. Skewed configurations add a Zipf bias to the router logits. epsim predicts the same layer
 as `scope: moe_layer` on one "GPU" of `cpu-local`, with its own routing of the same distribution;
 the compute model is also evaluated on the real layer's own tokens per expert (same routing,
-compute model only). Target: within 15 % each.
+compute model only). Target: within 15 % each; the script exits 1 past `--max-error` (default that
+target), so it is the check of the timing ratio that the suite leaves out (two wall-clock timings
+compared on a loaded machine are not a unit test; tests/test_calibration.py checks the structure).
 
 Each layer is timed in rounds spread over the run (default 7), like the calibration's passes.
 `--fresh FILE` calibrates now with the layers timed among the calibration's points, in the same
@@ -176,6 +178,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--calibration", default="cpu-local", help="shipped name or file to predict with")
     parser.add_argument("--passes", type=int, default=7, help="rounds per layer, spread over the run")
     parser.add_argument("--reps", type=int, default=2, help="timed calls per round")
+    parser.add_argument("--max-error", type=float, default=0.15,
+                        help="exit 1 when a prediction's |error| exceeds this (default 0.15, the target)")
     parser.add_argument("--fresh", metavar="FILE",
                         help="also calibrate now, the layers timed among the calibration's points in its passes "
                              "and corrected by the same machine speeds; write the calibration to FILE and "
@@ -201,6 +205,7 @@ def main(argv: list[str]) -> int:
             layers.time_pass()
         timings = layers.own_timings()
     rows = layers.rows(calibrations, timings)
+    worst_of_all = 0.0
     for cal in calibrations:
         print(f"\ncalibration {cal}")
         print(f"{'config':<22}{'h':>6}{'I':>6}{'E':>4}{'k':>3}{'T':>6} {'routing':<8}"
@@ -214,11 +219,12 @@ def main(argv: list[str]) -> int:
                   f"{p['epsim_s'] * 1e3:>8.1f}ms{p['error']:>+8.1%}{p['same_routing_s'] * 1e3:>10.1f}ms"
                   f"{p['same_routing_error']:>+8.1%}"
                   + (f"  out of range: {p['out_of_range']}" if p["out_of_range"] else ""))
-        print(f"worst |error| {worst:.1%} (target <= 15 %)")
+        print(f"worst |error| {worst:.1%} (target <= {args.max_error:.0%})")
+        worst_of_all = max(worst_of_all, worst)
     print("measured: median of the layer's rounds, each divided by the machine's speed at that moment where the\n"
           "layers ran among a calibration's points (--fresh), else as timed; raw: as timed; spread: (max - min) /\n"
           "median of the rounds' raw medians, how far the machine's speed wandered")
-    return 0
+    return 0 if worst_of_all <= args.max_error else 1
 
 
 if __name__ == "__main__":
