@@ -142,14 +142,16 @@ def load_imbalance(r: RunRecord) -> float:
 
 
 def expert_tp(s) -> dict:
-    """The expert TP size, and with `auto` what seed 4.1 found."""
+    """The expert-TP size the run used and, for auto, what seed 4.1 found."""
     if s.parallel.expert_tp_size != "auto":
-        return {"expert_tp_size": s.parallel.expert_tp_size}
+        return {"expert_tp_size": s.expert_tp}
     auto = auto_expert_tp(s)
-    return {"expert_tp_size": auto["expert_tp_size"],
+    split = (f"each expert split over {s.expert_tp} GPUs along its intermediate dimension" if s.expert_tp > 1
+             else "experts stay whole")
+    return {"expert_tp_size": s.expert_tp,
             "expert_tp_auto": (f"seed 4.1: one expert with its gradients and optimizer share takes "
                                f"{auto['expert_bytes'] / GIB:.3f} GiB of the {auto['available_bytes'] / GIB:.1f} GiB "
-                               f"the rest leaves: ceil(...) = {auto['expert_tp_size']}, experts stay whole")}
+                               f"the rest leaves: ceil(...) = {auto['expert_tp_size']}, {split}")}
 
 
 def parallelism_provenance(s) -> str:
@@ -159,6 +161,10 @@ def parallelism_provenance(s) -> str:
         parts.append(f"TP {par.tp_size} with sequence parallelism: attention and dense FFN split, an all-gather "
                      "before and a reduce-scatter after each (rings over NVLink); router and experts on the shard; "
                      "shared experts replicated")
+    if s.expert_tp > 1:
+        parts.append(f"expert TP {s.expert_tp}: each GPU of an expert-TP group holds 1/{s.expert_tp} of its experts' "
+                     "width and runs it on the rows the whole group received, all-gathered before and reduce-"
+                     "scattered after (one ring over the group's total rows: equal shares assumed)")
     if par.pp_size > 1:
         parts.append(f"PP {par.pp_size} x {par.vpp_size} virtual stages, schedule {par.pp_schedule}, layers split "
                      "evenly (earlier stages take the remainder), BF16 activations / gradients sent per micro-batch as "
@@ -248,7 +254,7 @@ def summarize(r: RunRecord) -> dict:
             "data_parallel": data_parallel_provenance(s),
             "memory": memory_provenance(s),
             "parallelism": parallelism_provenance(s),
-            "not_modelled": ("expert TP > 1, FSDP with reshard_after_forward (weights sharded between uses), "
+            "not_modelled": ("FSDP with reshard_after_forward (weights sharded between uses), "
                              "DualPipe's zero-bubble weight-gradient split, "
                              "the kernels around the GEMMs (norms, rotary, residuals, quantisation), decode"),
         },

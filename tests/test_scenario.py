@@ -199,7 +199,6 @@ def test_comm_sms_not_below_the_gpu_sm_count_is_rejected():
     ("placement.strategy", "eplb"),
     ("placement.strategy", "topology_aware"),
     ("routing.distribution", "trace"),
-    ("parallel.expert_tp_size", 2),
     ("routing.adaptive_alpha", 0.2),
     ("placement.redundant_experts", 8),
 ])

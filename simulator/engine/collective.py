@@ -17,7 +17,7 @@ from simulator.engine.program import BACKWARD, FORWARD, RECOMPUTE
 class CollectiveKind:
     name: str
     op: str  # "alltoall" | "allreduce" | "reducescatter" | "allgather"
-    group: str  # the ranks it spans: "ep", "dp" (dense data parallel) or "edp" (expert data parallel)
+    group: str  # the ranks it spans: "ep", "tp", "etp", "dp" (dense data parallel), "edp" (expert DP), ...
     stream: str  # the GPU stream it occupies
     owner_sends: bool  # all-to-all: the token owner scatters (dispatch direction) or gathers (combine)
     dtype_key: str  # "<section>.<field>" of the scenario naming its wire dtype, or the dtype itself
@@ -71,6 +71,12 @@ COLLECTIVES = {kind.name: kind for kind in (
                    "sequence-parallel activations (or, backward, their gradients) into the whole sequence"),
     CollectiveKind("tp_reducescatter", "reducescatter", "tp", TP_COMM, True, "bf16", FORWARD,
                    "partial sums of a row-parallel kernel back to sequence shards"),
+    # Expert TP: the rows an expert-TP group received, gathered to all its GPUs before the experts
+    # and their partial outputs reduce-scattered after (NVLink inside a node); on the TP stream.
+    CollectiveKind("etp_allgather", "allgather", "etp", TP_COMM, True, "bf16", FORWARD,
+                   "routed rows (backward: their output gradients) received by an expert-TP group, to every member"),
+    CollectiveKind("etp_reducescatter", "reducescatter", "etp", TP_COMM, True, "bf16", FORWARD,
+                   "partial expert outputs (backward: input gradients), summed back to the GPU that received each row"),
     # A pipeline transfer is one flow; the record shows it twice, as the sender's pp_send and the
     # receiver's pp_recv (CollectiveId.chunk: 0 activations forward, 1 gradients backward).
     CollectiveKind("pp_send", "p2p", "pp", PP_COMM, True, "bf16", FORWARD,

@@ -149,6 +149,24 @@ def with_tensor_parallel(ops: list[Op], tp: int) -> list[Op]:
     return [x for op in ops for x in (tensor_parallel(op) if op.op in TP_KERNELS and not op.collective else [op])]
 
 
+def with_expert_tensor_parallel(ops: list[Op], etp: int) -> list[Op]:
+    """Expert TP (Megatron's MoE token dispatcher with expert_tensor_parallel_size > 1): the rows
+    an expert-TP group's GPUs received are all-gathered over the group before the experts run
+    their 1/etp slice, and the partial outputs reduce-scattered back to the GPU that received each
+    row; the backward gathers the output gradients and reduce-scatters the input gradients the
+    same way. Nothing while expert TP = 1."""
+    if etp == 1:
+        return ops
+    out: list[Op] = []
+    for op in ops:
+        if op.op == "experts" and not op.collective:
+            out += [Op("etp_allgather", op.layer, op.moe_layer, op.phase, collective=True, wraps=op.op), op,
+                    Op("etp_reducescatter", op.layer, op.moe_layer, op.phase, collective=True, wraps=op.op)]
+        else:
+            out.append(op)
+    return out
+
+
 def layer_ops(scope: str, num_layers: int, num_dense_layers: int, has_shared: bool,
               embedding_and_head: bool = False) -> list[Op]:
     """The forward ops of the layers in scope; the token embedding belongs to the first layer and
@@ -239,21 +257,26 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
     m, par = s.model, s.parallel
     base = layer_ops(s.workload.scope, m.num_layers, m.num_dense_layers, m.num_shared_experts > 0,
                      s.workload.embedding_and_head)
-    forward = with_tensor_parallel(base, par.tp_size)
+    etp = s.expert_tp
+
+    def parallel(ops):
+        return with_expert_tensor_parallel(with_tensor_parallel(ops, par.tp_size), etp)
+
+    forward = parallel(base)
     train = s.workload.mode == "train"
     recompute = train and s.training.recompute == "full"
     chunk_phases, tasks, rank = (), (), int(s.ranks.pp_rank[gpu])
     if par.pp_size > 1:
         chunks = rank_layers(m.num_layers, par.pp_size, par.vpp_size, rank, par.pp_schedule)
         chunk_phases = tuple((tuple(op for op in forward if op.layer in layers),
-                              tuple(with_tensor_parallel(backward_ops([op for op in base if op.layer in layers],
-                                                                      recompute), par.tp_size)) if train else ())
+                              tuple(parallel(backward_ops([op for op in base if op.layer in layers], recompute)))
+                              if train else ())
                              for layers in chunks)
         forward = [op for fwd, _ in chunk_phases for op in fwd]
         order = slots(par.pp_schedule, par.pp_size, s.workload.micro_batches, par.vpp_size, rank)
         tasks = tuple(slot for slot in (tuple(t for t in slot if train or t.phase == FWD) for slot in order) if slot)
     backward = [op for _, bwd in chunk_phases for op in bwd] if chunk_phases else (
-        with_tensor_parallel(backward_ops(base, recompute), par.tp_size) if train else [])
+        parallel(backward_ops(base, recompute)) if train else [])
     chains = tuple((mb, c) for mb in range(s.workload.micro_batches) for c in range(num_chunks))
     buckets = ()
     if train and bucket_params:
@@ -265,6 +288,6 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
             dense = m.dense_layer_params(moe, with_attention, tp=par.tp_size)
             if s.workload.embedding_and_head and with_attention and layer in (0, m.num_layers - 1):
                 dense += m.vocab_params(par.tp_size) * ((layer == 0) + (layer == m.num_layers - 1))
-            params.append((layer, dense, experts * m.expert_params if moe else 0))
+            params.append((layer, dense, experts * (m.expert_params // etp) if moe else 0))
         buckets = grad_buckets(params, bucket_params)
     return Program((tuple(forward), tuple(backward)), chains, buckets, chunk_phases, tasks, rank)

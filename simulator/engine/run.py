@@ -226,6 +226,24 @@ class Run:
         return self.ring(cid, np.arange(cid.group * t, (cid.group + 1) * t),
                          lambda: self.workload.chunk_tokens[cid.chunk] * t * self.s.model.hidden_size * ELEMENT_BYTES["bf16"])
 
+    def etp_collective(self, cid: CollectiveId) -> Collective:
+        """An expert-TP all-gather / reduce-scatter over the consecutive GPUs of one expert-TP
+        group: the BF16 rows (hidden-size vectors) its members received for their experts, as one
+        ring over the group's total (members received unequal shares: a ring of equal shares of
+        the same total, an approximation named in provenance)."""
+        e = self.s.expert_tp
+        members = np.arange(cid.group * e, (cid.group + 1) * e)
+        layer = cid.index // len(PHASE_CODE)
+
+        def num_bytes():
+            rows = 0
+            for gpu in members:
+                t = self.workload.traffic[self.group_of[gpu], layer, cid.micro_batch, cid.chunk]
+                rows += int(t.expert_tokens[self.workload.expert_gpu == self.ep_rank[gpu]].sum())
+            return rows * self.s.model.hidden_size * ELEMENT_BYTES["bf16"]
+
+        return self.ring(cid, members, num_bytes)
+
     # -- processes ----------------------------------------------------------------------------
     def work_s(self, op: Op, group: int, local: int, mb: int, chunk: int) -> float:
         """Seconds of a kernel at full SM rate."""
@@ -360,6 +378,11 @@ class Run:
             index = (op.layer * len(TP_KERNELS) + TP_KERNELS.index(op.wraps)) * len(PHASE_CODE) + PHASE_CODE[op.phase]
             coll = self.tp_collective(CollectiveId(kind, gpu.index // t, index, mb, chunk))
             join, sms = lambda c=coll: c.arrive(gpu.index % t), self.s.cluster.nccl_sms
+        elif COLLECTIVES[kind].group == "etp":
+            e = self.s.expert_tp
+            index = op.moe_layer * len(PHASE_CODE) + PHASE_CODE[op.phase]
+            coll = self.etp_collective(CollectiveId(kind, gpu.index // e, index, mb, chunk))
+            join, sms = lambda c=coll: c.arrive(gpu.index % e), self.s.cluster.nccl_sms
         else:
             coll = self.collective(CollectiveId(kind, group, op.moe_layer, mb, chunk))
             join, sms = lambda c=coll: c.arrive(local), self.comm_sms

@@ -20,7 +20,7 @@ fragmentation (an assumption, RESERVED_BYTES, named in provenance).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simulator.scenario.schema import Scenario
 from simulator.stages import peak_in_flight, rank_layers, schedule
@@ -45,6 +45,12 @@ def experts_per_gpu(s: Scenario) -> int:
     return max(1, s.model.num_experts // s.parallel.ep_size)
 
 
+def expert_slice_params(s: Scenario) -> int:
+    """Parameters of one routed expert on one GPU: 1 / expert TP of it (split along its
+    intermediate dimension: gate/up column-parallel, down row-parallel)."""
+    return s.model.expert_params // s.expert_tp
+
+
 def moe_layers_in_scope(s: Scenario) -> int:
     return 1 if s.workload.scope == "moe_layer" else s.model.num_moe_layers
 
@@ -60,18 +66,18 @@ def local_params(s: Scenario, rank: int | None = None) -> dict[str, int]:
     whole = s.workload.embedding_and_head and s.workload.scope == "model"
     if s.parallel.pp_size == 1 and s.parallel.tp_size == 1 and not whole:
         return {"dense": s.model.replicated_params(s.workload.scope),
-                "expert": experts_per_gpu(s) * moe_layers_in_scope(s) * s.model.expert_params}
+                "expert": experts_per_gpu(s) * moe_layers_in_scope(s) * expert_slice_params(s)}
     if rank is None and s.parallel.pp_size > 1:
         return max((local_params(s, r) for r in range(s.parallel.pp_size)), key=lambda d: sum(d.values()))
     m, tp = s.model, s.parallel.tp_size
     if s.workload.scope == "moe_layer":
         return {"dense": m.dense_layer_params(moe=True, attention=False, tp=tp),
-                "expert": experts_per_gpu(s) * m.expert_params}
+                "expert": experts_per_gpu(s) * expert_slice_params(s)}
     layers = [layer for chunk in stage_layers(s, rank or 0) for layer in chunk]
     moe = sum(1 for layer in layers if layer >= m.num_dense_layers)
     vocab = m.vocab_params(tp) * ((0 in layers) + (m.num_layers - 1 in layers)) if whole else 0
     return {"dense": vocab + sum(m.dense_layer_params(moe=layer >= m.num_dense_layers, tp=tp) for layer in layers),
-            "expert": experts_per_gpu(s) * moe * m.expert_params}
+            "expert": experts_per_gpu(s) * moe * expert_slice_params(s)}
 
 
 FP8_SAVED_BYTES = 1 + 4 / 128  # an FP8 GEMM input kept for its backward: E4M3 with an FP32 scale per 1x128 tile
@@ -113,15 +119,17 @@ def saved_tensors(s: Scenario, moe: bool) -> list[tuple[str, int, float]]:
         if keep_norm_out:
             out.append(("FFN input (norm output)", h, gemm_in))
         return out + [("gate/up output (SwiGLU input)", 2 * i, ACT_BYTES), ("SwiGLU output", i, gemm_in)]
-    i, k, shared = m.moe_intermediate_size, m.top_k, m.num_shared_experts
+    i, k, shared, e = m.moe_intermediate_size, m.top_k, m.num_shared_experts, s.expert_tp
     if keep_norm_out:
         out.append(("router and shared-expert input (norm output)", h, ACT_BYTES))
-    out += [("routed copies: permuted input", k * h, gemm_in),
+    # with expert TP e a GPU holds the copies its whole expert-TP group received (e x as many) at
+    # 1 / e of the intermediate width
+    out += [("routed copies: permuted input", e * k * h, gemm_in),
             ("routed copies: gate/up output (SwiGLU input)", k * 2 * i, swiglu_in),
             # Megatron-Core multiplies the gate probabilities into the SwiGLU output (weighted
             # SwiGLU), so their gradient needs the SwiGLU output and each copy's probability, not
             # the expert's output
-            ("routed copies: gate probabilities", k, 4)]
+            ("routed copies: gate probabilities", e * k, 4)]
     if "moe_act" not in modules:
         out.append(("routed copies: SwiGLU output", k * i, gemm_in))
     if shared:
@@ -280,7 +288,10 @@ def key_to_change(s: Scenario, mem: Memory) -> tuple[str, object]:
 
 def auto_expert_tp(s: Scenario) -> dict:
     """Seed 4.1: Expert_parallelism = ceil(expert_size / GPU_memory_available). One expert with its
-    gradients and optimizer share against the memory the rest of the GPU's state leaves."""
+    gradients and optimizer share against the memory the rest of the GPU's state leaves (counted
+    with experts whole)."""
+    if s.parallel.expert_tp_size != 1:
+        s = replace(s, parallel=s.parallel.model_copy(update={"expert_tp_size": 1}))
     mem = memory_per_gpu(s)
     params = local_params(s)
     n = params["expert"] or 1

@@ -9,16 +9,23 @@ from simulator.scenario.schema import Scenario
 
 def check_tensor_parallel(s: Scenario) -> None:
     t, a, gpn = s.parallel.tp_size, s.model.attention, s.cluster.gpus_per_node
-    if s.parallel.expert_tp_size == "auto":
-        auto = auto_expert_tp(s)
-        if auto["expert_tp_size"] != 1:
-            raise ScenarioError("parallel.expert_tp_size", "auto",
-                                f"seed 4.1 splits each expert over {auto['expert_tp_size']} GPUs (one expert with "
-                                f"its gradients and optimizer share: {auto['expert_bytes'] / GIB:.1f} GiB; memory left: "
-                                f"{auto['available_bytes'] / GIB:.1f} GiB); expert TP > 1 is not simulated in this version")
-    elif s.parallel.expert_tp_size != 1:
-        raise ScenarioError("parallel.expert_tp_size", s.parallel.expert_tp_size,
-                            "not simulated in this version; supported today: 1 (experts whole on one GPU), auto")
+    key_value = s.parallel.expert_tp_size
+    if key_value != "auto" and key_value < 1:
+        raise ScenarioError("parallel.expert_tp_size", key_value, "must be >= 1 (GPUs each expert is split over) or auto")
+    e = s.expert_tp
+    if e > 1:
+        why = ""
+        if key_value == "auto":
+            auto = auto_expert_tp(s)
+            why = (f" (seed 4.1 with auto: one expert with its gradients and optimizer share needs "
+                   f"{auto['expert_bytes'] / GIB:.1f} GiB, {auto['available_bytes'] / GIB:.1f} GiB are left, "
+                   f"so it is split over {e} GPUs)")
+        if gpn % e:
+            raise ScenarioError("parallel.expert_tp_size", key_value, f"an expert-TP group lives inside one node: "
+                                f"{e} must divide gpus_per_node={gpn}{why}")
+        if s.model.moe_intermediate_size % e:
+            raise ScenarioError("parallel.expert_tp_size", key_value, f"{e} must divide model.moe_intermediate_size="
+                                f"{s.model.moe_intermediate_size}: each GPU holds 1/{e} of every expert's width{why}")
     if t == 1:
         return
     if gpn % t:
@@ -86,13 +93,15 @@ def check_layout(s: Scenario) -> None:
     check_recompute(s)
     if gpus % ep:
         raise ScenarioError("parallel.ep_size", ep, f"must divide the {gpus} GPUs (hardware.nodes x gpus_per_node)")
-    stage = gpus // s.parallel.pp_size
-    if stage % ep:
-        raise ScenarioError("parallel.ep_size", ep, f"must divide the {stage} GPUs of a pipeline stage "
-                            f"(GPUs / parallel.pp_size={s.parallel.pp_size}): an EP group lives inside one stage")
-    if ep % gpn and gpn % ep:
-        raise ScenarioError("parallel.ep_size", ep, f"an EP group must be whole nodes or part of one node: "
-                            f"ep_size must divide or be a multiple of gpus_per_node={gpn}")
+    stage, e = gpus // s.parallel.pp_size, s.expert_tp
+    auto = " (auto: seed 4.1 splits each expert over that many GPUs)" if s.parallel.expert_tp_size == "auto" else ""
+    if stage % (ep * e):
+        raise ScenarioError("parallel.ep_size", ep, f"x expert_tp_size={e}{auto} must divide the {stage} GPUs of a "
+                            f"pipeline stage (GPUs / parallel.pp_size={s.parallel.pp_size}): an EP group lives inside "
+                            f"one stage")
+    if (ep * e) % gpn and gpn % (ep * e):
+        raise ScenarioError("parallel.ep_size", ep, f"an EP group (with its expert-TP groups) must be whole nodes or part "
+                            f"of one node: ep_size x expert_tp_size={e} must divide or be a multiple of gpus_per_node={gpn}")
     if m.num_experts >= ep and m.num_experts % ep:
         raise ScenarioError("parallel.ep_size", ep, f"must divide model.num_experts={m.num_experts}: round-robin "
                             "placement (seed 1.1) gives every GPU of the EP group the same number of experts")

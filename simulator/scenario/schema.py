@@ -194,10 +194,19 @@ class Scenario:
         return self.cluster.num_gpus
 
     @cached_property
+    def expert_tp(self) -> int:
+        """GPUs each expert is split over: parallel.expert_tp_size, or seed 4.1's split for auto."""
+        if self.parallel.expert_tp_size != "auto":
+            return self.parallel.expert_tp_size
+        from simulator.scenario.memory import auto_expert_tp  # memory reads this schema
+        return auto_expert_tp(self)["expert_tp_size"]
+
+    @cached_property
     def ranks(self) -> RankLayout:
         """Every GPU's coordinates and groups, built once (after the layout rules have passed)."""
         return RankLayout(self.num_gpus, self.cluster.gpus_per_node, tp_size=self.parallel.tp_size,
-                          pp_size=self.parallel.pp_size, ep_size=self.parallel.ep_size)
+                          pp_size=self.parallel.pp_size, ep_size=self.parallel.ep_size,
+                          expert_tp_size=self.expert_tp)
 
     @property
     def dp_size(self) -> int:

@@ -16,10 +16,10 @@ from simulator.api import run_scenario
 from simulator.scenario import load_scenario
 
 # Reference scenarios: the default, single-node EP 8, large EP 256, a skewed router, Mixtral
-# prefill (direct all-to-all), and a TP 2 x PP 2 x DP training layout. Each simulates as shipped,
-# without a shortened horizon.
+# prefill (direct all-to-all), a TP 2 x PP 2 x DP training layout, and DeepSeek's DualPipe layout
+# in miniature. Each simulates as shipped, without a shortened horizon.
 GOLDEN_SCENARIOS = ("default", "single-node-ep8", "large-ep256", "skewed-zipf", "mixtral-8x7b-prefill",
-                    "mixtral-8x7b-tp2-pp2")
+                    "mixtral-8x7b-tp2-pp2", "deepseek-v3-dualpipe-pp4")
 RTOL = 1e-9
 COLLECTIVE_FIELDS = ("count", "mean_time_s", "max_time_s", "mean_bytes_per_gpu")
 

@@ -93,12 +93,20 @@ def build_workload(s, compute: RooflineCompute) -> Workload:
                                              member_node, m.num_experts)
                 for c, t in enumerate(chunks):
                     traffic[group, layer, mb, c] = t
-                    work[group, layer, mb, c] = np.array([
-                        compute.expert_ffn_s(t.expert_tokens[on_gpu[g]], m.hidden_size, m.moe_intermediate_size)
-                        for g in local])
-                    if act_rerun:
-                        rerun[group, layer, mb, c] = np.array([
-                            swiglu_rerun_s(s, compute, int(t.expert_tokens[on_gpu[g]].sum())) for g in local])
+    # With expert TP e, the e EP groups of one (stage, expert-DP rank) are its expert-TP ranks
+    # (RankLayout.ep_group_of): EP rank j of each holds a 1/e slice of the same experts and runs it
+    # on the tokens all of them received (all-gathered over the expert-TP group).
+    e = s.expert_tp
+    width = m.moe_intermediate_size // e
+    for (group, layer, mb, c), t in traffic.items():
+        first = group - group % e
+        rows = (t.expert_tokens if e == 1 else
+                sum(traffic[g, layer, mb, c].expert_tokens for g in range(first, first + e)))
+        work[group, layer, mb, c] = np.array([compute.expert_ffn_s(rows[on_gpu[g]], m.hidden_size, width)
+                                              for g in local])
+        if act_rerun:
+            rerun[group, layer, mb, c] = np.array([swiglu_rerun_s(s, compute, int(rows[on_gpu[g]].sum()), width)
+                                                   for g in local])
     sizes = [hi - lo for lo, hi in chunk_bounds(s.workload.tokens_per_gpu, num_chunks)]
     return Workload(num_chunks, sizes, batch, rounds, expert_gpu, traffic, work, rerun)
 
@@ -112,12 +120,12 @@ def recompute_modules(s) -> set[str]:
     return set(t.recompute_modules) if s.workload.mode == "train" and t.recompute == "selective" else set()
 
 
-def swiglu_rerun_s(s, compute: RooflineCompute, rows) -> float:
-    """moe_act: the SwiGLU re-run over `rows` expert rows in the backward (read gate and up, write
-    the output, BF16); nothing without it."""
+def swiglu_rerun_s(s, compute: RooflineCompute, rows, width: int | None = None) -> float:
+    """moe_act: the SwiGLU re-run over `rows` expert rows of `width` (default the expert's whole
+    intermediate size) in the backward (read gate and up, write the output, BF16); nothing without it."""
     if "moe_act" not in recompute_modules(s):
         return 0.0
-    return compute.memory_s(rows * 3 * s.model.moe_intermediate_size * 2)
+    return compute.memory_s(rows * 3 * (width or s.model.moe_intermediate_size) * 2)
 ATTENTION_CORE_BACKWARD_FACTOR = 2.5
 
 
