@@ -20,8 +20,9 @@ def test_each_tp_kernel_is_wrapped_in_an_all_gather_and_a_reduce_scatter():
     assert forward == ["tp_allgather", "attention", "tp_reducescatter", "tp_allgather", "dense_ffn",
                        "tp_reducescatter"]
     backward = [op.op for op in run.programs[0].phases[1] if op.layer == 0]
-    assert backward == ["tp_reducescatter", "dense_ffn", "tp_allgather", "tp_reducescatter", "attention",
-                        "tp_allgather"]
+    # the output gradient gathered before, the input gradient reduce-scattered after, as forward
+    assert backward == ["tp_allgather", "dense_ffn", "tp_reducescatter", "tp_allgather", "attention",
+                        "tp_reducescatter"]
 
 
 def test_sequence_parallel_collectives_move_the_whole_sequence_over_nvlink():

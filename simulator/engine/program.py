@@ -132,11 +132,14 @@ def first_of_layer(ops) -> tuple[bool, ...]:
 
 def tensor_parallel(kernel: Op) -> list[Op]:
     """A tensor-parallel kernel with sequence parallelism (Megatron): its input all-gathered over
-    the TP group before it, its output reduce-scattered after; in the backward, the other way
-    round (the backward of an all-gather is a reduce-scatter)."""
-    first, last = ("tp_reducescatter", "tp_allgather") if kernel.backward else ("tp_allgather", "tp_reducescatter")
-    return [Op(first, kernel.layer, kernel.moe_layer, kernel.phase, collective=True, wraps=kernel.op), kernel,
-            Op(last, kernel.layer, kernel.moe_layer, kernel.phase, collective=True, wraps=kernel.op)]
+    the TP group before it, its output reduce-scattered after. The backward runs the same kinds
+    in the same order: the output gradient is all-gathered first (the backward of the forward's
+    reduce-scatter) and the input gradient reduce-scattered last (the backward of its all-gather).
+    Megatron also re-gathers the input for the weight gradient, overlapped with the data
+    gradient: not simulated."""
+    return [Op("tp_allgather", kernel.layer, kernel.moe_layer, kernel.phase, collective=True, wraps=kernel.op),
+            kernel,
+            Op("tp_reducescatter", kernel.layer, kernel.moe_layer, kernel.phase, collective=True, wraps=kernel.op)]
 
 
 TP_KERNELS = ("attention", "dense_ffn")  # split column / row parallel; router and experts work on the local shard
