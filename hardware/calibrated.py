@@ -28,7 +28,7 @@ import numpy as np
 
 from hardware.compute import BF16_BYTES, RooflineCompute
 from hardware.presets import resolve_data_file
-from hardware.safe_yaml import quote
+from hardware.safe_yaml import quote, read_bytes_bounded
 from hardware.spec import GPUSpec
 
 SCHEMA = "epsim-calibration/2"
@@ -247,14 +247,7 @@ def _check_fit(path: Path, name: str, fit) -> None:
 def load_calibration(path: Path, dtype: str | None = None) -> dict:
     """Read and check a calibration file; ValueError names the file, the key, the value and the rule
     (and the dtypes it has)."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_CALIBRATION_BYTES + 1)
-    except OSError as exc:
-        raise ValueError(f"cannot read calibration {path}: {exc.strerror}") from None
-    if len(raw) > MAX_CALIBRATION_BYTES:
-        raise ValueError(f"calibration {path} is larger than {MAX_CALIBRATION_BYTES:,} bytes; "
-                         f"rule: at most {MAX_CALIBRATION_BYTES:,}")
+    raw = read_bytes_bounded(path, MAX_CALIBRATION_BYTES, "calibration")
     try:
         data = json.loads(raw)  # NaN and Infinity parse; the range checks reject them by key
     except json.JSONDecodeError as exc:

@@ -140,15 +140,23 @@ def parse_yaml(text: str, source: str = "the value"):
         loader.dispose()
 
 
-def read_text_bounded(path: Path, limit: int = MAX_FILE_BYTES) -> str:
-    """The file's text, refused (ValueError) past `limit` bytes before more than that is read."""
+def read_bytes_bounded(path: Path, limit: int, what: str = "") -> bytes:
+    """The file's bytes, refused (ValueError, naming `what` and the path) past `limit` bytes before
+    more than that is read."""
+    name = f"{what} {path}" if what else str(path)
     try:
         with open(path, "rb") as fh:
             raw = fh.read(limit + 1)
     except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+        raise ValueError(f"cannot read {name}: {exc.strerror}") from None
     if len(raw) > limit:
-        raise ValueError(f"{path} is larger than {limit:,} bytes; rule: at most {limit:,}")
+        raise ValueError(f"{name} is larger than {limit:,} bytes; rule: at most {limit:,}")
+    return raw
+
+
+def read_text_bounded(path: Path, limit: int = MAX_FILE_BYTES) -> str:
+    """The file's text, refused (ValueError) past `limit` bytes before more than that is read."""
+    raw = read_bytes_bounded(path, limit)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
