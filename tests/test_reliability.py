@@ -439,3 +439,38 @@ def test_sweep_workers_end_quietly_on_ctrl_c():
     done = subprocess.run([sys.executable, "-c", code], cwd=run_sim.ROOT, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (130, "")
 
+
+
+# -- 9. numbers inside physical ranges ------------------------------------------------------------
+@pytest.mark.parametrize("section, key, value, interval", [
+    ("hardware", "kernel_launch_us", 1e300, "[0, 10000]"),
+    ("hardware", "nodes", 100_000, "(0, 16384]"),
+    ("hardware", "gpus_per_node", 4096, "(0, 576]"),
+    ("hardware", "hbm_tb_per_s", 0.0, "[1e-06, 1000]"),
+    ("workload", "seq_len", 10**40, "(0, 16777216]"),
+    ("workload", "tokens_per_gpu", 10**9, "(0, 16777216]"),
+    ("routing", "zipf_alpha", 30.0, "(0, 4]"),
+    ("model", "hidden_size", 10**8, "(0, 4194304]"),
+    ("model", "num_experts", 1 << 21, "(0, 1048576]"),
+    ("model", "num_layers", 10**6, "(0, 1024]"),
+])
+def test_a_number_outside_its_physical_range_is_rejected_naming_key_value_and_range(section, key, value, interval):
+    err = rejects(tiny_dict(**{section: {key: value}}), f"{section}.{key}", repr(value), f"range {interval}")
+    assert (err.key, err.value) == (f"{section}.{key}", value)
+
+
+def test_a_non_finite_number_is_rejected_naming_the_key():
+    rejects(tiny_dict(hardware={"ib_latency_us": float("inf")}), "hardware.ib_latency_us", "finite")
+
+
+def test_expert_ids_past_the_int16_range_do_not_overflow():
+    import numpy as np
+
+    from simulator.workload.routing import Router
+    num_experts = 40_000
+    for distribution, max_nodes in (("uniform", None), ("zipf", 2)):
+        router = Router(num_experts, 4, distribution, 1.0, np.arange(num_experts) // 5000, max_nodes,
+                        np.random.default_rng(0))
+        ids = np.sort(router.route(20_000, np.random.default_rng(1)), axis=1)
+        assert ids.min() >= 0 and ids.max() >= 32_768 and ids.max() < num_experts
+        assert (ids[:, 1:] != ids[:, :-1]).all()  # k distinct experts per token

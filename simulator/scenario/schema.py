@@ -6,7 +6,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from hardware.spec import ClusterSpec
 from simulator.model import ModelSpec
@@ -17,72 +19,116 @@ Pos = Field(gt=0)
 Frac = Field(gt=0, le=1)
 NonNeg = Field(ge=0)
 
+# Physical ranges (issue 16): every number is finite and inside a range the simulator handles, so
+# `kernel_launch_us: 1e300` or `seq_len: 1e40` is one message naming the key, the value and the range
+# instead of a hang. Each bound says where it comes from; they sit far outside today's hardware and
+# models, and the work such a scenario asks for is estimated and budgeted apart (scenario/budget.py).
+MAX_GPUS_PER_NODE = 576  # NVIDIA's announced largest NVLink domain (Vera Rubin NVL576); GB200 NVL72 ships 72
+MAX_NODES = 16_384  # 131k GPUs at 8 per node: above the largest published training clusters (~100k H100)
+MAX_LAYERS = 1024  # deepest published LLMs have ~126 (Llama 3.1 405B) and 118 (PaLM 540B) layers
+MAX_WIDTH = 1 << 22  # hidden and FFN sizes: the largest published are 18,432 and 73,728 (PaLM); 57x that
+MAX_EXPERTS = 1 << 20  # "Mixture of A Million Experts" (PEER, He 2024) routes over 1024^2 experts
+MAX_TOKENS = 1 << 24  # 16.8M: above the longest trained contexts (Llama 4 Scout, 10M tokens)
+MAX_HEADS = 1024  # attention heads / head dims: published models use <= 128 heads of <= 256 dims
+MAX_US = 1e6  # latencies and per-call costs: 1 s, a million times a real launch or hop (2-10 us)
+MAX_LINK_GB_PER_S = 1e9  # physical links are < 1e4 GB/s; up to 1e9 is "free communication" (tests/test_pipeline.py)
+BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _number(value) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def range_text(field) -> str:
+    """A field's bounds as an interval, e.g. (0, 4096] or [0, 10000]."""
+    lo, hi, lo_open, hi_open = "-inf", "inf", True, True
+    for bound in field.metadata:
+        if isinstance(bound, (annotated_types.Gt, annotated_types.Ge)):
+            lo, lo_open = _number(getattr(bound, "gt", getattr(bound, "ge", None))), isinstance(bound, annotated_types.Gt)
+        if isinstance(bound, (annotated_types.Lt, annotated_types.Le)):
+            hi, hi_open = _number(getattr(bound, "lt", getattr(bound, "le", None))), isinstance(bound, annotated_types.Lt)
+    return f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _name_the_range(cls, value, handler, info):
+        """A bound's message names the whole range, not only the side that was crossed."""
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            if err["type"] in BOUND_ERRORS:
+                raise PydanticCustomError("out_of_range", "{msg} (range {range})", {
+                    "msg": err["msg"], "range": range_text(cls.model_fields[info.field_name])}) from None
+            raise
 
 
 class HardwareSection(_Section):
     preset: str = "h100-seed"
     description: str = ""
-    nodes: int = Pos
+    nodes: int = Field(gt=0, le=MAX_NODES)
     gpu_name: str
-    gpus_per_node: int = Pos
-    peak_bf16_tflops: float = Pos
-    peak_fp8_tflops: float = Pos
-    hbm_gb: float = Pos
-    hbm_tb_per_s: float = Pos
-    num_sms: int = Pos
+    gpus_per_node: int = Field(gt=0, le=MAX_GPUS_PER_NODE)
+    # 1 MFLOP/s (below any CPU) to 100 PFLOP/s (44x B200's 2.25 dense BF16 PFLOP/s)
+    peak_bf16_tflops: float = Field(ge=1e-6, le=1e5)
+    peak_fp8_tflops: float = Field(ge=1e-6, le=1e5)
+    hbm_gb: float = Field(gt=0, le=1e5)  # GiB: B200 has 180; up to 100 TiB so the memory rule can be relaxed
+    hbm_tb_per_s: float = Field(ge=1e-6, le=1e3)  # 1 MB/s to 1 PB/s (B200: 8 TB/s)
+    num_sms: int = Field(gt=0, le=4096)  # H100 132, B200 148
     matmul_efficiency: float = Frac
     memory_efficiency: float = Frac
-    kernel_launch_us: float = NonNeg
-    nvlink_gb_per_s: float = Pos
+    kernel_launch_us: float = Field(ge=0, le=1e4)  # 10 ms: a launch is 2-10 us, on a CPU tens
+    nvlink_gb_per_s: float = Field(gt=0, le=MAX_LINK_GB_PER_S)  # per direction; NVLink5 900
     nvlink_efficiency: float = Frac
-    nvlink_latency_us: float = NonNeg
-    ib_gbit_per_s: float = Pos
+    nvlink_latency_us: float = Field(ge=0, le=MAX_US)
+    ib_gbit_per_s: float = Field(gt=0, le=8 * MAX_LINK_GB_PER_S)  # per NIC; XDR is 800 Gbit/s
     ib_efficiency: float = Frac
-    ib_latency_us: float = NonNeg
-    ib_cross_leaf_latency_us: float = NonNeg
-    spine_oversubscription: float = Field(ge=1)
-    ll_kernel_overhead_us: float = Field(default=0.0, ge=0)
+    ib_latency_us: float = Field(ge=0, le=MAX_US)
+    ib_cross_leaf_latency_us: float = Field(ge=0, le=MAX_US)
+    spine_oversubscription: float = Field(ge=1, le=1024)  # fabrics are built 1:1 to 4:1
+    ll_kernel_overhead_us: float = Field(default=0.0, ge=0, le=MAX_US)
     direct_alltoall_efficiency: float = Field(default=1.0, gt=0, le=1)
-    nccl_sms: int = Field(default=0, ge=0)  # SMs NCCL's ring collectives hold (data-parallel sync)
+    nccl_sms: int = Field(default=0, ge=0, le=4096)  # SMs NCCL's ring collectives hold (data-parallel sync)
     calibration: Optional[str] = None  # a shipped calibration name or a .json path; None = roofline
 
 
 class AttentionSection(_Section):
     kind: Literal["mla", "gqa"]
-    num_heads: int = Pos
-    num_kv_heads: int = Field(default=0, ge=0)
-    head_dim: int = Field(default=0, ge=0)
-    q_lora_rank: int = Field(default=0, ge=0)
-    kv_lora_rank: int = Field(default=0, ge=0)
-    qk_nope_head_dim: int = Field(default=0, ge=0)
-    qk_rope_head_dim: int = Field(default=0, ge=0)
-    v_head_dim: int = Field(default=0, ge=0)
-    sliding_window: int = Field(default=0, ge=0)
-    full_attention_interval: int = Field(default=1, gt=0)
+    num_heads: int = Field(gt=0, le=MAX_HEADS)
+    num_kv_heads: int = Field(default=0, ge=0, le=MAX_HEADS)
+    head_dim: int = Field(default=0, ge=0, le=MAX_HEADS)
+    q_lora_rank: int = Field(default=0, ge=0, le=MAX_WIDTH)  # DeepSeek-V3: 1536
+    kv_lora_rank: int = Field(default=0, ge=0, le=MAX_WIDTH)  # DeepSeek-V3: 512
+    qk_nope_head_dim: int = Field(default=0, ge=0, le=MAX_HEADS)
+    qk_rope_head_dim: int = Field(default=0, ge=0, le=MAX_HEADS)
+    v_head_dim: int = Field(default=0, ge=0, le=MAX_HEADS)
+    sliding_window: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    full_attention_interval: int = Field(default=1, gt=0, le=MAX_LAYERS)
 
 
 class ModelSection(_Section):
     preset: str = "deepseek-v3"
-    hidden_size: int = Pos
-    moe_intermediate_size: int = Pos
-    num_experts: int = Pos
-    top_k: int = Pos
-    num_shared_experts: int = NonNeg
-    num_layers: int = Pos
-    num_dense_layers: int = NonNeg
-    dense_intermediate_size: int = Pos
-    vocab_size: int = Pos
+    hidden_size: int = Field(gt=0, le=MAX_WIDTH)
+    moe_intermediate_size: int = Field(gt=0, le=MAX_WIDTH)
+    num_experts: int = Field(gt=0, le=MAX_EXPERTS)
+    top_k: int = Field(gt=0, le=1024)  # PEER: 16 heads x 16 experts = 256 per token; Mixtral 2, DeepSeek-V3 8
+    num_shared_experts: int = Field(ge=0, le=1024)
+    num_layers: int = Field(gt=0, le=MAX_LAYERS)
+    num_dense_layers: int = Field(ge=0, le=MAX_LAYERS)
+    dense_intermediate_size: int = Field(gt=0, le=MAX_WIDTH)
+    vocab_size: int = Field(gt=0, le=1 << 22)  # 4M: 16x Gemma's 256k, the largest published
     attention: AttentionSection
 
 
 class ParallelSection(_Section):
-    ep_size: int = Pos
-    tp_size: int = Field(default=1, gt=0)
-    pp_size: int = Field(default=1, gt=0)
-    vpp_size: int = Field(default=1, gt=0)  # model chunks per PP rank (interleaved schedule)
+    ep_size: int = Field(gt=0, le=MAX_NODES * MAX_GPUS_PER_NODE)
+    tp_size: int = Field(default=1, gt=0, le=MAX_GPUS_PER_NODE)  # a TP group lives inside a node
+    pp_size: int = Field(default=1, gt=0, le=MAX_LAYERS)  # at least one layer per stage
+    vpp_size: int = Field(default=1, gt=0, le=MAX_LAYERS)  # model chunks per PP rank (interleaved schedule)
     expert_tp_size: int | Literal["auto"] = 1  # TP inside an expert; auto: seed 4.1's split
     pp_schedule: Literal["1f1b", "interleaved", "gpipe", "dualpipe"] = "1f1b"
 
@@ -90,9 +136,10 @@ class ParallelSection(_Section):
 class WorkloadSection(_Section):
     mode: Literal["train", "prefill", "decode"] = "train"
     scope: Literal["model", "moe_layer"] = "model"
-    tokens_per_gpu: int = Field(default=4096, gt=0)
-    micro_batches: int = Field(default=2, gt=0)
-    seq_len: int = Field(default=4096, gt=0)
+    # tokens per GPU per micro-batch: real ones are 1k-64k; bounded like a sequence (MAX_TOKENS)
+    tokens_per_gpu: int = Field(default=4096, gt=0, le=MAX_TOKENS)
+    micro_batches: int = Field(default=2, gt=0, le=1 << 16)  # DeepSeek-V3's DualPipe step: 120
+    seq_len: int = Field(default=4096, gt=0, le=MAX_TOKENS)
     gemm_dtype: Literal["bf16", "fp8", "fp32"] = "bf16"  # fp32: CPUs, with an fp32 calibration
     # true: the first layer's stage also runs the token embedding, the last layer's the LM head and
     # cross-entropy over the vocabulary (a whole model); false: decoder layers only (a stage cut
@@ -105,9 +152,12 @@ class WorkloadSection(_Section):
 
 class RoutingSection(_Section):
     distribution: Literal["uniform", "balanced", "zipf", "trace"] = "uniform"
-    zipf_alpha: float = Field(default=1.0, gt=0)
-    seed: int = Field(default=0, ge=0)
-    max_nodes_per_token: Optional[int] = Field(default=None, gt=0)
+    # Measured router skew fits alpha ~ 1 (skewed-zipf.yaml: 1.2); at 4 the top expert already takes
+    # 92 % of the tokens (1 / zeta(4)). The sampler draws distinct experts by rejection, so a
+    # steeper law makes it draw ~1/p of the k-th expert's mass per token: budget.py estimates those draws.
+    zipf_alpha: float = Field(default=1.0, gt=0, le=4)
+    seed: int = Field(default=0, ge=0, le=2**64 - 1)  # numpy seeds are 64-bit words
+    max_nodes_per_token: Optional[int] = Field(default=None, gt=0, le=MAX_NODES)
     adaptive_alpha: float = Field(default=0.0, ge=0)
 
 
@@ -137,21 +187,24 @@ class TrainingSection(_Section):
     # Adam's two moments: fp32, or bf16 as DeepSeek-V3 keeps them (report 3.3.2; Megatron's
     # --exp-avg-dtype / --exp-avg-sq-dtype with the precision-aware optimizer)
     adam_moments_dtype: Literal["fp32", "bf16"] = "fp32"
+    # gradient clipping by global norm (Megatron's default clip_grad 1.0): one read of the local
+    # gradient shard per step before the optimizer
+    grad_clipping: bool = True
     distributed_optimizer: bool = False  # ZeRO-1: optimizer state sharded over DP, grads reduce-scattered
     grad_overlap: bool = True  # bucketed grad reduction (and ZeRO-1 param all-gather) overlapped with compute
     # Megatron sets accumulate_allreduce_grads_in_fp32 for BF16 training: grads are reduced in FP32
     grad_reduce_dtype: Literal["fp32", "bf16"] = "fp32"
     # parameters per gradient bucket; null: Megatron-Core's default max(40M, 1M x DP size)
-    grad_bucket_params: Optional[int] = Field(default=None, gt=0)
+    grad_bucket_params: Optional[int] = Field(default=None, gt=0, le=10**13)  # 10T parameters: above any model
     # A batch as Megatron states it: global batch (sequences per step) over dense DP replicas of
     # micro_batch_size sequences; null keeps workload.micro_batches and tokens_per_gpu as given.
-    global_batch_size: Optional[int] = Field(default=None, gt=0)
-    micro_batch_size: int = Field(default=1, gt=0)
+    global_batch_size: Optional[int] = Field(default=None, gt=0, le=1 << 24)  # DeepSeek-V3: 15,360 sequences
+    micro_batch_size: int = Field(default=1, gt=0, le=1 << 16)
 
 
 class PipelineSection(_Section):
     overlap: Literal["none", "three_stream"] = "three_stream"
-    chunks: int = Field(default=2, gt=0)
+    chunks: int = Field(default=2, gt=0, le=1 << 16)  # also <= tokens_per_gpu (rules.py)
     # lockstep: micro-batches run forward, then backward, side by side; dualpipe: the forward of
     # micro-batch m overlaps the backward of m-1 (DeepSeek-V3's DualPipe steady state).
     schedule: Literal["lockstep", "dualpipe"] = "lockstep"

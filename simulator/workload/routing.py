@@ -25,6 +25,13 @@ import numpy as np
 BLOCK_TOKENS = 1 << 18  # tokens sampled at once: bounds memory at EP 1024
 
 
+def id_dtype(count: int) -> type:
+    """The narrowest dtype for ids 0..count-1 and the -1 marker: int16 (half the memory traffic of the
+    sampler's comparisons) up to 32,767, int32 beyond (num_experts may reach 2^20). The draws of
+    rng.integers depend on the dtype, so int16 stays wherever it fits: routing stays seed-stable."""
+    return np.int16 if count <= np.iinfo(np.int16).max else np.int32
+
+
 def zipf_probabilities(num_experts: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
     """p_e proportional to rank^-alpha, ranks shuffled over experts by the seed."""
     p = np.arange(1, num_experts + 1, dtype=np.float64) ** -alpha
@@ -43,7 +50,8 @@ class Router:
             self.probabilities = np.full(num_experts, 1.0 / num_experts)
         self.cdf = np.cumsum(self.probabilities)
         self.cdf[-1] = 1.0
-        self.expert_node = np.asarray(expert_node).astype(np.int16)
+        self.ids = id_dtype(num_experts)
+        self.expert_node = np.asarray(expert_node).astype(self.ids)
         num_nodes = int(self.expert_node.max()) + 1
         self.max_nodes = max_nodes if max_nodes is not None and max_nodes < num_nodes else None
         # For tokens whose node set is full: draw a node by its probability mass, then an expert
@@ -53,7 +61,7 @@ class Router:
         self.node_mass = p_by_node.sum(axis=1)
         within = np.cumsum(p_by_node, axis=1) / self.node_mass[:, None]
         within[:, -1] = 1.0
-        self.experts_by_node = by_node.ravel().astype(np.int16)
+        self.experts_by_node = by_node.ravel().astype(self.ids)
         self.node_cdf = (np.arange(num_nodes)[:, None] + within).ravel()
         self.experts_per_node = by_node.shape[1]
 
@@ -70,9 +78,9 @@ class Router:
     def _draw(self, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
         """Independent draws with replacement from the routing probabilities."""
         if self.distribution == "uniform":
-            return rng.integers(0, self.num_experts, size=shape, dtype=np.int16)
+            return rng.integers(0, self.num_experts, size=shape, dtype=self.ids)
         u = rng.random(shape, dtype=np.float32)
-        return np.searchsorted(self.cdf, u, side="right").astype(np.int16)
+        return np.searchsorted(self.cdf, u, side="right").astype(self.ids)
 
     def _draw_within(self, nodes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One draw per column of `nodes` [limit, n], restricted to the experts on those nodes."""
@@ -91,9 +99,9 @@ class Router:
     def _sample_block(self, n: int, rng: np.random.Generator) -> np.ndarray:
         k, limit = self.top_k, self.max_nodes
         # Column-major state ([k, n]) keeps the per-candidate comparisons contiguous.
-        chosen = np.full((k, n), -1, dtype=np.int16)
+        chosen = np.full((k, n), -1, dtype=self.ids)
         filled = np.zeros(n, dtype=np.int64)
-        nodes = np.full((limit or 1, n), -1, dtype=np.int16)
+        nodes = np.full((limit or 1, n), -1, dtype=self.ids)
         num_nodes = np.zeros(n, dtype=np.int64)
         todo = np.arange(n)
         while todo.size:
