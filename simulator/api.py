@@ -1,7 +1,9 @@
 """Importable entry points behind run_sim.py."""
 from __future__ import annotations
 
-from simulator.engine import RunRecord, simulate
+from simulator.engine import RunRecord
+from simulator.engine.fairshare import SolverStalled
+from simulator.engine.run import Run
 from simulator.extension import extend_summary, sample_micro_batches, with_micro_batches
 from simulator.metrics import per_layer_gpu_rows, summarize
 from simulator.scenario import Scenario
@@ -13,13 +15,27 @@ def simulate_scenario(scenario: Scenario) -> tuple[dict, list[dict], RunRecord]:
     rows are then those of the longer of the two)."""
     sample = sample_micro_batches(scenario)
     if sample is None:
-        record = simulate(scenario)
+        record = _simulate(scenario)
         return summarize(record), per_layer_gpu_rows(record), record
     m1, m2 = sample
-    one, record = simulate(with_micro_batches(scenario, m1)), simulate(with_micro_batches(scenario, m2))
+    one, record = _simulate(with_micro_batches(scenario, m1)), _simulate(with_micro_batches(scenario, m2))
     return extend_summary(scenario, summarize(one), summarize(record), m1, m2), per_layer_gpu_rows(record), record
 
 
 def run_scenario(scenario: Scenario) -> tuple[dict, list[dict]]:
     summary, rows, _ = simulate_scenario(scenario)
     return summary, rows
+
+
+def _simulate(scenario: Scenario) -> RunRecord:
+    """engine.simulate, with a stalled solver's error naming the collectives in flight by their ids."""
+    run = Run(scenario)
+    try:
+        return run.simulate()
+    except SolverStalled as exc:
+        stuck = {id(getattr(b.on_done, "__self__", None)) for b in exc.batches}
+        names = [f"{cid.kind} (group {cid.group}, index {cid.index}, micro-batch {cid.micro_batch}, chunk {cid.chunk})"
+                 for cid, coll in run.collectives.items() if id(coll) in stuck]
+        raise SolverStalled(f"internal error in {scenario.name!r}: {exc}; collectives: "
+                            f"{', '.join(names[:4]) or 'unknown'}{' ...' if len(names) > 4 else ''}",
+                            exc.batches) from None

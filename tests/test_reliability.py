@@ -474,3 +474,72 @@ def test_expert_ids_past_the_int16_range_do_not_overflow():
         ids = np.sort(router.route(20_000, np.random.default_rng(1)), axis=1)
         assert ids.min() >= 0 and ids.max() >= 32_768 and ids.max() < num_experts
         assert (ids[:, 1:] != ids[:, :-1]).all()  # k distinct experts per token
+
+
+# -- 10. the solvers cannot spin ------------------------------------------------------------------
+def test_fair_share_of_valid_inputs_takes_at_most_one_level_per_flow_half_its_bound():
+    import numpy as np
+
+    from simulator.engine.fairshare import level_bound, max_min_levels
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # random (flow, port, weight) problems, every flow on 1-4 ports
+        num_flows, num_ports = int(rng.integers(1, 40)), int(rng.integers(1, 20))
+        per_flow = rng.integers(1, 5, num_flows)
+        flow = np.repeat(np.arange(num_flows), per_flow)
+        port = rng.integers(0, num_ports, len(flow))
+        rates, levels = max_min_levels(flow, port, rng.random(len(flow)) + 0.01, rng.random(num_ports) * 10 + 0.1,
+                                       num_flows)
+        assert levels <= num_flows and 2 * levels <= level_bound(num_flows)
+        assert (rates > 0).all() and np.isfinite(rates).all()
+
+
+def test_a_nan_capacity_raises_instead_of_spinning():
+    import numpy as np
+
+    from simulator.engine.fairshare import SolverStalled, max_min_rates
+    with pytest.raises(SolverStalled, match="levels for 2 flows"):
+        max_min_rates(np.array([0, 1]), np.array([0, 0]), np.array([1.0, 1.0]), np.array([np.nan]), 2)
+
+
+def test_the_network_of_valid_runs_stays_at_half_its_update_bound():
+    from simulator.engine.run import Run
+    for data in (tiny_dict(), tiny_dict(hardware={"nodes": 4}, parallel={"ep_size": 16}, routing={"distribution": "zipf"},
+                                        network={"all_to_all": "direct"}),
+                 tiny_dict(model={"num_layers": 4}, parallel={"ep_size": 4, "pp_size": 2}, workload={"micro_batches": 4},
+                           network={"all_to_all": "low_latency", "comm_sms": 0})):
+        run = Run(build_scenario(data))
+        run.simulate()
+        # every update admits a batch or finishes a flow: at most batches + flows, half the bound
+        assert 0 < 2 * run.network.num_updates <= run.network.update_bound
+
+
+def test_a_clock_too_large_to_advance_raises_naming_the_collective():
+    import numpy as np
+    import simpy
+
+    from hardware.topology import Topology
+    from simulator.engine.fairshare import SolverStalled
+    from simulator.engine.network import FlowBatch, Network
+    env = simpy.Environment(initial_time=1e300)  # now + a transfer's microseconds == now
+    net = Network(env, Topology(build_scenario(TINY).cluster))
+    net.add(FlowBatch(np.array([0]), np.array([0]), np.array([1e3]), 1, lambda owners, t: None))
+    with pytest.raises(SolverStalled, match=r"rate updates at t = 1e\+300 s .* in flight: 1 collective"):
+        env.run()
+
+
+def test_a_stalled_solver_in_a_run_names_the_collective(monkeypatch):
+    import numpy as np
+
+    from simulator import api
+    from simulator.engine import network
+    from simulator.engine.fairshare import SolverStalled
+    monkeypatch.setattr(network.Network, "__init__", _nan_capacity(network.Network.__init__, np))
+    with pytest.raises(SolverStalled, match=r"internal error in 'rel-tiny': .*collectives: dispatch \(group 0, index 0"):
+        api.simulate_scenario(build_scenario(TINY))
+
+
+def _nan_capacity(init, np):
+    def patched(self, env, topology):
+        init(self, env, topology)
+        self.capacity = np.full_like(self.capacity, np.nan)  # what a NaN slipping past validation would do
+    return patched

@@ -5,6 +5,10 @@ rates are solved once (changes at the same instant are batched by a zero-delay u
 timer is set for the next completion. Flows within COALESCE of their elapsed time from finishing
 complete together: this bounds the number of re-solves per collective, and ends such a flow early
 by at most COALESCE of its duration.
+
+Every update admits a batch or finishes a flow (the timer is set for the next completion), so
+updates are bounded by batches + flows admitted; past twice that (time that no longer advances at a
+huge clock, a NaN rate) the network raises SolverStalled naming the collectives in flight.
 """
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ import numpy as np
 import simpy
 
 from hardware.topology import Topology
-from simulator.engine.fairshare import max_min_rates
+from simulator.engine.fairshare import SolverStalled, max_min_rates
 
 COALESCE = 1e-3
+UPDATE_SLACK = 16  # updates allowed beyond 2 x (batches + flows): a margin, never needed
 
 
 @dataclass
@@ -49,6 +54,8 @@ class Network:
         self.port_bytes = np.zeros(n)
         self.port_busy_s = np.zeros(n)
         self.num_solves = 0
+        self.num_updates = 0
+        self.num_flows_admitted = 0
         self._batches: list[FlowBatch] = []
         self._pending: list[FlowBatch] = []
         # active flow state, concatenated over batches
@@ -97,6 +104,9 @@ class Network:
         if gen != self._generation:
             return  # a newer update superseded this timer
         self._update_scheduled = False
+        self.num_updates += 1
+        if self.num_updates > self.update_bound:
+            self._stalled()
         now = self.env.now
         self._advance(now)
         finished = self._remaining <= COALESCE * (now - self._started) * np.maximum(self._rate, 0) + 1e-6
@@ -105,9 +115,30 @@ class Network:
         if self._pending:
             self._admit(now)
         if len(self._remaining):
-            self._rate = max_min_rates(self._e_flow, self._e_port, self._e_weight, self.capacity, len(self._remaining))
+            try:
+                self._rate = max_min_rates(self._e_flow, self._e_port, self._e_weight, self.capacity,
+                                           len(self._remaining))
+            except SolverStalled as exc:
+                raise SolverStalled(f"{exc}; in flight: {self._describe_active()}", self._active()) from None
             self.num_solves += 1
             self._schedule_update(float(np.min(self._remaining / self._rate)))
+
+    @property
+    def update_bound(self) -> int:
+        """Updates the batches and flows admitted so far can need, with a factor 2 and UPDATE_SLACK."""
+        return 2 * (len(self._batches) + len(self._pending) + self.num_flows_admitted) + UPDATE_SLACK
+
+    def _active(self) -> tuple[FlowBatch, ...]:
+        return tuple(self._batches[b] for b in np.unique(self._batch_of)) + tuple(self._pending)
+
+    def _describe_active(self) -> str:
+        active = self._active()
+        return f"{len(active)} collective(s), the first of GPUs {describe_gpus(active[0]) if active else '-'}"
+
+    def _stalled(self) -> None:
+        raise SolverStalled(f"the network made {self.num_updates} rate updates at t = {self.env.now!r} s for "
+                            f"{len(self._batches)} collectives and {self.num_flows_admitted} flows (bound "
+                            f"{self.update_bound}); in flight: {self._describe_active()}", self._active())
 
     def _finish(self, finished: np.ndarray, now: float) -> None:
         done_batches = self._batch_of[finished]
@@ -146,6 +177,7 @@ class Network:
             local.append(present)
             offset += len(present)
         self._pending = []
+        self.num_flows_admitted += offset - len(self._remaining)
         self._e_flow = np.concatenate([self._e_flow, *flows])
         self._e_port = np.concatenate([self._e_port, *ports])
         self._e_weight = np.concatenate([self._e_weight, *weights])
@@ -154,3 +186,9 @@ class Network:
         self._rate = np.zeros(len(self._remaining))
         self._batch_of = np.concatenate([self._batch_of, *batch_of])
         self._local = np.concatenate([self._local, *local])
+
+
+def describe_gpus(batch: FlowBatch) -> str:
+    """The GPUs of the collective a batch belongs to, when its callback's owner says (Collective.group)."""
+    group = getattr(getattr(batch.on_done, "__self__", None), "group", None)
+    return "?" if group is None else f"{int(group[0])}..{int(group[-1])} ({len(group)})"
