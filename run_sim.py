@@ -31,6 +31,27 @@ def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> No
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted scenario key with a YAML value, e.g. --set parallel.ep_size=32")
     p.add_argument("--out", default=None, help="output folder (default: runs/<scenario name>/)")
+    add_budget_args(p)
+
+
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    from simulator.scenario.budget import DEFAULT_MAX_MEMORY_GB, DEFAULT_MAX_MINUTES
+
+    p.add_argument("--max-minutes", type=float, default=DEFAULT_MAX_MINUTES, metavar="M",
+                   help=f"refuse a run estimated past M minutes on this machine (default {DEFAULT_MAX_MINUTES:g}; inf: off)")
+    p.add_argument("--max-memory-gb", type=float, default=DEFAULT_MAX_MEMORY_GB, metavar="G",
+                   help=f"refuse a run estimated past G GiB of memory (default {DEFAULT_MAX_MEMORY_GB:g}; inf: off)")
+
+
+def budget_of(args: argparse.Namespace):
+    """The run budget from --max-minutes / --max-memory-gb (ScenarioError unless both are > 0)."""
+    from simulator.errors import ScenarioError
+    from simulator.scenario.budget import Budget
+
+    for flag, value in (("--max-minutes", args.max_minutes), ("--max-memory-gb", args.max_memory_gb)):
+        if not value > 0:  # NaN too
+            raise ScenarioError(flag, value, "must be > 0 (inf turns the limit off)")
+    return Budget(max_memory_gb=args.max_memory_gb, max_minutes=args.max_minutes)
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -41,10 +62,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from simulator.errors import ScenarioError
     from simulator.results import write_run_files
     from simulator.scenario import load_scenario, parse_override
+    from simulator.scenario.budget import check_budget
 
     try:
         overrides = [parse_override(o) for o in args.overrides]
         scenario = load_scenario(args.scenario or DEFAULT_SCENARIO, overrides)
+        check_budget(scenario, budget_of(args))  # before any work: a run that cannot finish is refused
     except ScenarioError as exc:
         return fail(str(exc))
     if args.trace_gpus < 1:
@@ -80,10 +103,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from reports.report import write_report
     from simulator.errors import ScenarioError
     from simulator.scenario import build_scenario, read_scenario_file
+    from simulator.scenario.budget import check_budget
     from simulator.studies import sweep
 
     t0 = time.perf_counter()
     try:
+        budget = budget_of(args)
         fixed, axes = sweep.parse_sweep_sets(args.overrides)
         if not axes:
             raise ScenarioError("--set", " ".join(args.overrides) or None,
@@ -95,6 +120,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         base_yaml = sweep.dump_yaml(read_scenario_file(args.scenario))
     except ScenarioError as exc:
         return fail(str(exc))
+    for point in points:  # every point within the budget (each one's own; jobs run side by side)
+        if not point.error:
+            try:
+                check_budget(build_scenario(point.data), budget)
+            except ScenarioError as exc:
+                return fail(f"sweep point {point.label}: {exc}")
     name = next((p.data["name"] for p in points if isinstance(p.data.get("name"), str)), Path(args.scenario).stem)
     out = Path(args.out) if args.out else default_out(name)
     if out.exists() and not out.is_dir():
@@ -249,8 +280,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 # -- validate -------------------------------------------------------------------------------------
+def check_cases_budget(cases: list[dict], budget) -> None:
+    """Every validation case within the budget; a case whose layout is rejected is left to the harness,
+    which lists it as rejected."""
+    import copy
+
+    from simulator.errors import ScenarioError
+    from simulator.scenario import build_scenario
+    from simulator.scenario.budget import check_budget
+
+    for case in cases:
+        if "pending" in case:
+            continue
+        try:
+            scenario = build_scenario({"name": case["id"], **copy.deepcopy(case["scenario"])})
+        except ScenarioError:
+            continue
+        check_budget(scenario, budget)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from reports.validation import print_validation, write_validation
+    from simulator.errors import ScenarioError
     from simulator.studies.validation.harness import (
         BASELINE_FILE,
         baseline_of,
@@ -264,6 +315,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cases = select(load_cases(), args.case)
     if not cases:
         return fail(f"--case = {args.case!r}: matches no validation case")
+    try:
+        check_cases_budget(cases, budget_of(args))
+    except ScenarioError as exc:
+        return fail(str(exc))
     rows = [row for case in cases for row in run_case(case)]
     stats = summary_stats(rows)
     try:
@@ -320,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--out", default="runs/validation", help="folder for validation.csv and parity.png")
     validate.add_argument("--record", action="store_true",
                           help="record these errors as the CI baseline (simulator/studies/validation/baseline.json)")
+    add_budget_args(validate)
     validate.set_defaults(handler=cmd_validate)
     parser.set_defaults(command_names=tuple(sub.choices))
     return parser

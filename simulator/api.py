@@ -7,12 +7,16 @@ from simulator.engine.run import Run
 from simulator.extension import extend_summary, sample_micro_batches, with_micro_batches
 from simulator.metrics import per_layer_gpu_rows, summarize
 from simulator.scenario import Scenario
+from simulator.scenario.budget import Budget, check_budget
 
 
-def simulate_scenario(scenario: Scenario) -> tuple[dict, list[dict], RunRecord]:
+def simulate_scenario(scenario: Scenario, budget: Budget | None = None) -> tuple[dict, list[dict], RunRecord]:
     """Simulate and measure: (summary, per-layer/per-GPU rows, the RunRecord for traces). A
     pipeline step too long to simulate whole is extended from two shorter ones (the record and
-    rows are then those of the longer of the two)."""
+    rows are then those of the longer of the two). With a budget, a run estimated past it is
+    refused (ScenarioError) before any work is done."""
+    if budget is not None:
+        check_budget(scenario, budget)
     sample = sample_micro_batches(scenario)
     if sample is None:
         record = _simulate(scenario)
@@ -22,8 +26,8 @@ def simulate_scenario(scenario: Scenario) -> tuple[dict, list[dict], RunRecord]:
     return extend_summary(scenario, summarize(one), summarize(record), m1, m2), per_layer_gpu_rows(record), record
 
 
-def run_scenario(scenario: Scenario) -> tuple[dict, list[dict]]:
-    summary, rows, _ = simulate_scenario(scenario)
+def run_scenario(scenario: Scenario, budget: Budget | None = None) -> tuple[dict, list[dict]]:
+    summary, rows, _ = simulate_scenario(scenario, budget)
     return summary, rows
 
 

@@ -1,0 +1,148 @@
+"""The work a scenario asks for, estimated from the scenario alone, and the budget it must fit.
+
+A run costs the simulator three things: routing (a sampled expert choice per token copy), the
+discrete-event simulation (events; each collective's fair-share solves grow with its GPUs) and the
+memory of the largest routing call and of the kept record. All three follow from the layout, so a
+scenario that cannot finish on this machine (tokens_per_gpu 1e7, nodes 16,384) is refused before it
+starts, with the estimate and the flag that raises the budget, instead of running until killed.
+
+The constants are fitted on measured runs of the reference scenarios and of sizes of the tiny test
+scenario on the 2-core development VM (benchmarks/budget_check.py prints estimate against measured;
+tests/test_budget.py holds events and memory within 2x). They are rough on purpose: the budget only
+has to tell a minute from an hour.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from hardware.units import GIB
+from simulator.errors import ScenarioError
+from simulator.scenario.schema import Scenario
+
+DEFAULT_MAX_MEMORY_GB = 4.0  # GiB of the simulator's own memory (this VM has 8 GB, two runs may share it)
+DEFAULT_MAX_MINUTES = 10.0  # wall-clock minutes on the 2-core development VM
+
+# Fitted on this VM (benchmarks/budget_check.py).
+EVENTS_PER_OP = 41.0  # simulated events per (GPU, layer, micro-batch, chunk, phase): 39-42 measured
+EVENTS_PER_TP_OP = 24.0  # extra per such unit with tensor parallelism (gather / scatter rings)
+EVENT_S = 20e-6  # seconds per event at small EP (SimPy plus the per-op engine work)
+EVENT_S_PER_GPU = 0.06e-6  # per event and GPU of the EP group: the fair-share solve covers the group
+# per event and event already kept: the collector walks every live record (measured 49 us per event at
+# 3.6 M events, 24 us below 0.6 M; the README's 1024-GPU run: 6.7 M events in 16.5 min)
+EVENT_S_PER_EVENT = 7e-12
+COPY_S = {"uniform": 0.03e-6, "balanced": 0.03e-6, "zipf": 0.18e-6}  # seconds per routed copy, and traffic
+DRAW_S = 0.045e-6  # per further draw a copy needs: the sampler draws 2 x top_k candidates per round in bulk
+LIMITED_COPY_S = 0.07e-6  # extra per copy with max_nodes_per_token (the node bookkeeping)
+CALL_S = 4e-3  # per routing call (one EP group, layer, micro-batch): routers, traffic matrices
+BASE_BYTES = 60e6  # the interpreter with numpy, simpy and pydantic imported
+COPY_BYTES = 32.0  # transient bytes per routed copy of the largest routing call
+EVENT_BYTES = 260.0  # kept per event: intervals, records
+FLOAT32_STEP = 2.0 ** -24  # the sampler's uniform draws are float32: an expert with less mass may never be drawn
+MAX_DRAWS_PER_COPY = 1e4  # past this the sampler's rejection loop is hopeless at any budget
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run may cost; inf turns a limit off."""
+    max_memory_gb: float = DEFAULT_MAX_MEMORY_GB
+    max_minutes: float = DEFAULT_MAX_MINUTES
+
+
+@dataclass(frozen=True)
+class Estimate:
+    num_runs: int  # simulations (2 when the step is extended from two shorter ones)
+    routed_copies: int  # (token, expert) pairs sampled over all runs
+    draws_per_copy: float  # sampler draws per routed copy (1 for an easy law; more for a steep zipf)
+    num_collectives: int
+    num_events: int
+    peak_memory_bytes: float
+    wall_s: float
+
+    def describe(self) -> str:
+        return (f"{self.wall_s / 60:.1f} min and {self.peak_memory_bytes / GIB:.2f} GiB "
+                f"({self.num_events:,} simulated events, {self.routed_copies:,} routed token copies, "
+                f"{self.num_collectives:,} collectives, {self.num_runs} run(s))")
+
+
+def draws_per_copy(s: Scenario) -> float:
+    """Expected sampler draws per kept expert: drawing with replacement and skipping repeats needs
+    1 / (1 - mass already chosen) draws for the next distinct expert, the likeliest taken first."""
+    e, k = s.model.num_experts, s.model.top_k
+    if s.routing.distribution == "balanced":
+        return 1.0
+    if s.routing.distribution == "zipf":
+        p = np.arange(1, e + 1, dtype=np.float64) ** -s.routing.zipf_alpha
+        p /= p.sum()
+    else:
+        p = np.full(e, 1.0 / e)
+    if p[k - 1] < FLOAT32_STEP:
+        return math.inf
+    left = 1.0 - np.concatenate([[0.0], np.cumsum(p[: k - 1])])
+    return float(np.sum(1.0 / np.maximum(left, FLOAT32_STEP)) / k)
+
+
+def _micro_batch_runs(s: Scenario) -> list[int]:
+    from simulator.extension import sample_micro_batches  # extension reads memory, which reads this package
+    sample = sample_micro_batches(s)
+    return [s.workload.micro_batches] if sample is None else list(sample)
+
+
+def estimate(s: Scenario) -> Estimate:
+    """Routed copies, collectives, events, peak memory and wall time of simulating `s`."""
+    from simulator.workload.build import batch_limit  # build reads the scenario package
+
+    par, m, w = s.parallel, s.model, s.workload
+    g, p = s.num_gpus, par.pp_size
+    layers = 1 if w.scope == "moe_layer" else m.num_layers
+    moe_layers = 1 if w.scope == "moe_layer" else m.num_moe_layers
+    phases = 1 if w.mode != "train" else 3 if s.training.recompute == "full" else 2
+    chunks = batch_limit(s, s.pipeline.chunks)[2]
+    ep_groups = g // (p * par.ep_size)  # per stage, counting each expert-TP rank's group
+    runs = _micro_batch_runs(s)
+    # summed over stages: (GPUs / p) x layers x micro-batches, also under DualPipe (two chunks of half each)
+    mb_total = sum(runs)
+    ops = (g // p) * layers * mb_total * chunks * phases
+    events = ops * (EVENTS_PER_OP + (EVENTS_PER_TP_OP if par.tp_size > 1 else 0.0))
+    calls = ep_groups * moe_layers * mb_total  # routing calls: one per EP group, MoE layer and micro-batch
+    copies = calls * par.ep_size * w.tokens_per_gpu * m.top_k
+    draws = draws_per_copy(s)
+    if draws > MAX_DRAWS_PER_COPY:
+        raise ScenarioError("routing.zipf_alpha", s.routing.zipf_alpha,
+                            f"with model.top_k={m.top_k} of {m.num_experts} experts the router's k-th choice has "
+                            f"too little mass to be sampled (about {min(draws, 1e300):.3g} draws per routed copy); "
+                            f"lower zipf_alpha or top_k")
+    collectives = calls * chunks * 2 * phases  # dispatch and combine; the rings of TP and DP come on top
+    copy_s = COPY_S[s.routing.distribution] + (LIMITED_COPY_S if s.routing.max_nodes_per_token else 0.0)
+    per_run = events / len(runs)
+    wall = (events * (EVENT_S + EVENT_S_PER_GPU * par.ep_size + EVENT_S_PER_EVENT * per_run)
+            + copies * (copy_s + DRAW_S * (draws - 1)) + calls * CALL_S)
+    largest_call = par.ep_size * w.tokens_per_gpu * m.top_k  # copies; a sampling round holds 2 x top_k per token
+    memory = BASE_BYTES + COPY_BYTES * largest_call + EVENT_BYTES * per_run
+    return Estimate(len(runs), int(copies), draws, int(collectives), int(events), memory, wall)
+
+
+def check_budget(s: Scenario, budget: Budget) -> Estimate:
+    """Refuse (ScenarioError naming the flag) a scenario estimated past the budget."""
+    est = estimate(s)
+    if est.wall_s > budget.max_minutes * 60:
+        raise ScenarioError("--max-minutes", budget.max_minutes,
+                            f"{s.name!r} is estimated at {est.describe()}; rule: a run estimated past the time "
+                            f"budget is refused; raise it with --max-minutes {_round_up(est.wall_s / 60 * 1.5)} "
+                            f"(or inf), or shrink the scenario")
+    if est.peak_memory_bytes > budget.max_memory_gb * GIB:
+        raise ScenarioError("--max-memory-gb", budget.max_memory_gb,
+                            f"{s.name!r} is estimated at {est.describe()}; rule: a run estimated past the memory "
+                            f"budget is refused; raise it with --max-memory-gb "
+                            f"{_round_up(est.peak_memory_bytes / GIB * 1.5)} (or inf), or shrink the scenario")
+    return est
+
+
+def _round_up(x: float) -> str:
+    """A round value above x for the message's suggested flag."""
+    if not math.isfinite(x):
+        return "inf"
+    step = 10 ** math.floor(math.log10(max(x, 1e-9)))
+    return f"{math.ceil(x / step) * step:g}"
