@@ -543,3 +543,22 @@ def _nan_capacity(init, np):
         init(self, env, topology)
         self.capacity = np.full_like(self.capacity, np.nan)  # what a NaN slipping past validation would do
     return patched
+
+
+# -- 11. a field a calibration sets is not overridden silently --------------------------------------
+def test_a_peak_override_on_a_calibrated_preset_is_rejected_naming_the_rule():
+    err = rejects(tiny_dict(hardware={"preset": "h100-sxm", "peak_bf16_tflops": 100.0}),
+                  "hardware.peak_bf16_tflops", "h100-sxm.json", "change MFU but not the step", "hardware.calibration: null")
+    assert err.value == 100.0
+    rejects(tiny_dict(hardware={"preset": "h800", "peak_fp8_tflops": 3000.0}), "hardware.peak_fp8_tflops")
+
+
+def test_without_the_calibration_a_peak_override_moves_the_step_and_mfu_together():
+    from simulator.api import run_scenario
+    slow, fast = (run_scenario(build_scenario(tiny_dict(hardware={"preset": "h100-sxm", "calibration": None,
+                                                                  "peak_bf16_tflops": peak})))[0]
+                  for peak in (100.0, 989.0))
+    assert slow["step_time_s"] > 1.05 * fast["step_time_s"]  # the GEMMs run at the given peak
+    assert 0 < slow["mfu"] <= 1 and 0 < fast["mfu"] <= 1
+    # the same model FLOPs over step x peak: MFU moves with the step, not against it
+    assert slow["mfu"] * slow["step_time_s"] * 100 == pytest.approx(fast["mfu"] * fast["step_time_s"] * 989)

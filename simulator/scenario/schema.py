@@ -242,6 +242,9 @@ class Scenario:
     resolved: dict  # the fully merged YAML-level scenario (for hashing and reports)
     calibration_path: Optional[Path] = None  # the checked calibration file the compute model reads
 
+    def __post_init__(self):
+        check_calibrated_peaks(self)
+
     @property
     def num_gpus(self) -> int:
         return self.cluster.num_gpus
@@ -265,3 +268,26 @@ class Scenario:
     def dp_size(self) -> int:
         """Replicas of the expert layout (expert DP): the number of EP groups while TP = PP = 1."""
         return self.ranks.expert_dp_size
+
+
+# A calibration times every kernel from its own measured or published rates, so on a calibrated
+# preset an override of a peak would move MFU (its denominator) but not the step: mfu 7.27 with
+# peak_bf16_tflops lowered (issue 16). Such an override is rejected rather than applied to half the numbers.
+CALIBRATED_PEAKS = ("peak_bf16_tflops", "peak_fp8_tflops")
+
+
+def check_calibrated_peaks(s: Scenario) -> None:
+    if s.calibration_path is None:
+        return
+    from hardware.presets import PRESET_DIR, load_yaml_mapping, preset_path
+    from simulator.errors import ScenarioError
+    preset = load_yaml_mapping(preset_path(s.hardware_preset, PRESET_DIR))
+    for key in CALIBRATED_PEAKS:
+        value = s.resolved["hardware"][key]
+        if key in preset and value != preset[key]:
+            raise ScenarioError(
+                f"hardware.{key}", value,
+                f"the calibration {s.calibration_path.name} times the kernels, so a different peak would change "
+                f"MFU but not the step; rule: with hardware.calibration set, {key} keeps the preset's value; "
+                f"for other rates set hardware.calibration: null (the roofline of the given fields) or give a "
+                f"calibration of that GPU")
