@@ -562,3 +562,10 @@ def test_without_the_calibration_a_peak_override_moves_the_step_and_mfu_together
     assert 0 < slow["mfu"] <= 1 and 0 < fast["mfu"] <= 1
     # the same model FLOPs over step x peak: MFU moves with the step, not against it
     assert slow["mfu"] * slow["step_time_s"] * 100 == pytest.approx(fast["mfu"] * fast["step_time_s"] * 989)
+
+
+def test_expert_tp_auto_with_an_ep_group_past_the_stage_is_a_scenario_error_not_a_crash():
+    # found by benchmarks/fuzz.py: auto's memory rule built the rank layout before the layout was checked
+    rejects(tiny_dict(hardware={"nodes": 4, "gpus_per_node": 4}, parallel={"ep_size": 16, "pp_size": 2,
+                                                                         "expert_tp_size": "auto"},
+                      model={"num_layers": 4}), "parallel.ep_size", "parallel.pp_size=2 must divide the 16 GPUs")

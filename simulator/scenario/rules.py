@@ -12,6 +12,10 @@ def check_tensor_parallel(s: Scenario) -> None:
     key_value = s.parallel.expert_tp_size
     if key_value != "auto" and key_value < 1:
         raise ScenarioError("parallel.expert_tp_size", key_value, "must be >= 1 (GPUs each expert is split over) or auto")
+    ep, pp = s.parallel.ep_size, s.parallel.pp_size
+    if key_value == "auto" and s.num_gpus % (ep * pp):  # auto's memory rule needs the rank layout: check it first
+        raise ScenarioError("parallel.ep_size", ep, f"x parallel.pp_size={pp} must divide the {s.num_gpus} GPUs "
+                            f"(hardware.nodes x gpus_per_node): an EP group lives inside one pipeline stage")
     e = s.expert_tp
     if e > 1:
         why = ""
