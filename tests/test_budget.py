@@ -124,3 +124,20 @@ def test_a_router_too_steep_to_sample_is_refused_naming_zipf_alpha():
 
 def test_uniform_routing_needs_about_one_draw_per_copy():
     assert draws_per_copy(build_scenario(tiny_dict())) == pytest.approx(1.03, abs=0.01)  # 16 experts, top 2
+
+
+def test_a_sweep_with_a_point_past_the_budget_is_refused_before_any_point_runs(tmp_path, capsys):
+    import yaml
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_dict(hardware={"hbm_gb": 90_000})))
+    code = run_sim.main(["sweep", str(path), "--set", "workload.tokens_per_gpu=256,10000000", "--out",
+                         str(tmp_path / "out"), "--jobs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: sweep point tokens_per_gpu=10000000: --max-memory-gb = 4.0"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_takes_the_budget_flags(capsys):
+    assert run_sim.main(["validate", "--case", "deepep-normal-intranode-ep8", "--max-minutes", "1e-6",
+                         "--out", "/nonexistent/never-written"]) == 2
+    assert "error: --max-minutes = 1e-06: 'deepep-normal-intranode-ep8' is estimated" in capsys.readouterr().err

@@ -569,3 +569,6 @@ def test_expert_tp_auto_with_an_ep_group_past_the_stage_is_a_scenario_error_not_
     rejects(tiny_dict(hardware={"nodes": 4, "gpus_per_node": 4}, parallel={"ep_size": 16, "pp_size": 2,
                                                                          "expert_tp_size": "auto"},
                       model={"num_layers": 4}), "parallel.ep_size", "parallel.pp_size=2 must divide the 16 GPUs")
+    rejects(tiny_dict(hardware={"nodes": 1, "gpus_per_node": 4}, parallel={"ep_size": 1, "pp_size": 4, "tp_size": 2,
+                                                                         "expert_tp_size": "auto"},
+                      model={"num_layers": 4}), "parallel.tp_size", "parallel.pp_size=4 must divide the 4 GPUs")

@@ -12,10 +12,12 @@ def check_tensor_parallel(s: Scenario) -> None:
     key_value = s.parallel.expert_tp_size
     if key_value != "auto" and key_value < 1:
         raise ScenarioError("parallel.expert_tp_size", key_value, "must be >= 1 (GPUs each expert is split over) or auto")
-    ep, pp = s.parallel.ep_size, s.parallel.pp_size
-    if key_value == "auto" and s.num_gpus % (ep * pp):  # auto's memory rule needs the rank layout: check it first
-        raise ScenarioError("parallel.ep_size", ep, f"x parallel.pp_size={pp} must divide the {s.num_gpus} GPUs "
-                            f"(hardware.nodes x gpus_per_node): an EP group lives inside one pipeline stage")
+    if key_value == "auto":  # auto's memory rule needs the rank layout: check what it needs first
+        for key, size in (("tp_size", t), ("ep_size", s.parallel.ep_size)):
+            if s.num_gpus % (size * s.parallel.pp_size):
+                raise ScenarioError(f"parallel.{key}", size, f"x parallel.pp_size={s.parallel.pp_size} must divide the "
+                                    f"{s.num_gpus} GPUs (hardware.nodes x gpus_per_node): a TP or EP group lives "
+                                    f"inside one pipeline stage")
     e = s.expert_tp
     if e > 1:
         why = ""
