@@ -228,6 +228,15 @@ def _check_fit(path: Path, name: str, fit) -> None:
         _check_number(path, f"{key}.flop_per_s", fit["flop_per_s"], RATE)
         _check_number(path, f"{key}.bytes_per_s", fit["bytes_per_s"], RATE)
         _check_number(path, f"{key}.overhead_s", fit["overhead_s"], TIME_S)
+        law = fit.get("shape_law")
+        if law is not None:  # GEMM time by shape (hardware/gemm_shape.py)
+            if not isinstance(law, dict):
+                raise ValueError(f"calibration {path}: {key}.shape_law = {quote(law)}: must be a mapping")
+            for name, bounds in (("flop_per_s", RATE), ("bytes_per_s", RATE), ("overhead_s", TIME_S),
+                                 ("k_half", (0.0, 1e6, "a finite length in [0, 1e6] elements of K"))):
+                if name not in law:
+                    raise ValueError(f"calibration {path}: lacks {key}.shape_law.{name}")
+                _check_number(path, f"{key}.shape_law.{name}", law[name], bounds)
         return
     _check_terms(path, f"{key}.gemm", fit["gemm"], GEMM_TERMS)
     _check_terms(path, f"{key}.expert_block", fit["expert_block"], BLOCK_TERMS)
@@ -309,7 +318,7 @@ class CalibratedCompute:
         return RooflineCompute(replace(
             gpu, matmul_efficiency=fit["flop_per_s"] / gpu.peak_flop_per_s(dtype),
             memory_efficiency=fit["bytes_per_s"] / gpu.hbm_bytes_per_s,
-            kernel_launch_s=fit["overhead_s"]), dtype)
+            kernel_launch_s=fit["overhead_s"]), dtype, fit.get("shape_law"))
 
     def describe(self) -> dict:
         return {

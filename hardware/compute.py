@@ -1,7 +1,8 @@
 """Compute model: how long a kernel takes on one GPU at full SM rate.
 
 Roofline: time = max(FLOP / (peak x matmul_efficiency), bytes / (HBM x memory_efficiency))
-plus one kernel launch, with the efficiencies of the hardware preset. This is the model without a
+plus one kernel launch, with the efficiencies of the hardware preset; GEMMs by their shape
+(hardware/gemm_shape.py) when a published calibration gives the law. This is the model without a
 calibration file; hardware/calibrated.py keeps its interface and times kernels from a measured fit
 (falling back to this roofline outside the measured range). All functions return seconds.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hardware.gemm_shape import grouped_time_s
 from hardware.spec import GPUSpec
 
 BF16_BYTES = 2
@@ -17,15 +19,18 @@ BF16_BYTES = 2
 class RooflineCompute:
     """Roofline time for the kernels an MoE transformer runs."""
 
-    def __init__(self, gpu: GPUSpec, dtype: str = "bf16"):
+    def __init__(self, gpu: GPUSpec, dtype: str = "bf16", shape_law: dict | None = None):
         self.gpu = gpu
         self.dtype = dtype  # GEMM input dtype
         self._flop_per_s = gpu.peak_flop_per_s(dtype) * gpu.matmul_efficiency
         self._bytes_per_s = gpu.hbm_bytes_per_s * gpu.memory_efficiency
         self._elem_bytes = 1.0 if dtype == "fp8" else 2.0
+        # GEMM time by shape (hardware/gemm_shape.py) in place of one matmul rate, when a published
+        # calibration carries one
+        self.shape_law = shape_law
 
     def describe(self) -> dict:
-        return {
+        out = {
             "kind": "roofline",
             "gpu": self.gpu.name,
             "gemm_dtype": self.dtype,
@@ -33,6 +38,9 @@ class RooflineCompute:
             "memory_efficiency": self.gpu.memory_efficiency,
             "kernel_launch_s": self.gpu.kernel_launch_s,
         }
+        if self.shape_law:
+            out["gemm_shape_law"] = dict(self.shape_law)
+        return out
 
     def _roofline_s(self, flop, num_bytes):
         return np.maximum(np.asarray(flop) / self._flop_per_s, np.asarray(num_bytes) / self._bytes_per_s)
@@ -41,6 +49,8 @@ class RooflineCompute:
         """[m, k] x [k, n] -> [m, n] in BF16 output."""
         if m <= 0:
             return 0.0
+        if self.shape_law:
+            return grouped_time_s([m], n, k, self.shape_law, self.gpu.num_sms, self._elem_bytes)
         flop = 2.0 * m * n * k
         num_bytes = (m * k + k * n) * self._elem_bytes + m * n * BF16_BYTES
         return float(self._roofline_s(flop, num_bytes)) + self.gpu.kernel_launch_s
@@ -55,6 +65,8 @@ class RooflineCompute:
         ms = ms[ms > 0]
         if ms.size == 0:
             return 0.0
+        if self.shape_law:
+            return grouped_time_s(ms, n, k, self.shape_law, self.gpu.num_sms, self._elem_bytes)
         flop = 2.0 * ms * n * k
         num_bytes = (ms * k + k * n) * self._elem_bytes + ms * n * BF16_BYTES
         return float(self._roofline_s(flop, num_bytes).sum()) + self.gpu.kernel_launch_s

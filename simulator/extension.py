@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from simulator.metrics import gemm_dtype_peak
 from simulator.scenario.memory import memory_per_gpu, stage_layers
 
 STEADY_MARGIN = 2  # steady-state repeats simulated past the warm-up
@@ -60,10 +61,13 @@ def extend_summary(full, one: dict, two: dict, m1: int, m2: int) -> dict:
         "step_time_s": step,
         "model_flop_per_step": flop,
         "mfu": flop / (step * g * peak),
+        "mfu_vs_gemm_dtype_peak": flop / (step * g * gemm_dtype_peak(full)),
         "model_tflops_per_gpu": flop / step / g / 1e12,
         "tokens_per_s": tokens / step,
         "tokens_per_s_per_gpu": tokens / step / g,
         "breakdown_s": {k: _extend(one["breakdown_s"][k], v, m1, m2, m) for k, v in two["breakdown_s"].items()},
+        "compute_by_kernel_class_s": {k: _extend(one["compute_by_kernel_class_s"][k], v, m1, m2, m)
+                                      for k, v in two["compute_by_kernel_class_s"].items()},
         "pipeline_bubble_fraction": sum(two["pipeline_bubble_s"]) / len(two["pipeline_bubble_s"]) / step,
         "bandwidth_utilization_step": {
             cls: _extend(one["bandwidth_utilization_step"][cls] * one["step_time_s"], u * two["step_time_s"], m1, m2, m)

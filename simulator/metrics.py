@@ -20,7 +20,7 @@ from simulator.scenario.memory import (
     optimizer_bytes,
 )
 from simulator.wire import ELEMENT_BYTES
-from simulator.workload.build import buffer_bytes_per_token
+from simulator.workload.build import KERNEL_CLASSES, buffer_bytes_per_token
 
 TRAIN_FLOP_FACTOR = 3.0  # forward + backward (2x forward)
 
@@ -77,6 +77,28 @@ def breakdown(r: RunRecord) -> dict[str, float]:
         exposed_s.append(either - busy)
     c, x = float(np.mean(compute_s)), float(np.mean(exposed_s))
     return {"compute": c, "exposed_comm": x, "idle": max(r.step_time_s - c - x, 0.0)}
+
+
+def gemm_dtype_peak(s) -> float:
+    """Dense peak of the GEMM dtype (FP8 runs against their own peak); FP32 (CPUs): the preset's peak."""
+    dtype = s.workload.gemm_dtype
+    return s.cluster.gpu.peak_flop_per_s(dtype) if dtype in ("bf16", "fp8") else s.cluster.gpu.peak_bf16_flop_per_s
+
+
+def compute_by_kernel_class(r: RunRecord) -> dict[str, float]:
+    """Per-GPU mean seconds of compute in each kernel class (GEMM, attention, elementwise/norm,
+    permute, quantisation, optimizer, other): each kernel's time split in its op's proportions
+    (RunRecord.kernel_classes); they add up to breakdown_s.compute."""
+    classes = r.kernel_classes or {}
+    totals = dict.fromkeys(KERNEL_CLASSES, 0.0)
+    for intervals in r.intervals:
+        for iv in intervals:
+            if iv.stream != COMPUTE:
+                continue
+            name = iv.op.op + ("_bwd" if iv.op.phase == "backward" else "")
+            for cls, share in classes.get(name, {"other": 1.0}).items():
+                totals[cls] += (iv.end_s - iv.start_s) * share
+    return {cls: float(v / max(r.num_gpus, 1)) for cls, v in totals.items()}
 
 
 def collective_stats(r: RunRecord) -> dict:
@@ -184,8 +206,9 @@ def data_parallel_provenance(s) -> str:
         else "after the whole backward"
     return (f"gradient {sync} in {t.grad_reduce_dtype}, buckets of {bucket} parameters of whole layers, "
             f"{overlap}; NCCL-style rings over dense DP {s.ranks.dp_size} and expert DP {s.ranks.expert_dp_size} "
-            f"holding {s.cluster.nccl_sms} SMs; Adam step memory-bound at {adam_bytes_per_param(s)} B per parameter over "
-            f"{'the DP shard' if t.distributed_optimizer else 'all local parameters'}; norms not counted")
+            f"holding {s.cluster.nccl_sms} SMs; {'a gradient-norm pass (clipping) and ' if t.grad_clipping else ''}"
+            f"Adam step memory-bound at {adam_bytes_per_param(s)} B per parameter over "
+            f"{'the DP shard' if t.distributed_optimizer else 'all local parameters'}")
 
 
 def memory_provenance(s) -> str:
@@ -220,6 +243,7 @@ def summarize(r: RunRecord) -> dict:
         "num_gpus": g,
         "step_time_s": step,
         "mfu": flop / (step * g * peak),
+        "mfu_vs_gemm_dtype_peak": flop / (step * g * gemm_dtype_peak(s)),
         "model_tflops_per_gpu": flop / step / g / 1e12,
         "tokens_per_s": step_tokens(s) / step,
         "tokens_per_s_per_gpu": step_tokens(s) / step / g,
@@ -227,6 +251,7 @@ def summarize(r: RunRecord) -> dict:
         "bandwidth_utilization_step": step_util,
         "collectives": collective_stats(r),
         "breakdown_s": breakdown(r),
+        "compute_by_kernel_class_s": compute_by_kernel_class(r),
         "load_imbalance": load_imbalance(r),
         **pipeline_bubble(r),
         "model_flop_per_step": flop,

@@ -12,8 +12,12 @@ from simulator.engine.program import FORWARD, Op, OpId
 from simulator.wire import token_bytes
 from tests.conftest import make_scenario
 
+# Launch-bound kernels: the router op runs 4 (GEMM, softmax / top-k, the MLP's norm and residual),
+# the experts 5 (two GEMMs, SwiGLU, permute, un-permute); a 1.6 us NVLink hop puts a dispatch between
+# (the roofline: the published calibration has its own 4 us per kernel).
 TWO_CHUNKS = dict(
-    hardware={"nodes": 1, "gpus_per_node": 2}, parallel={"ep_size": 2},
+    hardware={"nodes": 1, "gpus_per_node": 2, "kernel_launch_us": 1.0, "nvlink_latency_us": 1.6, "calibration": None},
+    parallel={"ep_size": 2},
     model={"num_experts": 2, "top_k": 1, "num_shared_experts": 0},
     workload={"mode": "prefill", "scope": "moe_layer", "tokens_per_gpu": 8, "micro_batches": 1},
     routing={"distribution": "balanced"}, network={"all_to_all": "direct", "comm_sms": 0},

@@ -44,6 +44,8 @@ class DataParallel:
                                        and s.pipeline.overlap == "three_stream")
         self.comm_sms = s.cluster.nccl_sms
         self.adam_bytes = adam_bytes_per_param(s)
+        # global-norm clipping reads every gradient once more (the norm's all-reduce of one scalar: not simulated)
+        self.clip_bytes = ELEMENT_BYTES[s.training.grad_reduce_dtype] if s.training.grad_clipping else 0
 
     def group_of(self, group: str, gpu: int) -> tuple[int, int, np.ndarray]:
         g, rank = self.index[group][gpu]
@@ -54,5 +56,6 @@ class DataParallel:
         return sum(b.num_params / self.shards[b.family] for b in program.buckets)
 
     def optimizer_s(self, compute, program: Program) -> float:
-        """Adam over the parameters this GPU updates."""
-        return compute.memory_s(self.shard_params(program) * self.adam_bytes)
+        """Gradient clipping's norm and Adam over the parameters this GPU updates."""
+        params = self.shard_params(program)
+        return compute.memory_s(params * self.clip_bytes) + compute.memory_s(params * self.adam_bytes)

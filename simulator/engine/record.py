@@ -71,6 +71,8 @@ class RunRecord:
     num_events: int
     network_solves: int
     task_spans: list[list[tuple[float, float]]] | None = None  # PP: per GPU, each task's (start, end)
+    # op name -> {kernel class: fraction of the op's time} (simulator/workload/build.py KERNEL_CLASSES)
+    kernel_classes: dict[str, dict[str, float]] | None = None
 
     @property
     def num_gpus(self) -> int:

@@ -28,7 +28,7 @@ from simulator.engine.rings import p2p_paths, ring_paths
 from simulator.scenario import Scenario
 from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
 from simulator.wire import ELEMENT_BYTES, algorithm, token_bytes
-from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_work_s
+from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_kernels, dense_work_s, ffn_split
 
 
 class Run:
@@ -449,7 +449,26 @@ class Run:
         return RunRecord(self.s, step, [g.intervals for g in self.gpus], collectives, counts, ports,
                          w.expert_gpu, w.num_chunks, w.tokens_per_batch_limit, w.rounds,
                          self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves,
-                         self.task_spans if self.pp else None)
+                         self.task_spans if self.pp else None, self.kernel_classes())
+
+    def kernel_classes(self) -> dict[str, dict[str, float]]:
+        """Per op name, the fraction of its time each kernel class takes: the dense ops' own split
+        (first chunk's tokens), the routed experts' at the mean rows per expert, the update's."""
+        s, w = self.s, self.workload
+        out = {}
+        for op, parts in dense_kernels(s, self.compute_model, w.chunk_tokens[0]).items():
+            total = sum(parts.values())
+            if total > 0:
+                out[op] = {cls: v / total for cls, v in parts.items()}
+        rows = [t.expert_tokens for t in w.traffic.values()]
+        mean_rows = np.mean(rows, axis=0) if rows else np.zeros(1)
+        experts = ffn_split(self.compute_model, mean_rows[mean_rows > 0], s.model.hidden_size,
+                            s.model.moe_intermediate_size // s.expert_tp, permute=True)
+        total = sum(experts.values())
+        if total > 0:
+            out["experts"] = out["experts_bwd"] = {cls: v / total for cls, v in experts.items()}
+        out["optimizer"] = {"optimizer": 1.0}
+        return out
 
 
 PHASE_CODE = {FORWARD: 0, BACKWARD: 1, RECOMPUTE: 2}

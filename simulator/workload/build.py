@@ -129,20 +129,55 @@ def swiglu_rerun_s(s, compute: RooflineCompute, rows, width: int | None = None) 
 ATTENTION_CORE_BACKWARD_FACTOR = 2.5
 
 
-def dense_work_s(s, compute: RooflineCompute, num_tokens: int) -> dict[str, float]:
-    """Seconds of the per-token work every GPU does on its own tokens: forward, and backward where
-    it is not BACKWARD_FACTOR x forward.
+KERNEL_CLASSES = ("gemm", "attention", "elementwise", "permute", "quantisation", "optimizer", "other")
+QUANT_BYTES = 2 + 1 + 4 / 128  # FP8 quantisation of a BF16 tensor: read 2 B, write 1 B and a scale per 1x128 tile
+
+
+def ffn_split(compute, tokens, h: int, i: int, permute: bool) -> dict[str, float]:
+    """The kernel classes of an SwiGLU FFN block (expert_ffn_s's parts): grouped GEMMs, the SwiGLU,
+    and the permute / un-permute of the rows (routed experts)."""
+    tokens = np.asarray(tokens)
+    total = float(tokens.sum())
+    if total <= 0:
+        return {}
+    out = {"gemm": compute.grouped_gemm_s(tokens, 2 * i, h) + compute.grouped_gemm_s(tokens, h, i),
+           "elementwise": compute.memory_s(total * 3 * i * 2)}
+    if permute:
+        out["permute"] = 2 * compute.memory_s(2 * total * h * 2)
+    return out
+
+
+def ffn_kernels(compute, tokens, h: int, i: int, permute: bool) -> dict[str, float]:
+    """expert_ffn_s (which a calibration may fit as one block) split in the proportions of its parts."""
+    total = compute.expert_ffn_s(np.asarray(tokens), h, i, permute=permute)
+    parts = ffn_split(compute, tokens, h, i, permute)
+    whole = sum(parts.values())
+    return {cls: v * total / whole for cls, v in parts.items()} if whole > 0 else {}
+
+
+def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dict[str, float]]:
+    """Per op (and backward op), the seconds of each kernel class it runs on num_tokens tokens of
+    this GPU: the GEMMs and attention core, and the kernels around them (issue: whole-step fidelity).
+
+    Per layer, forward, memory-bound at the HBM rate with one launch each: the two RMSNorms (read
+    and write the hidden state, BF16) and MLA's two latent norms; rotary embedding on the rope part
+    of Q and K; the two residual adds (read two, write one); the router's softmax and top-k over
+    FP32 logits; with FP8 GEMMs, the quantisation of every GEMM input (QUANT_BYTES per element;
+    the routed tokens are quantised before the dispatch). The backward of each costs
+    BACKWARD_FACTOR x its forward (the gradient passes read the saved input and the incoming
+    gradient and write the outgoing one), plus what selective recompute re-runs.
 
     With tensor parallelism (sequence parallel), num_tokens is this rank's shard; the TP-split
     kernels (attention projections and core, dense FFN) see the whole gathered sequence (t x num_tokens)
     with 1/t of the heads or of the intermediate width; MLA's down-projections are duplicated on
-    every rank; router, routed and shared experts run on the local shard."""
+    every rank; norms, residuals, router, routed and shared experts run on the local shard."""
     m = s.model
     a = m.attention
     h = m.hidden_size
     n = num_tokens
     t = s.parallel.tp_size
     nt = n * t
+    fp8 = s.workload.gemm_dtype == "fp8"
     if a.kind == "mla":
         qk = a.qk_nope_head_dim + a.qk_rope_head_dim
         proj = (compute.gemm_s(nt, a.q_lora_rank, h) + compute.gemm_s(nt, a.num_heads * qk // t, a.q_lora_rank)
@@ -150,43 +185,85 @@ def dense_work_s(s, compute: RooflineCompute, num_tokens: int) -> dict[str, floa
         proj += (compute.gemm_s(nt, a.kv_lora_rank + a.qk_rope_head_dim, h)
                  + compute.gemm_s(nt, a.num_heads * (a.qk_nope_head_dim + a.v_head_dim) // t, a.kv_lora_rank)
                  + compute.gemm_s(nt, h, a.num_heads * a.v_head_dim // t))
+        latent_norms = compute.memory_s(nt * (a.q_lora_rank + a.kv_lora_rank) * 2 * 2)
+        rope = compute.memory_s(nt * (a.num_heads // t + 1) * a.qk_rope_head_dim * 2 * 2)
+        gemm_inputs = nt * (h + a.q_lora_rank + a.kv_lora_rank + a.num_heads * a.v_head_dim // t)
     else:
         proj = (compute.gemm_s(nt, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim // t, h)
                 + compute.gemm_s(nt, h, a.num_heads * a.head_dim // t))
+        latent_norms = 0.0
+        rope = compute.memory_s(nt * (a.num_heads + a.num_kv_heads) // t * a.head_dim * 2 * 2)
+        gemm_inputs = nt * (h + a.num_heads * a.head_dim // t)
+    norm = compute.memory_s(n * h * 2 * 2)  # one RMSNorm over the local shard
+    residual = compute.memory_s(n * h * 3 * 2)
+    attention_around = norm + latent_norms + rope + residual  # input norm, MLA latent norms, rotary, residual add
+    mlp_around = norm + residual  # pre-MLP norm and the residual after the MLP
+    quant_attention = compute.memory_s(gemm_inputs * QUANT_BYTES) if fp8 else 0.0
     # the core's FLOPs and bytes per GPU: t x the tokens, 1/t of the heads
     core = compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len), n * a.core_bytes_per_token())
     window = (compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len, sliding=True),
                                        n * a.core_bytes_per_token()) if a.sliding_window else core)
     rerun = recompute_modules(s)
-    # selective recompute re-runs in the backward: an RMSNorm (read and write h BF16 per token) before
-    # the attention's and before the MLP's backward; MLA's up-projection GEMMs; the shared experts' SwiGLU
-    norm = compute.memory_s(2 * n * h * 2) if "layernorm" in rerun else 0.0
+    # selective recompute re-runs in the backward: an RMSNorm before the attention's and before the
+    # MLP's backward; MLA's up-projection GEMMs; the shared experts' SwiGLU
+    norm_rerun = norm if "layernorm" in rerun else 0.0
     up_proj = 0.0
     if "mla_up_proj" in rerun:
         up_proj = compute.gemm_s(nt, a.num_heads * (a.qk_nope_head_dim + a.v_head_dim) // t, a.kv_lora_rank)
         up_proj += (compute.gemm_s(nt, a.num_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim) // t, a.q_lora_rank)
                     if a.q_lora_rank else 0.0)
-    router = compute.gemm_s(n, m.num_experts, h)
-    shared = (compute.expert_ffn_s(np.full(m.num_shared_experts, n), h, m.moe_intermediate_size, permute=False)
-              if m.num_shared_experts else 0.0)
-    dense_ffn = compute.expert_ffn_s(np.array([nt]), h, m.dense_intermediate_size // t, permute=False)
-    return {
-        "attention": proj + core,
-        # FlashAttention's backward recomputes the scores: 5 matmuls against the forward's 2.
-        "attention_bwd": BACKWARD_FACTOR * proj + ATTENTION_CORE_BACKWARD_FACTOR * core + norm + up_proj,
-        "attention_window": proj + window,  # a sliding-window layer
-        "attention_window_bwd": BACKWARD_FACTOR * proj + ATTENTION_CORE_BACKWARD_FACTOR * window + norm + up_proj,
+    i_moe, i_dense = m.moe_intermediate_size, m.dense_intermediate_size // t
+    # router: logits GEMM, then softmax / sigmoid and top-k over FP32 logits (read, write the scores)
+    router = {"gemm": compute.gemm_s(n, m.num_experts, h), "elementwise": compute.memory_s(n * m.num_experts * 4 * 2)
+              + mlp_around}
+    if fp8:  # the tokens quantised once before the dispatch (and the shared experts' input)
+        router["quantisation"] = compute.memory_s(n * h * QUANT_BYTES)
+    shared = (ffn_kernels(compute, np.full(m.num_shared_experts, n), h, i_moe, permute=False)
+              if m.num_shared_experts else {})
+    if shared and fp8:
+        shared["quantisation"] = compute.memory_s(n * m.num_shared_experts * i_moe * QUANT_BYTES)
+    dense_ffn = ffn_kernels(compute, np.array([nt]), h, i_dense, permute=False)
+    dense_ffn["elementwise"] = dense_ffn.get("elementwise", 0.0) + mlp_around
+    if fp8:
+        dense_ffn["quantisation"] = compute.memory_s(nt * (h + i_dense) * QUANT_BYTES)
+
+    def attention(core_s):
+        return {"gemm": proj, "attention": core_s, "elementwise": attention_around, "quantisation": quant_attention}
+
+    def backward(fwd: dict, extra: dict | None = None, core_s: float | None = None) -> dict:
+        out = {cls: BACKWARD_FACTOR * v for cls, v in fwd.items()}
+        if core_s is not None:  # FlashAttention's backward recomputes the scores: 5 matmuls against the forward's 2
+            out["attention"] = ATTENTION_CORE_BACKWARD_FACTOR * core_s
+        for cls, v in (extra or {}).items():
+            out[cls] = out.get(cls, 0.0) + v
+        return out
+
+    att, att_window = attention(core), attention(window)
+    rerun_attention = {"elementwise": norm_rerun, "gemm": up_proj}
+    kernels = {
+        "attention": att,
+        "attention_bwd": backward(att, rerun_attention, core),
+        "attention_window": att_window,  # a sliding-window layer
+        "attention_window_bwd": backward(att_window, rerun_attention, window),
         "router": router,
-        "router_bwd": BACKWARD_FACTOR * router + norm,
+        "router_bwd": backward(router, {"elementwise": norm_rerun}),
         "shared": shared,
-        "shared_bwd": BACKWARD_FACTOR * shared + swiglu_rerun_s(s, compute, n * m.num_shared_experts),
+        "shared_bwd": backward(shared, {"elementwise": swiglu_rerun_s(s, compute, n * m.num_shared_experts)}),
         "dense_ffn": dense_ffn,
-        "dense_ffn_bwd": BACKWARD_FACTOR * dense_ffn + norm,
+        "dense_ffn_bwd": backward(dense_ffn, {"elementwise": norm_rerun}),
         # gather the tokens' rows (read + write BF16); backward: scatter-add into the FP32 grad
-        "embedding": compute.memory_s(2 * n * h * 2),
-        "embedding_bwd": compute.memory_s(n * h * (2 + 2 * 4)),
+        "embedding": {"other": compute.memory_s(2 * n * h * 2)},
+        "embedding_bwd": {"other": compute.memory_s(n * h * (2 + 2 * 4))},
         # logits GEMM over the vocabulary on the local shard, then cross-entropy: write the BF16
-        # logits, read them, write their gradient (epsim: three BF16 passes over n x vocab)
-        "lm_head": compute.gemm_s(n, m.vocab_size, h) + compute.memory_s(3 * n * m.vocab_size * 2),
-        "lm_head_bwd": BACKWARD_FACTOR * compute.gemm_s(n, m.vocab_size, h),
+        # logits, read them, write their gradient (epsim: three BF16 passes over n x vocab); the
+        # final norm before the head
+        "lm_head": {"gemm": compute.gemm_s(n, m.vocab_size, h),
+                    "elementwise": compute.memory_s(3 * n * m.vocab_size * 2) + norm},
+        "lm_head_bwd": {"gemm": BACKWARD_FACTOR * compute.gemm_s(n, m.vocab_size, h), "elementwise": 2 * norm},
     }
+    return {op: {cls: v for cls, v in parts.items() if v} for op, parts in kernels.items()}
+
+
+def dense_work_s(s, compute: RooflineCompute, num_tokens: int) -> dict[str, float]:
+    """Seconds of the per-token work every GPU does on its own tokens, per op: the sum of its kernels."""
+    return {op: float(sum(parts.values())) for op, parts in dense_kernels(s, compute, num_tokens).items()}

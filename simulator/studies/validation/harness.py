@@ -82,15 +82,17 @@ def alltoall_busbw_gb_per_s(r: RunRecord, metric: dict) -> float:
 
 
 def compute_op_us(r: RunRecord, metric: dict) -> float:
-    """Mean time of one compute op per (GPU, layer, micro-batch), its chunks summed."""
+    """Mean time of one compute op per (GPU, layer, micro-batch), its chunks summed; with
+    `kernel_class`, only that class's share of the op (RunRecord.kernel_classes)."""
     name = metric["kind"]
+    share = (r.kernel_classes or {}).get(name, {}).get(metric["kernel_class"], 0.0) if "kernel_class" in metric else 1.0
     totals: dict[tuple, float] = {}
     for gpu, intervals in enumerate(r.intervals):
         for iv in intervals:
             if iv.stream == COMPUTE and iv.op.name == name:
                 key = (gpu, iv.op.layer, iv.op.micro_batch)
                 totals[key] = totals.get(key, 0.0) + iv.end_s - iv.start_s
-    return float(np.mean(list(totals.values()))) * 1e6
+    return float(np.mean(list(totals.values()))) * share * 1e6
 
 
 def chunk_busy_fraction(r: RunRecord, metric: dict) -> float:

@@ -1,0 +1,63 @@
+"""The kernels around the GEMMs: each one's bytes against its closed form, the split by kernel
+class, and MFU against the GEMM dtype's own peak."""
+import pytest
+
+from simulator.engine import Run
+from simulator.metrics import summarize
+from simulator.workload.build import QUANT_BYTES, dense_kernels
+from tests.conftest import make_scenario
+
+ROOFLINE = {"calibration": None}  # the preset's roofline: every kernel's bytes at one HBM rate
+
+
+def test_norms_rotary_and_residuals_are_memory_bound_kernels_of_their_bytes():
+    s = make_scenario(hardware=ROOFLINE)
+    compute = Run(s).compute_model
+    n, h, a = 128, s.model.hidden_size, s.model.attention  # tiny-moe: GQA 4 heads, 2 KV heads of 64
+    k = dense_kernels(s, compute, n)
+    norm = compute.memory_s(n * h * 2 * 2)  # read and write the hidden state, BF16
+    rope = compute.memory_s(n * (a.num_heads + a.num_kv_heads) * a.head_dim * 2 * 2)
+    residual = compute.memory_s(n * h * 3 * 2)  # read two, write one
+    assert k["attention"]["elementwise"] == pytest.approx(norm + rope + residual, rel=1e-12)
+    softmax_topk = compute.memory_s(n * s.model.num_experts * 4 * 2)
+    assert k["router"]["elementwise"] == pytest.approx(softmax_topk + norm + residual, rel=1e-12)
+    assert k["attention_bwd"]["elementwise"] == pytest.approx(2 * k["attention"]["elementwise"], rel=1e-12)
+    assert "quantisation" not in k["attention"]  # BF16 GEMMs quantise nothing
+
+
+def test_lm_head_is_its_gemm_the_cross_entropy_passes_and_the_final_norm():
+    s = make_scenario(hardware=ROOFLINE)
+    compute = Run(s).compute_model
+    n, h, v = 128, s.model.hidden_size, s.model.vocab_size
+    head = dense_kernels(s, compute, n)["lm_head"]
+    assert head["gemm"] == pytest.approx(compute.gemm_s(n, v, h), rel=1e-12)
+    assert head["elementwise"] == pytest.approx(compute.memory_s(3 * n * v * 2) + compute.memory_s(n * h * 4),
+                                                rel=1e-12)
+
+
+def test_fp8_gemms_quantise_each_gemm_input():
+    s = make_scenario(hardware=ROOFLINE, workload={"gemm_dtype": "fp8"})
+    compute = Run(s).compute_model
+    n, h, a = 128, s.model.hidden_size, s.model.attention
+    k = dense_kernels(s, compute, n)
+    inputs = n * (h + a.num_heads * a.head_dim)  # the QKV projection's input and the output projection's
+    assert k["attention"]["quantisation"] == pytest.approx(compute.memory_s(inputs * QUANT_BYTES), rel=1e-12)
+    assert k["router"]["quantisation"] == pytest.approx(compute.memory_s(n * h * QUANT_BYTES), rel=1e-12)
+    assert QUANT_BYTES == 2 + 1 + 4 / 128
+
+
+def test_the_kernel_classes_add_up_to_the_compute_time():
+    summary = summarize(Run(make_scenario()).simulate())
+    classes = summary["compute_by_kernel_class_s"]
+    assert set(classes) == {"gemm", "attention", "elementwise", "permute", "quantisation", "optimizer", "other"}
+    assert sum(classes.values()) == pytest.approx(summary["breakdown_s"]["compute"], rel=1e-9)
+    assert classes["gemm"] > 0 and classes["elementwise"] > 0 and classes["permute"] > 0 and classes["optimizer"] > 0
+
+
+def test_fp8_mfu_is_also_reported_against_the_fp8_peak():
+    s = make_scenario(workload={"gemm_dtype": "fp8"})
+    summary = summarize(Run(s).simulate())
+    gpu = s.cluster.gpu
+    assert summary["mfu_vs_gemm_dtype_peak"] == pytest.approx(
+        summary["mfu"] * gpu.peak_bf16_flop_per_s / gpu.peak_fp8_flop_per_s, rel=1e-12)
+    assert 0 < summary["mfu_vs_gemm_dtype_peak"] < summary["mfu"] < 1
