@@ -35,7 +35,7 @@ TINY = {
 }
 
 MEASURE = """
-import json, resource, sys, time
+import json, sys, time
 from simulator.engine.run import Run
 from simulator.extension import sample_micro_batches, with_micro_batches
 from simulator.scenario import build_scenario, load_scenario
@@ -44,8 +44,9 @@ t0 = time.perf_counter()
 s = build_scenario(spec["data"]) if "data" in spec else load_scenario(spec["path"])
 sample = sample_micro_batches(s)
 events = sum(Run(r).simulate().num_events for r in ([s] if sample is None else [with_micro_batches(s, m) for m in sample]))
-print(json.dumps({"events": events, "wall_s": time.perf_counter() - t0,
-                  "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+# VmHWM, not ru_maxrss: a forked child inherits its parent's maxrss across exec (Linux), VmHWM is its own
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"events": events, "wall_s": time.perf_counter() - t0, "rss_bytes": peak * 1024}))
 """
 
 

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # One run in a fresh interpreter: its events and its peak resident memory (what the budget bounds).
 MEASURE = """
-import json, resource, sys
+import json, sys
 from simulator.engine.run import Run
 from simulator.extension import sample_micro_batches, with_micro_batches
 from simulator.scenario import build_scenario
@@ -28,7 +28,9 @@ s = build_scenario(json.loads(sys.argv[1]))
 sample = sample_micro_batches(s)
 events = sum(Run(r).simulate().num_events
              for r in ([s] if sample is None else [with_micro_batches(s, m) for m in sample]))
-print(json.dumps({"events": events, "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+# VmHWM, not ru_maxrss: a forked child inherits its parent's maxrss across exec (Linux), VmHWM is its own
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"events": events, "rss_bytes": peak * 1024}))
 """
 
 
