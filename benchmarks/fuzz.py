@@ -129,6 +129,8 @@ def main() -> int:
             kind, detail = "too slow", str(data.get("name"))
         except Exception as exc:  # noqa: BLE001 - the point: every crash is counted, not raised
             kind, detail = "crashed", f"{type(exc).__name__}: {str(exc)[:160]}"
+            with open(tmp / "crashed.yaml", "a") as fh:  # to replay: the input, whole
+                fh.write(yaml.safe_dump([{"error": detail, "input": data}]))
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
         wall = time.perf_counter() - start
@@ -166,6 +168,8 @@ def main() -> int:
     for kind, details in examples.items():
         for d in details:
             print(f"  e.g. {kind}: {d}")
+    if counts["crashed"]:
+        print(f"crashed inputs: {tmp / 'crashed.yaml'}")
     return 0
 
 
