@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     trace = (trace_text(result, args.trace_gpus)
              if args.trace or (args.trace is None and num_slices <= DEFAULT_EVENT_LIMIT) else None)
     try:
-        files = write_run_files(out, summary, rows, trace)  # one set: an old trace.json goes with the old summary
+        files = write_run_files(out, summary, rows, trace, result.expert_load_rows)  # one set: an old trace.json goes with the old summary
         if trace is None and args.trace is None:
             files["trace"] = (f"skipped: {num_slices:,} slices > {DEFAULT_EVENT_LIMIT:,} "
                               f"(--trace forces it, --trace-gpus N samples fewer GPUs)")

@@ -1,6 +1,8 @@
 """Importable entry points behind run_sim.py."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from simulator.engine import RunRecord
 from simulator.engine.fairshare import SolverStalled
 from simulator.engine.run import Run
@@ -8,6 +10,7 @@ from simulator.extension import extend_summary, sample_micro_batches, with_micro
 from simulator.metrics import per_layer_gpu_rows, summarize
 from simulator.scenario import Scenario
 from simulator.scenario.budget import Budget, check_budget
+from simulator.steps import MIN_FACTOR, adapt, expert_loads, load_rows, max_over_mean
 
 
 def simulate_scenario(scenario: Scenario, budget: Budget | None = None) -> tuple[dict, list[dict], RunRecord]:
@@ -17,12 +20,38 @@ def simulate_scenario(scenario: Scenario, budget: Budget | None = None) -> tuple
     refused (ScenarioError) before any work is done."""
     if budget is not None:
         check_budget(scenario, budget)
+    steps = scenario.workload.steps
+    alpha = scenario.routing.adaptive_alpha
+    scale, per_step, loads_out = None, [], []
+    for step in range(steps):
+        summary, rows, record = _simulate_step(scenario, scale, step)
+        loads = expert_loads(record.counts, record.placements)
+        summary["expert_load_max_over_mean"] = max_over_mean(loads)
+        loads_out += load_rows(step, loads, record.counts, record.placements)
+        per_step.append({"step": step, "step_time_s": summary["step_time_s"], "mfu": summary["mfu"],
+                         "load_imbalance": summary["load_imbalance"],
+                         "expert_load_max_over_mean": summary["expert_load_max_over_mean"]})
+        if alpha > 0:
+            scale = adapt(scale, loads, alpha)
+    if steps > 1:
+        # the last step's summary (after adaptation), and every step's numbers
+        summary["per_step"] = per_step
+        summary["provenance"]["steps"] = (
+            f"{steps} steps of fresh tokens; the summary is the last step's; per-expert loads each step in "
+            f"expert_load.csv" + (f"; adaptive gating with alpha={alpha} from the previous step's loads, "
+                                  f"cumulative, factors floored at {MIN_FACTOR}" if alpha > 0 else ""))
+    return summary, rows, replace(record, expert_load_rows=loads_out)
+
+
+def _simulate_step(scenario: Scenario, gate_scale: dict | None, step: int) -> tuple[dict, list[dict], RunRecord]:
+    """One step: whole, or extended from two shorter pipeline steps."""
     sample = sample_micro_batches(scenario)
     if sample is None:
-        record = _simulate(scenario)
+        record = _simulate(scenario, gate_scale, step)
         return summarize(record), per_layer_gpu_rows(record), record
     m1, m2 = sample
-    one, record = _simulate(with_micro_batches(scenario, m1)), _simulate(with_micro_batches(scenario, m2))
+    one = _simulate(with_micro_batches(scenario, m1), gate_scale, step)
+    record = _simulate(with_micro_batches(scenario, m2), gate_scale, step)
     return extend_summary(scenario, summarize(one), summarize(record), m1, m2), per_layer_gpu_rows(record), record
 
 
@@ -31,9 +60,9 @@ def run_scenario(scenario: Scenario, budget: Budget | None = None) -> tuple[dict
     return summary, rows
 
 
-def _simulate(scenario: Scenario) -> RunRecord:
+def _simulate(scenario: Scenario, gate_scale: dict | None = None, step: int = 0) -> RunRecord:
     """engine.simulate, with a stalled solver's error naming the collectives in flight by their ids."""
-    run = Run(scenario)
+    run = Run(scenario, gate_scale, step)
     try:
         return run.simulate()
     except SolverStalled as exc:

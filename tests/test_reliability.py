@@ -274,7 +274,7 @@ def test_a_run_without_a_trace_removes_the_old_trace_with_the_old_summary(tmp_pa
     (out / "notes.txt").write_text("the user's own file\n")
     code, _, err = cli(capsys, write_yaml(tmp_path / "t.yaml", TINY), "--out", out, "--no-trace")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["metrics_per_layer_gpu.csv", "notes.txt", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["expert_load.csv", "metrics_per_layer_gpu.csv", "notes.txt", "summary.json"]
     assert json.loads((out / "summary.json").read_text())["scenario"] == "rel-tiny"
 
 

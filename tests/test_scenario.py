@@ -161,9 +161,10 @@ def test_ep_size_larger_than_the_cluster_is_rejected():
     assert_names(rejection(scenario_dict({"parallel.ep_size": 8})), "parallel.ep_size", 8, "must divide the 4 GPUs")
 
 
-def test_ep_size_that_does_not_divide_num_experts_is_rejected():
-    data = scenario_dict({"hardware.nodes": 2, "parallel.ep_size": 8, "model.num_experts": 12})
-    assert_names(rejection(data), "parallel.ep_size", 8, "must divide model.num_experts=12")
+def test_group_limited_routing_over_an_uneven_round_robin_is_rejected():
+    data = scenario_dict({"hardware.nodes": 2, "parallel.ep_size": 8, "model.num_experts": 12,
+                          "routing.max_nodes_per_token": 1})
+    assert_names(rejection(data), "routing.max_nodes_per_token", 1, "some GPUs 2 experts and others 1")
 
 
 def test_top_k_above_num_experts_is_rejected():
@@ -196,11 +197,8 @@ def test_comm_sms_not_below_the_gpu_sm_count_is_rejected():
 
 @pytest.mark.parametrize("dotted, value", [
     ("workload.mode", "decode"),
-    ("placement.strategy", "eplb"),
     ("placement.strategy", "topology_aware"),
     ("routing.distribution", "trace"),
-    ("routing.adaptive_alpha", 0.2),
-    ("placement.redundant_experts", 8),
 ])
 def test_value_that_arrives_later_is_rejected_saying_what_is_supported_today(dotted, value):
     assert_names(rejection(scenario_dict({dotted: value})), dotted, value, "supported today")

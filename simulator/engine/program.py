@@ -234,6 +234,11 @@ def backward_ops(forward: list[Op], recompute: bool = False) -> list[Op]:
     return out
 
 
+def experts_on(num_experts: int, ep_size: int, ep_rank: int) -> int:
+    """Experts on EP rank `ep_rank` under round-robin (expert i on rank i mod G, seed 1.1)."""
+    return num_experts // ep_size + (ep_rank < num_experts % ep_size)
+
+
 def grad_buckets(layer_params: list[tuple[int, int, int]], bucket_params: dict[str, int]) -> tuple[Bucket, ...]:
     """Buckets of each family from (layer, dense params, expert params) in forward order, filled in
     backward order until they hold bucket_params[family]; launched as soon as their last layer's
@@ -284,7 +289,7 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
     buckets = ()
     if train and bucket_params:
         with_attention = s.workload.scope == "model"
-        experts = max(1, m.num_experts // s.parallel.ep_size) if s.ranks.ep_rank[gpu] < m.num_experts else 0
+        experts = experts_on(m.num_experts, s.parallel.ep_size, int(s.ranks.ep_rank[gpu]))
         params = []
         for layer in dict.fromkeys(op.layer for op in forward):
             moe = layer >= m.num_dense_layers or s.workload.scope == "moe_layer"

@@ -40,7 +40,7 @@ class ChunkCounts:
     recv_copies: np.ndarray  # [P] (token, expert) pairs each GPU's experts process
     recv_tokens: np.ndarray  # [P] distinct tokens each GPU receives (once per destination GPU)
     node_pairs: np.ndarray  # [P] (token, destination node) pairs each GPU sends, its own node included
-    expert_tokens: np.ndarray  # [E] tokens routed to each expert
+    expert_tokens: np.ndarray  # [S] tokens routed to each physical expert slot (= experts without replicas)
     expert_compute_s: np.ndarray  # [P] forward seconds of each GPU's routed experts
 
 
@@ -62,7 +62,7 @@ class RunRecord:
     collectives: dict[CollectiveId, CollectiveRecord]  # in the order they were first reached
     counts: dict[tuple[int, int, int, int], ChunkCounts]  # (ep group, moe layer, mb, chunk)
     ports: PortRecord
-    expert_gpu: np.ndarray  # expert -> EP rank
+    expert_gpu: np.ndarray  # physical expert slot -> EP rank
     num_chunks: int
     tokens_per_batch_limit: int
     rounds: int
@@ -73,6 +73,10 @@ class RunRecord:
     task_spans: list[list[tuple[float, float]]] | None = None  # PP: per GPU, each task's (start, end)
     # op name -> {kernel class: fraction of the op's time} (simulator/workload/build.py KERNEL_CLASSES)
     kernel_classes: dict[str, dict[str, float]] | None = None
+    # expert_load.csv: per step, EP group, MoE layer and expert, its tokens and Load_e (simulator/steps.py)
+    expert_load_rows: list[dict] | None = None
+    # (ep group, moe layer) -> Placement: which logical expert each physical slot of ChunkCounts.expert_tokens holds
+    placements: dict | None = None
 
     @property
     def num_gpus(self) -> int:

@@ -22,6 +22,7 @@ from simulator.engine.program import (
     OpId,
     Program,
     build_program,
+    experts_on,
 )
 from simulator.engine.record import ChunkCounts, CollectiveRecord, PortRecord, RunRecord
 from simulator.engine.rings import p2p_paths, ring_paths
@@ -32,7 +33,8 @@ from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_kern
 
 
 class Run:
-    def __init__(self, scenario: Scenario):
+    def __init__(self, scenario: Scenario, gate_scale: dict | None = None, step: int = 0):
+        """gate_scale, step: the adaptive gate's expert scales and the step index (workload.steps)."""
         s = scenario
         self.s = s
         self.ranks = s.ranks
@@ -42,7 +44,7 @@ class Run:
         self.compute_model = compute_model(s.cluster.gpu, s.workload.gemm_dtype, s.calibration_path)
         overlap = s.pipeline.overlap == "three_stream"
         self.gpus = [GPU(self.env, g, s.cluster.gpu.num_sms, overlap) for g in range(s.num_gpus)]
-        self.workload = build_workload(s, self.compute_model)
+        self.workload = build_workload(s, self.compute_model, gate_scale, step)
         self.dense = [dense_work_s(s, self.compute_model, n) for n in self.workload.chunk_tokens]
         self.ep_groups = [self.ranks.ep_group(i) for i in range(self.ranks.num_ep_groups)]
         self.group_of = [self.ranks.ep_group_of(g) for g in range(s.num_gpus)]  # GPU -> EP group
@@ -72,7 +74,8 @@ class Run:
 
     def _program(self, gpu: int) -> Program:
         """The GPU's program; GPUs at the same position (PP stage, holding experts or not) share one."""
-        key = (int(self.ranks.pp_rank[gpu]), int(self.ranks.ep_rank[gpu]) < self.s.model.num_experts)
+        key = (int(self.ranks.pp_rank[gpu]),
+               experts_on(self.s.model.num_experts, self.s.parallel.ep_size, int(self.ranks.ep_rank[gpu])))
         if key not in self._programs:
             buckets = self.dp.bucket_params if self.dp else None
             self._programs[key] = build_program(self.s, self.workload.num_chunks, gpu, buckets)
@@ -449,7 +452,7 @@ class Run:
         return RunRecord(self.s, step, [g.intervals for g in self.gpus], collectives, counts, ports,
                          w.expert_gpu, w.num_chunks, w.tokens_per_batch_limit, w.rounds,
                          self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves,
-                         self.task_spans if self.pp else None, self.kernel_classes())
+                         self.task_spans if self.pp else None, self.kernel_classes(), placements=w.placements)
 
     def kernel_classes(self) -> dict[str, dict[str, float]]:
         """Per op name, the fraction of its time each kernel class takes: the dense ops' own split

@@ -101,7 +101,7 @@ def estimate(s: Scenario) -> Estimate:
     phases = 1 if w.mode != "train" else 3 if s.training.recompute == "full" else 2
     chunks = batch_limit(s, s.pipeline.chunks)[2]
     ep_groups = g // (p * par.ep_size)  # per stage, counting each expert-TP rank's group
-    runs = _micro_batch_runs(s)
+    runs = _micro_batch_runs(s) * s.workload.steps  # every step is its own simulation (simulator/steps.py)
     # summed over stages: (GPUs / p) x layers x micro-batches, also under DualPipe (two chunks of half each)
     mb_total = sum(runs)
     ops = (g // p) * layers * mb_total * chunks * phases

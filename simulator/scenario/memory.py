@@ -41,8 +41,11 @@ ACT_BYTES = 2  # BF16 activations
 
 
 def experts_per_gpu(s: Scenario) -> int:
-    """The most experts one GPU holds (seed 1.1: one when E <= G, E / G when E > G)."""
-    return max(1, s.model.num_experts // s.parallel.ep_size)
+    """The most experts one GPU holds (seed 1.1, expert i on GPU i mod G: one when E <= G,
+    ceil(E / G) when E > G; when G does not divide E the first E mod G GPUs hold one more)."""
+    if s.placement.strategy == "eplb":  # every GPU holds (E + redundant) / G physical slots, each a whole expert
+        return (s.model.num_experts + s.placement.redundant_experts) // s.parallel.ep_size
+    return max(1, -(-s.model.num_experts // s.parallel.ep_size))
 
 
 def expert_slice_params(s: Scenario) -> int:

@@ -89,6 +89,31 @@ def check_recompute(s: Scenario) -> None:
                             f"mla_up_proj re-runs MLA's up-projections; model.attention.kind is {s.model.attention.kind}")
 
 
+def check_placement(s: Scenario) -> None:
+    pl, m, ep = s.placement, s.model, s.parallel.ep_size
+    if pl.redundant_experts and pl.strategy != "eplb":
+        raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
+                            f"redundant expert slots are filled by placement.strategy=eplb, not {pl.strategy}")
+    if pl.strategy != "eplb":
+        return
+    slots = m.num_experts + pl.redundant_experts
+    if slots < ep or slots % ep:
+        raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
+                            f"model.num_experts={m.num_experts} + redundant experts must fill every GPU of "
+                            f"parallel.ep_size={ep} equally (a multiple of it, e.g. {-(-m.num_experts // ep) * ep - m.num_experts})")
+    if pl.redundant_experts and s.workload.mode == "train":
+        raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
+                            "replicas in training would need their gradients summed, which is not simulated; "
+                            "redundant experts are simulated for workload.mode=prefill (serving, as DeepSeek deploys them)")
+    if s.expert_tp > 1:
+        raise ScenarioError("placement.strategy", "eplb", "is simulated with parallel.expert_tp_size=1")
+    nodes = s.ranks.ep_group(0).num_nodes
+    if s.routing.max_nodes_per_token is not None and (m.num_experts % nodes or slots % nodes):
+        raise ScenarioError("placement.strategy", "eplb", f"hierarchical EPLB (group-limited routing) packs one expert "
+                            f"group per node: model.num_experts={m.num_experts} and its {slots} slots must divide "
+                            f"over the EP group's {nodes} nodes")
+
+
 def check_layout(s: Scenario) -> None:
     ep = s.parallel.ep_size
     gpus = s.num_gpus
@@ -108,9 +133,6 @@ def check_layout(s: Scenario) -> None:
     if (ep * e) % gpn and gpn % (ep * e):
         raise ScenarioError("parallel.ep_size", ep, f"an EP group (with its expert-TP groups) must be whole nodes or part "
                             f"of one node: ep_size x expert_tp_size={e} must divide or be a multiple of gpus_per_node={gpn}")
-    if m.num_experts >= ep and m.num_experts % ep:
-        raise ScenarioError("parallel.ep_size", ep, f"must divide model.num_experts={m.num_experts}: round-robin "
-                            "placement (seed 1.1) gives every GPU of the EP group the same number of experts")
     if m.num_experts < ep and m.num_experts > gpn and m.num_experts % gpn:
         raise ScenarioError("parallel.ep_size", ep, f"exceeds model.num_experts={m.num_experts}, so GPU i holds expert "
                             f"i and the rest hold none (seed 1.1); then num_experts must be a multiple of "
@@ -137,12 +159,13 @@ def check_layout(s: Scenario) -> None:
     if s.pipeline.schedule == "dualpipe" and (s.workload.mode != "train" or s.pipeline.overlap != "three_stream"):
         raise ScenarioError("pipeline.schedule", "dualpipe",
                             "pairs a forward with a backward: needs workload.mode=train and pipeline.overlap=three_stream")
-    if s.routing.adaptive_alpha > 0:
+    if s.routing.adaptive_alpha > 0 and s.routing.distribution == "balanced":
         raise ScenarioError("routing.adaptive_alpha", s.routing.adaptive_alpha,
-                            "adaptive gating is not simulated in this version; supported today: 0")
-    if s.placement.redundant_experts > 0:
-        raise ScenarioError("placement.redundant_experts", s.placement.redundant_experts,
-                            "redundant experts are not simulated in this version; supported today: 0")
+                            "adapts a gate's law; routing.distribution=balanced assigns exact equal counts")
+    if s.routing.adaptive_alpha > 0 and s.workload.steps < 2:
+        raise ScenarioError("routing.adaptive_alpha", s.routing.adaptive_alpha,
+                            "adjusts each step's gate from the previous step's loads: needs workload.steps >= 2")
+    check_placement(s)
     if s.routing.distribution == "balanced" and m.num_experts % m.top_k:
         raise ScenarioError("routing.distribution", "balanced",
                             f"needs model.num_experts={m.num_experts} to be a multiple of model.top_k={m.top_k}")
@@ -150,6 +173,12 @@ def check_layout(s: Scenario) -> None:
     if limit is not None:
         nodes_with_experts = max(1, min(ep, m.num_experts) // gpn)
         experts_per_node = m.num_experts // nodes_with_experts
+        if s.placement.strategy == "round_robin" and m.num_experts > ep and m.num_experts % ep and ep > gpn:
+            few, many = m.num_experts // ep, -(-m.num_experts // ep)
+            raise ScenarioError("routing.max_nodes_per_token", limit,
+                                f"group-limited routing needs the same number of experts on every node; round-robin "
+                                f"of model.num_experts={m.num_experts} over parallel.ep_size={ep} gives some GPUs "
+                                f"{many} experts and others {few}")
         if s.routing.distribution == "balanced":
             raise ScenarioError("routing.max_nodes_per_token", limit,
                                 "applies to gated distributions (uniform, zipf); balanced assigns exact equal counts")

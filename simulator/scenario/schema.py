@@ -148,6 +148,8 @@ class WorkloadSection(_Section):
     # a pipeline step of many micro-batches from two shorter ones (simulator/extension.py): auto
     # when the whole step would be slow to simulate, always, or never
     extend_micro_batches: Literal["auto", "always", "never"] = "auto"
+    # consecutive steps of fresh tokens, for per-expert load monitoring and adaptive gating (seed 2.3)
+    steps: int = Field(default=1, gt=0, le=1000)
 
 
 class RoutingSection(_Section):
@@ -158,7 +160,7 @@ class RoutingSection(_Section):
     zipf_alpha: float = Field(default=1.0, gt=0, le=4)
     seed: int = Field(default=0, ge=0, le=2**64 - 1)  # numpy seeds are 64-bit words
     max_nodes_per_token: Optional[int] = Field(default=None, gt=0, le=MAX_NODES)
-    adaptive_alpha: float = Field(default=0.0, ge=0)
+    adaptive_alpha: float = Field(default=0.0, ge=0, lt=1)  # seed 2.3's balancing factor, in [0, 1)
 
 
 class PlacementSection(_Section):
@@ -220,8 +222,7 @@ TOP_LEVEL_KEYS = ("name", "hardware", "model", *SECTIONS)
 NOT_YET = {
     ("workload.mode", "decode"): "supported today: train, prefill",
     ("routing.distribution", "trace"): "supported today: uniform, balanced, zipf",
-    ("placement.strategy", "topology_aware"): "supported today: round_robin",
-    ("placement.strategy", "eplb"): "supported today: round_robin",
+    ("placement.strategy", "topology_aware"): "supported today: round_robin, eplb",
 }
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from hardware.compute import RooflineCompute
 from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope, stage_layers
 from simulator.wire import token_bytes
-from simulator.workload.placement import place
+from simulator.workload.placement import Placement, eplb_placement, round_robin_placement
 from simulator.workload.routing import Router
 from simulator.workload.traffic import chunk_bounds, micro_batch_traffic
 
@@ -24,12 +24,13 @@ class Workload:
     chunk_tokens: list[int]
     tokens_per_batch_limit: int
     rounds: int
-    expert_gpu: np.ndarray  # expert -> GPU index inside the EP group
+    expert_gpu: np.ndarray  # physical expert slot -> GPU index inside the EP group (simulator/workload/placement.py)
     traffic: dict  # (group, moe_layer, mb, chunk) -> ChunkTraffic
     expert_work_s: dict  # (group, moe_layer, mb, chunk) -> [P] forward seconds of routed experts
     # (group, moe_layer, mb, chunk) -> [P] seconds the backward adds to BACKWARD_FACTOR x forward
     # (moe_act recompute); empty when nothing is re-run
     expert_rerun_s: dict
+    placements: dict  # (group, moe_layer) -> Placement; traffic's expert_tokens count tokens per slot
 
 
 def buffer_bytes_per_token(s) -> float:
@@ -71,26 +72,43 @@ def stage_moe_work(s, rank: int) -> list[tuple[int, range]]:
     return out
 
 
-def build_workload(s, compute: RooflineCompute) -> Workload:
+def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, step: int = 0) -> Workload:
+    """The workload of step `step` (0: the first; later steps draw fresh tokens) with the adaptive
+    gate's per-(EP group, MoE layer) expert scales (None: the router's own law)."""
     p = s.parallel.ep_size
     m = s.model
     batch, rounds, num_chunks = batch_limit(s, s.pipeline.chunks)
-    expert_gpu = place(s.placement.strategy, m.num_experts, p)
+    base = round_robin_placement(m.num_experts, p)
+    slot_gpu = base.slot_gpu if s.placement.strategy == "round_robin" else \
+        np.arange(m.num_experts + s.placement.redundant_experts) // ((m.num_experts + s.placement.redundant_experts) // p)
     local = np.arange(p)
-    on_gpu = [np.nonzero(expert_gpu == g)[0] for g in range(p)]
-    traffic, work, rerun = {}, {}, {}
+    on_gpu = [np.nonzero(slot_gpu == g)[0] for g in range(p)]  # the slots each GPU holds
+    traffic, work, rerun, placements = {}, {}, {}, {}
     act_rerun = "moe_act" in recompute_modules(s)
     for group in range(s.ranks.num_ep_groups):
         member_node = s.ranks.ep_group(group).node
-        expert_node = member_node[expert_gpu]
         for layer, mbs in stage_moe_work(s, int(s.ranks.pp_rank[s.ranks.ep_groups[group][0]])):
-            router = Router(m.num_experts, m.top_k, s.routing.distribution, s.routing.zipf_alpha, expert_node,
-                            s.routing.max_nodes_per_token, np.random.default_rng([s.routing.seed, group, layer]))
+            scale = None if gate_scale is None else gate_scale.get((group, layer))
+
+            def router_for(place: Placement) -> Router:
+                return Router(m.num_experts, m.top_k, s.routing.distribution, s.routing.zipf_alpha,
+                              member_node[place.expert_gpu()], s.routing.max_nodes_per_token,
+                              np.random.default_rng([s.routing.seed, group, layer]), scale)
+
+            router, place = router_for(base), base
+            if s.placement.strategy == "eplb":  # balance the router's expected loads, then route over them
+                place = eplb_placement(router.probabilities, len(slot_gpu), p, int(member_node.max()) + 1,
+                                       hierarchical=s.routing.max_nodes_per_token is not None)
+                router = router_for(place)
+            placements[group, layer] = place
             for mb in mbs:
-                rng = np.random.default_rng([s.routing.seed, group, layer, mb, 1])
+                # step 0 keeps the single-step key: one step is today's run, bit for bit
+                key = [s.routing.seed, group, layer, mb, 1] + ([step] if step else [])
+                rng = np.random.default_rng(key)
                 experts = router.route(p * s.workload.tokens_per_gpu, rng)
-                chunks = micro_batch_traffic(experts, s.workload.tokens_per_gpu, num_chunks, expert_gpu,
-                                             member_node, m.num_experts)
+                slots = place.slots_of(experts, np.random.default_rng([s.routing.seed, group, layer, mb, 2, step]))
+                chunks = micro_batch_traffic(slots, s.workload.tokens_per_gpu, num_chunks, place.slot_gpu,
+                                             member_node, place.num_slots)
                 for c, t in enumerate(chunks):
                     traffic[group, layer, mb, c] = t
     # With expert TP e, the e EP groups of one (stage, expert-DP rank) are its expert-TP ranks
@@ -108,7 +126,7 @@ def build_workload(s, compute: RooflineCompute) -> Workload:
             rerun[group, layer, mb, c] = np.array([swiglu_rerun_s(s, compute, int(rows[on_gpu[g]].sum()), width)
                                                    for g in local])
     sizes = [hi - lo for lo, hi in chunk_bounds(s.workload.tokens_per_gpu, num_chunks)]
-    return Workload(num_chunks, sizes, batch, rounds, expert_gpu, traffic, work, rerun)
+    return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, rerun, placements)
 
 
 BACKWARD_FACTOR = 2.0  # backward GEMMs: input gradient + weight gradient

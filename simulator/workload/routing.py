@@ -42,12 +42,19 @@ class Router:
     """A seeded gate for one MoE layer of one EP group."""
 
     def __init__(self, num_experts: int, top_k: int, distribution: str, zipf_alpha: float,
-                 expert_node: np.ndarray, max_nodes: int | None, rng: np.random.Generator):
+                 expert_node: np.ndarray, max_nodes: int | None, rng: np.random.Generator,
+                 gate_scale: np.ndarray | None = None):
         self.num_experts, self.top_k, self.distribution = num_experts, top_k, distribution
         if distribution == "zipf":
             self.probabilities = zipf_probabilities(num_experts, zipf_alpha, rng)
         else:
             self.probabilities = np.full(num_experts, 1.0 / num_experts)
+        if gate_scale is not None:
+            # adaptive gating (seed 2.3): g'_e = g_e x c_e scales expert e's softmax weight, which is
+            # adding log c_e to its logit: the top-k law with probabilities proportional to p_e x c_e
+            scaled = self.probabilities * np.asarray(gate_scale, dtype=np.float64)
+            self.probabilities = scaled / scaled.sum()
+            self.distribution = "weighted" if distribution == "uniform" else distribution
         self.cdf = np.cumsum(self.probabilities)
         self.cdf[-1] = 1.0
         self.ids = id_dtype(num_experts)
