@@ -72,6 +72,8 @@ def extend_summary(full, one: dict, two: dict, m1: int, m2: int) -> dict:
         "bandwidth_utilization_step": {
             cls: _extend(one["bandwidth_utilization_step"][cls] * one["step_time_s"], u * two["step_time_s"], m1, m2, m)
             / step for cls, u in two["bandwidth_utilization_step"].items()},
+        "tokens_dropped": {**two["tokens_dropped"], "copies": round(_extend(
+            one["tokens_dropped"]["copies"], two["tokens_dropped"]["copies"], m1, m2, m))},
         "collectives": {kind: {**c, "count": round(_extend(one["collectives"].get(kind, {}).get("count", 0),
                                                             c["count"], m1, m2, m))}
                         for kind, c in two["collectives"].items()},

@@ -154,6 +154,13 @@ def pipeline_bubble(r: RunRecord) -> dict:
     return {"pipeline_bubble_fraction": float(np.mean(per_stage) / r.step_time_s), "pipeline_bubble_s": per_stage}
 
 
+def dropped(r: RunRecord) -> dict:
+    """Routed (token, expert) copies dropped over expert capacity in the step, and their share."""
+    kept = sum(int(c.recv_copies.sum()) for c in r.counts.values())
+    total = kept + r.dropped_copies
+    return {"copies": int(r.dropped_copies), "fraction": r.dropped_copies / total if total else 0.0}
+
+
 def load_imbalance(r: RunRecord) -> float:
     """max / mean routed token copies per GPU, per (group, MoE layer, micro-batch), then averaged."""
     recv: dict[tuple, np.ndarray] = {}
@@ -253,6 +260,7 @@ def summarize(r: RunRecord) -> dict:
         "breakdown_s": breakdown(r),
         "compute_by_kernel_class_s": compute_by_kernel_class(r),
         "load_imbalance": load_imbalance(r),
+        "tokens_dropped": dropped(r),
         **pipeline_bubble(r),
         "model_flop_per_step": flop,
         "model_flop_per_token_forward": s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope,

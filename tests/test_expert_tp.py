@@ -95,3 +95,15 @@ def test_impossible_expert_tp_layouts_are_rejected(sections, key, words):
     with pytest.raises(ScenarioError) as err:
         make_scenario(**sections)
     assert err.value.key == key and words in str(err.value)
+
+
+def test_expert_tp_groups_that_hold_no_expert_move_nothing_and_do_not_wait():
+    """2 experts at EP 8 (E < G: GPUs past E hold none) with expert TP 2: the empty groups' rings
+    have no bytes; the fuzz found them waiting forever."""
+    s = make_scenario(hardware={"nodes": 4, "gpus_per_node": 4}, parallel={"ep_size": 8, "expert_tp_size": 2},
+                      model={"num_experts": 2, "num_shared_experts": 0, "num_layers": 1})
+    record = Run(s).simulate()
+    empty = [c for c in record.collectives.values() if c.kind.startswith("etp_") and c.bytes_out == 0]
+    full = [c for c in record.collectives.values() if c.kind.startswith("etp_") and c.bytes_out > 0]
+    assert empty and full and record.step_time_s > 0
+    assert all(np.all(c.done_s <= c.start_s + 1e-3) for c in empty)

@@ -77,6 +77,7 @@ class RunRecord:
     expert_load_rows: list[dict] | None = None
     # (ep group, moe layer) -> Placement: which logical expert each physical slot of ChunkCounts.expert_tokens holds
     placements: dict | None = None
+    dropped_copies: int = 0  # routed (token, expert) copies dropped over expert capacity
 
     @property
     def num_gpus(self) -> int:

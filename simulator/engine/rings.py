@@ -78,6 +78,9 @@ def ring_paths(op: str, gpus: np.ndarray, num_bytes: float, topo: Topology) -> P
     hop_ib = spec.ib.latency_s if (topo.rail_of(gpus) == topo.rail_of(gpus[inter])).all() \
         else spec.ib_cross_rail_latency_s
     latency = passes * ((k - 1) * spec.nvlink.latency_s + (num_nodes - 1) * hop_ib)
+    if not len(port):  # nothing to move (an expert-TP group whose GPUs hold no expert): no flow, no wait
+        empty = np.zeros(0, dtype=np.int64)
+        return Paths(empty, empty, np.zeros(0), empty, empty, np.zeros(0))
     return Paths(np.zeros(len(port), dtype=np.int64), port, entry_bytes,
                  np.zeros(n, dtype=np.int64), members, np.full(n, latency))
 

@@ -452,7 +452,8 @@ class Run:
         return RunRecord(self.s, step, [g.intervals for g in self.gpus], collectives, counts, ports,
                          w.expert_gpu, w.num_chunks, w.tokens_per_batch_limit, w.rounds,
                          self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves,
-                         self.task_spans if self.pp else None, self.kernel_classes(), placements=w.placements)
+                         self.task_spans if self.pp else None, self.kernel_classes(), placements=w.placements,
+                         dropped_copies=w.dropped_copies)
 
     def kernel_classes(self) -> dict[str, dict[str, float]]:
         """Per op name, the fraction of its time each kernel class takes: the dense ops' own split

@@ -162,6 +162,9 @@ def check_layout(s: Scenario) -> None:
     if s.routing.adaptive_alpha > 0 and s.routing.distribution == "balanced":
         raise ScenarioError("routing.adaptive_alpha", s.routing.adaptive_alpha,
                             "adapts a gate's law; routing.distribution=balanced assigns exact equal counts")
+    if s.routing.drift > 0 and (s.workload.steps < 2 or s.routing.distribution in ("uniform", "balanced")):
+        raise ScenarioError("routing.drift", s.routing.drift, "moves a skewed law's hot experts from step to step: "
+                            "needs workload.steps >= 2 and routing.distribution zipf or dirichlet")
     if s.routing.adaptive_alpha > 0 and s.workload.steps < 2:
         raise ScenarioError("routing.adaptive_alpha", s.routing.adaptive_alpha,
                             "adjusts each step's gate from the previous step's loads: needs workload.steps >= 2")

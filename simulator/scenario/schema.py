@@ -153,7 +153,7 @@ class WorkloadSection(_Section):
 
 
 class RoutingSection(_Section):
-    distribution: Literal["uniform", "balanced", "zipf", "trace"] = "uniform"
+    distribution: Literal["uniform", "balanced", "zipf", "dirichlet", "trace"] = "uniform"
     # Measured router skew fits alpha ~ 1 (skewed-zipf.yaml: 1.2); at 4 the top expert already takes
     # 92 % of the tokens (1 / zeta(4)). The sampler draws distinct experts by rejection, so a
     # steeper law makes it draw ~1/p of the k-th expert's mass per token: budget.py estimates those draws.
@@ -161,6 +161,15 @@ class RoutingSection(_Section):
     seed: int = Field(default=0, ge=0, le=2**64 - 1)  # numpy seeds are 64-bit words
     max_nodes_per_token: Optional[int] = Field(default=None, gt=0, le=MAX_NODES)
     adaptive_alpha: float = Field(default=0.0, ge=0, lt=1)  # seed 2.3's balancing factor, in [0, 1)
+    # dirichlet: each layer's expert probabilities drawn from Dirichlet(concentration x 1): large is
+    # near-uniform, 0.1 concentrates most tokens on a few experts
+    dirichlet_concentration: float = Field(default=1.0, gt=0, le=1e6)
+    # temporal drift: each step a fraction of the experts trade places in the router's law (the hot set moves)
+    drift: float = Field(default=0.0, ge=0, le=1)
+    # expert capacity (GShard / Megatron's moe_expert_capacity_factor): each GPU keeps at most
+    # ceil(capacity_factor x tokens x top_k / E) copies per expert and drops the rest (position
+    # policy: later tokens first); null = dropless
+    capacity_factor: Optional[float] = Field(default=None, gt=0, le=1e3)
 
 
 class PlacementSection(_Section):

@@ -14,7 +14,7 @@ from hardware.compute import RooflineCompute
 from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope, stage_layers
 from simulator.wire import token_bytes
 from simulator.workload.placement import Placement, eplb_placement, round_robin_placement
-from simulator.workload.routing import Router
+from simulator.workload.routing import Router, drift_order, drop_over_capacity
 from simulator.workload.traffic import chunk_bounds, micro_batch_traffic
 
 
@@ -31,6 +31,7 @@ class Workload:
     # (moe_act recompute); empty when nothing is re-run
     expert_rerun_s: dict
     placements: dict  # (group, moe_layer) -> Placement; traffic's expert_tokens count tokens per slot
+    dropped_copies: int = 0  # (token, expert) copies over capacity (routing.capacity_factor), not sent
 
 
 def buffer_bytes_per_token(s) -> float:
@@ -85,15 +86,21 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     on_gpu = [np.nonzero(slot_gpu == g)[0] for g in range(p)]  # the slots each GPU holds
     traffic, work, rerun, placements = {}, {}, {}, {}
     act_rerun = "moe_act" in recompute_modules(s)
+    cf = s.routing.capacity_factor  # per source GPU and expert, as Megatron's moe_expert_capacity_factor
+    capacity = None if cf is None else math.ceil(cf * s.workload.tokens_per_gpu * m.top_k / m.num_experts)
+    dropped = 0
     for group in range(s.ranks.num_ep_groups):
         member_node = s.ranks.ep_group(group).node
         for layer, mbs in stage_moe_work(s, int(s.ranks.pp_rank[s.ranks.ep_groups[group][0]])):
             scale = None if gate_scale is None else gate_scale.get((group, layer))
 
+            drift = drift_order(m.num_experts, s.routing.drift, step, np.random.default_rng([s.routing.seed, group, layer, 3]))
+
             def router_for(place: Placement) -> Router:
                 return Router(m.num_experts, m.top_k, s.routing.distribution, s.routing.zipf_alpha,
                               member_node[place.expert_gpu()], s.routing.max_nodes_per_token,
-                              np.random.default_rng([s.routing.seed, group, layer]), scale)
+                              np.random.default_rng([s.routing.seed, group, layer]), scale,
+                              s.routing.dirichlet_concentration, drift)
 
             router, place = router_for(base), base
             if s.placement.strategy == "eplb":  # balance the router's expected loads, then route over them
@@ -106,6 +113,9 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
                 key = [s.routing.seed, group, layer, mb, 1] + ([step] if step else [])
                 rng = np.random.default_rng(key)
                 experts = router.route(p * s.workload.tokens_per_gpu, rng)
+                if capacity is not None:
+                    experts = drop_over_capacity(experts, s.workload.tokens_per_gpu, capacity)
+                    dropped += int((experts < 0).sum())
                 slots = place.slots_of(experts, np.random.default_rng([s.routing.seed, group, layer, mb, 2, step]))
                 chunks = micro_batch_traffic(slots, s.workload.tokens_per_gpu, num_chunks, place.slot_gpu,
                                              member_node, place.num_slots)
@@ -126,7 +136,7 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
             rerun[group, layer, mb, c] = np.array([swiglu_rerun_s(s, compute, int(rows[on_gpu[g]].sum()), width)
                                                    for g in local])
     sizes = [hi - lo for lo, hi in chunk_bounds(s.workload.tokens_per_gpu, num_chunks)]
-    return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, rerun, placements)
+    return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, rerun, placements, dropped)
 
 
 BACKWARD_FACTOR = 2.0  # backward GEMMs: input gradient + weight gradient

@@ -60,6 +60,9 @@ class Placement:
         replicas drawn uniformly (so a replicated expert's tokens split evenly over its copies)."""
         if self.identity:
             return experts
+        if (experts < 0).any():  # dropped copies stay dropped
+            kept = experts >= 0
+            return np.where(kept, self.slots_of(np.where(kept, experts, 0), rng), -1).astype(experts.dtype)
         count = self.replicas()
         order = np.argsort(self.slot_expert, kind="stable")  # slots grouped by expert
         start = np.concatenate([[0], np.cumsum(count)[:-1]])

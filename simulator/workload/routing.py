@@ -32,6 +32,37 @@ def id_dtype(count: int) -> type:
     return np.int16 if count <= np.iinfo(np.int16).max else np.int32
 
 
+def drift_order(num_experts: int, drift: float, step: int, rng: np.random.Generator) -> np.ndarray | None:
+    """Temporal drift: after `step` steps, which expert id each position of the law maps to. Each step
+    round(drift x E / 2) random pairs of experts trade places, cumulatively (drift 1: about every
+    expert moves each step); None at step 0 or without drift."""
+    if drift <= 0 or step == 0:
+        return None
+    order = np.arange(num_experts)
+    pairs = max(1, round(drift * num_experts / 2))
+    for _ in range(step):
+        chosen = rng.permutation(num_experts)[: 2 * pairs]
+        a, b = chosen[:pairs], chosen[pairs:]
+        order[a], order[b] = order[b].copy(), order[a].copy()
+    return order
+
+
+def drop_over_capacity(experts: np.ndarray, tokens_per_gpu: int, capacity: int) -> np.ndarray:
+    """Expert capacity per source GPU: of each GPU's (token, expert) copies [P * T, k], EP-rank-major,
+    keep the first `capacity` per expert in token order and mark the rest -1 (dropped)."""
+    out = experts.copy()
+    k = experts.shape[1]
+    for start in range(0, len(experts), tokens_per_gpu):
+        ids = out[start:start + tokens_per_gpu].ravel()  # a view: position order = token, then choice
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        first = np.searchsorted(sorted_ids, sorted_ids, side="left")
+        rank = np.arange(len(ids)) - first
+        ids[order[rank >= capacity]] = -1
+        out[start:start + tokens_per_gpu] = ids.reshape(-1, k)
+    return out
+
+
 def zipf_probabilities(num_experts: int, alpha: float, rng: np.random.Generator) -> np.ndarray:
     """p_e proportional to rank^-alpha, ranks shuffled over experts by the seed."""
     p = np.arange(1, num_experts + 1, dtype=np.float64) ** -alpha
@@ -43,12 +74,17 @@ class Router:
 
     def __init__(self, num_experts: int, top_k: int, distribution: str, zipf_alpha: float,
                  expert_node: np.ndarray, max_nodes: int | None, rng: np.random.Generator,
-                 gate_scale: np.ndarray | None = None):
+                 gate_scale: np.ndarray | None = None, concentration: float = 1.0,
+                 drift_order: np.ndarray | None = None):
         self.num_experts, self.top_k, self.distribution = num_experts, top_k, distribution
         if distribution == "zipf":
             self.probabilities = zipf_probabilities(num_experts, zipf_alpha, rng)
+        elif distribution == "dirichlet":
+            self.probabilities = rng.dirichlet(np.full(num_experts, concentration))
         else:
             self.probabilities = np.full(num_experts, 1.0 / num_experts)
+        if drift_order is not None:  # temporal drift: the law's experts moved to other ids
+            self.probabilities = self.probabilities[drift_order]
         if gate_scale is not None:
             # adaptive gating (seed 2.3): g'_e = g_e x c_e scales expert e's softmax weight, which is
             # adding log c_e to its logit: the top-k law with probabilities proportional to p_e x c_e

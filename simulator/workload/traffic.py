@@ -39,6 +39,8 @@ def count_chunk(experts: np.ndarray, src: np.ndarray, expert_gpu: np.ndarray, me
     node of EP rank r, numbered inside the group."""
     p = len(member_node)
     num_nodes = int(member_node.max()) + 1
+    if (experts < 0).any():  # dropped copies (expert capacity): counted nowhere
+        return _count_with_drops(experts, src, expert_gpu, member_node, num_experts)
     gpu = expert_gpu[experts]
     copies = np.bincount((src[:, None] * p + gpu).ravel(), minlength=p * p).reshape(p, p)
     sorted_gpu, first = _distinct_per_row(gpu)
@@ -48,6 +50,24 @@ def count_chunk(experts: np.ndarray, src: np.ndarray, expert_gpu: np.ndarray, me
     nodes = np.bincount((src_k * num_nodes + sorted_node)[first_node],
                         minlength=p * num_nodes).reshape(p, num_nodes)
     per_expert = np.bincount(experts.ravel(), minlength=num_experts)
+    return tokens, copies, nodes, per_expert
+
+
+def _count_with_drops(experts, src, expert_gpu, member_node, num_experts):
+    """count_chunk where some copies are -1 (dropped): they go to a phantom GPU p on a phantom node,
+    which the counts then leave out."""
+    p = len(member_node)
+    num_nodes = int(member_node.max()) + 1
+    gpu = np.append(expert_gpu, p)[experts]  # -1 indexes the appended phantom
+    copies = np.bincount((src[:, None] * (p + 1) + gpu).ravel(), minlength=p * (p + 1)).reshape(p, p + 1)[:, :p]
+    sorted_gpu, first = _distinct_per_row(gpu)
+    src_k = np.broadcast_to(src[:, None], gpu.shape)
+    tokens = np.bincount((src_k * (p + 1) + sorted_gpu)[first], minlength=p * (p + 1)).reshape(p, p + 1)[:, :p]
+    node_of = np.append(member_node, num_nodes)
+    sorted_node, first_node = _distinct_per_row(node_of[sorted_gpu])
+    nodes = np.bincount((src_k * (num_nodes + 1) + sorted_node)[first_node],
+                        minlength=p * (num_nodes + 1)).reshape(p, num_nodes + 1)[:, :num_nodes]
+    per_expert = np.bincount(experts[experts >= 0], minlength=num_experts)
     return tokens, copies, nodes, per_expert
 
 

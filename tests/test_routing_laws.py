@@ -1,0 +1,66 @@
+"""More routing laws and expert capacity: Dirichlet, temporal drift, capacity with token dropping."""
+import numpy as np
+import pytest
+
+from simulator.api import simulate_scenario
+from simulator.errors import ScenarioError
+from simulator.workload.routing import drift_order, drop_over_capacity
+from tests.conftest import make_scenario
+
+ZIPF = {"distribution": "zipf", "zipf_alpha": 1.2}
+
+
+def test_capacity_keeps_the_first_copies_of_each_expert_per_source_gpu():
+    experts = np.array([[0, 1], [0, 2], [0, 1], [3, 0],   # source GPU 0: expert 0 four times
+                        [1, 0], [1, 2], [1, 3], [2, 3]])  # source GPU 1: expert 1 three times
+    kept = drop_over_capacity(experts, tokens_per_gpu=4, capacity=2)
+    assert kept.tolist() == [[0, 1], [0, 2], [-1, 1], [3, -1],
+                             [1, 0], [1, 2], [-1, 3], [2, 3]]
+
+
+def test_dropped_copies_are_neither_sent_nor_computed_and_the_summary_counts_them():
+    s = make_scenario(workload={"tokens_per_gpu": 512}, routing={**ZIPF, "capacity_factor": 1.0})
+    summary, _, record = simulate_scenario(s)
+    kept = sum(int(c.recv_copies.sum()) for c in record.counts.values())
+    expert_rows = sum(int(c.expert_tokens.sum()) for c in record.counts.values())
+    routed = s.workload.tokens_per_gpu * 8 * s.model.top_k * s.workload.micro_batches * s.model.num_moe_layers
+    assert kept == expert_rows and kept + summary["tokens_dropped"]["copies"] == routed
+    assert summary["tokens_dropped"]["fraction"] == pytest.approx(1 - kept / routed)
+    # capacity 1.0 x 512 x 2 / 16 = 64 copies per expert and source GPU
+    for c in record.counts.values():
+        assert c.recv_copies.max() <= 64 * 8 * 2  # 8 sources, the GPU's 2 experts, 2 chunks at most summed
+
+
+def test_more_capacity_drops_fewer_and_ample_capacity_is_dropless_exactly():
+    fractions = [simulate_scenario(make_scenario(routing={**ZIPF, "capacity_factor": cf}))[0]["tokens_dropped"]
+                 ["fraction"] for cf in (1.0, 2.0, 4.0)]
+    assert fractions[0] > fractions[1] > fractions[2]
+    ample = simulate_scenario(make_scenario(routing={**ZIPF, "capacity_factor": 1000.0}))[0]
+    dropless = simulate_scenario(make_scenario(routing=ZIPF))[0]
+    assert ample["tokens_dropped"]["copies"] == 0 and ample["step_time_s"] == dropless["step_time_s"]
+
+
+def test_a_dirichlet_law_is_as_skewed_as_its_concentration_says():
+    def skew(c):
+        s = make_scenario(routing={"distribution": "dirichlet", "dirichlet_concentration": c})
+        return simulate_scenario(s)[0]["expert_load_max_over_mean"]
+    assert skew(100.0) < 1.5 < 3.0 < skew(0.1)
+
+
+def test_drift_moves_the_hot_experts_a_step_at_a_time():
+    rng = lambda: np.random.default_rng(7)  # noqa: E731
+    assert drift_order(16, 0.5, 0, rng()) is None
+    one, two = drift_order(16, 0.5, 1, rng()), drift_order(16, 0.5, 2, rng())
+    assert sorted(one.tolist()) == list(range(16)) and (one != np.arange(16)).sum() == 8  # 4 pairs traded
+    assert not np.array_equal(one, two)
+    s = make_scenario(workload={"steps": 2}, routing={**ZIPF, "drift": 0.5})
+    steps = simulate_scenario(s)[0]["per_step"]
+    assert steps[0]["step_time_s"] == simulate_scenario(make_scenario(routing=ZIPF))[0]["step_time_s"]
+
+
+def test_drift_needs_steps_and_a_skewed_law():
+    with pytest.raises(ScenarioError) as err:
+        make_scenario(routing={**ZIPF, "drift": 0.5})
+    assert "routing.drift" in str(err.value) and "steps >= 2" in str(err.value)
+    with pytest.raises(ScenarioError):
+        make_scenario(workload={"steps": 2}, routing={"drift": 0.5})
