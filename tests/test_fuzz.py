@@ -178,7 +178,7 @@ def assert_names_a_key(exc: ScenarioError) -> None:
 
 
 # -- the tests ------------------------------------------------------------------------------------
-@settings(max_examples=400, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=400, deadline=None, database=None, print_blob=True, suppress_health_check=list(HealthCheck))
 @given(scenarios())
 def test_a_generated_scenario_runs_within_the_invariants_or_is_refused_naming_a_key(data):
     outcome(data)
