@@ -154,6 +154,20 @@ def pipeline_bubble(r: RunRecord) -> dict:
     return {"pipeline_bubble_fraction": float(np.mean(per_stage) / r.step_time_s), "pipeline_bubble_s": per_stage}
 
 
+def placement_solver(r: RunRecord) -> dict:
+    """topology_aware: the solver's busiest-port objective against round-robin's, its bound and time."""
+    reports = r.placement_reports
+    if not reports:
+        return {}
+    values = list(reports.values())
+    return {"placement_solver": {
+        "methods": sorted({v["method"] for v in values}),
+        "objective_vs_round_robin": float(np.mean([v["objective_s"] / v["round_robin_s"] for v in values])),
+        "max_gap": float(max(v["gap"] for v in values)),
+        "solve_s": float(sum(v["solve_s"] for v in {id(v): v for v in values}.values())),
+    }}
+
+
 def dropped(r: RunRecord) -> dict:
     """Routed (token, expert) copies dropped over expert capacity in the step, and their share."""
     kept = sum(int(c.recv_copies.sum()) for c in r.counts.values())
@@ -261,6 +275,7 @@ def summarize(r: RunRecord) -> dict:
         "compute_by_kernel_class_s": compute_by_kernel_class(r),
         "load_imbalance": load_imbalance(r),
         "tokens_dropped": dropped(r),
+        **placement_solver(r),
         **pipeline_bubble(r),
         "model_flop_per_step": flop,
         "model_flop_per_token_forward": s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope,

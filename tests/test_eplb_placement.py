@@ -68,3 +68,15 @@ def test_impossible_eplb_layouts_are_rejected(sections, key, words):
     with pytest.raises(ScenarioError) as err:
         make_scenario(**sections)
     assert err.value.key == key and words in str(err.value)
+
+
+def test_topology_aware_placement_is_wired_in_and_never_worse_than_round_robin_on_its_objective():
+    s = make_scenario(workload=PREFILL, routing=ZIPF, placement={"strategy": "topology_aware"})
+    summary, _, record = simulate_scenario(s)
+    solver = summary["placement_solver"]
+    assert solver["objective_vs_round_robin"] <= 1.0 and solver["methods"] == ["milp"]
+    for place in record.placements.values():  # round-robin's slots, a permutation of the experts
+        assert sorted(place.slot_expert.tolist()) == list(range(16))
+        assert np.bincount(place.slot_gpu).tolist() == [2] * 8
+    uniform = simulate_scenario(make_scenario(workload=PREFILL, placement={"strategy": "topology_aware"}))[0]
+    assert uniform["placement_solver"]["objective_vs_round_robin"] == pytest.approx(1.0)

@@ -78,6 +78,7 @@ class RunRecord:
     # (ep group, moe layer) -> Placement: which logical expert each physical slot of ChunkCounts.expert_tokens holds
     placements: dict | None = None
     dropped_copies: int = 0  # routed (token, expert) copies dropped over expert capacity
+    placement_reports: dict | None = None  # topology_aware: (ep group, moe layer) -> the solver's report
 
     @property
     def num_gpus(self) -> int:

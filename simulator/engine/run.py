@@ -453,7 +453,7 @@ class Run:
                          w.expert_gpu, w.num_chunks, w.tokens_per_batch_limit, w.rounds,
                          self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves,
                          self.task_spans if self.pp else None, self.kernel_classes(), placements=w.placements,
-                         dropped_copies=w.dropped_copies)
+                         dropped_copies=w.dropped_copies, placement_reports=w.placement_reports or None)
 
     def kernel_classes(self) -> dict[str, dict[str, float]]:
         """Per op name, the fraction of its time each kernel class takes: the dense ops' own split

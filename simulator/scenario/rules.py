@@ -94,6 +94,8 @@ def check_placement(s: Scenario) -> None:
     if pl.redundant_experts and pl.strategy != "eplb":
         raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
                             f"redundant expert slots are filled by placement.strategy=eplb, not {pl.strategy}")
+    if pl.strategy == "topology_aware" and s.expert_tp > 1:
+        raise ScenarioError("placement.strategy", "topology_aware", "is simulated with parallel.expert_tp_size=1")
     if pl.strategy != "eplb":
         return
     slots = m.num_experts + pl.redundant_experts

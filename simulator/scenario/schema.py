@@ -231,7 +231,6 @@ TOP_LEVEL_KEYS = ("name", "hardware", "model", *SECTIONS)
 NOT_YET = {
     ("workload.mode", "decode"): "supported today: train, prefill",
     ("routing.distribution", "trace"): "supported today: uniform, balanced, zipf",
-    ("placement.strategy", "topology_aware"): "supported today: round_robin, eplb",
 }
 
 

@@ -32,6 +32,7 @@ class Workload:
     expert_rerun_s: dict
     placements: dict  # (group, moe_layer) -> Placement; traffic's expert_tokens count tokens per slot
     dropped_copies: int = 0  # (token, expert) copies over capacity (routing.capacity_factor), not sent
+    placement_reports: dict | None = None  # topology_aware: (group, moe_layer) -> the solver's report
 
 
 def buffer_bytes_per_token(s) -> float:
@@ -73,6 +74,18 @@ def stage_moe_work(s, rank: int) -> list[tuple[int, range]]:
     return out
 
 
+def topology_aware(s, probabilities: np.ndarray, group: int) -> tuple[Placement, dict]:
+    """Seed 1.2's placement of one EP group's experts for its router's law (round-robin's slot
+    layout; the dispatch's expected bytes per port in the scenario's dtype and algorithm)."""
+    from hardware.topology import Topology
+    from simulator.workload.topology_placement import topology_aware_placement  # scipy (HiGHS), on demand
+
+    return topology_aware_placement(probabilities, s.ranks.ep_group(group), Topology(s.cluster), s.network.all_to_all,
+                                    s.workload.tokens_per_gpu, s.model.top_k,
+                                    bytes_per_token=token_bytes(s.network.dispatch_dtype, s.model.hidden_size,
+                                                                s.network.all_to_all))
+
+
 def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, step: int = 0) -> Workload:
     """The workload of step `step` (0: the first; later steps draw fresh tokens) with the adaptive
     gate's per-(EP group, MoE layer) expert scales (None: the router's own law)."""
@@ -86,6 +99,7 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     on_gpu = [np.nonzero(slot_gpu == g)[0] for g in range(p)]  # the slots each GPU holds
     traffic, work, rerun, placements = {}, {}, {}, {}
     act_rerun = "moe_act" in recompute_modules(s)
+    solved, reports = {}, {}  # topology_aware: one solve per (group, law), its report per layer
     cf = s.routing.capacity_factor  # per source GPU and expert, as Megatron's moe_expert_capacity_factor
     capacity = None if cf is None else math.ceil(cf * s.workload.tokens_per_gpu * m.top_k / m.num_experts)
     dropped = 0
@@ -106,6 +120,12 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
             if s.placement.strategy == "eplb":  # balance the router's expected loads, then route over them
                 place = eplb_placement(router.probabilities, len(slot_gpu), p, int(member_node.max()) + 1,
                                        hierarchical=s.routing.max_nodes_per_token is not None)
+                router = router_for(place)
+            elif s.placement.strategy == "topology_aware":  # seed 1.2: the busiest port's expected load, minimised
+                key = (group, router.probabilities.tobytes())
+                if key not in solved:
+                    solved[key] = topology_aware(s, router.probabilities, group)
+                place, reports[group, layer] = solved[key]
                 router = router_for(place)
             placements[group, layer] = place
             for mb in mbs:
@@ -136,7 +156,7 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
             rerun[group, layer, mb, c] = np.array([swiglu_rerun_s(s, compute, int(rows[on_gpu[g]].sum()), width)
                                                    for g in local])
     sizes = [hi - lo for lo, hi in chunk_bounds(s.workload.tokens_per_gpu, num_chunks)]
-    return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, rerun, placements, dropped)
+    return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, rerun, placements, dropped, reports)
 
 
 BACKWARD_FACTOR = 2.0  # backward GEMMs: input gradient + weight gradient
