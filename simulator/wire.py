@@ -54,7 +54,9 @@ class AllToAll:
 
 
 ALL_TO_ALL = {
-    "direct": AllToAll("direct", route="direct", per_expert_copy=False, own_copies_cross_ports=False,
+    # NCCL all-to-all as Megatron-Core's alltoall token dispatcher drives it: the permuted tokens,
+    # one copy per (token, expert) pair, no dedupe per destination GPU
+    "direct": AllToAll("direct", route="direct", per_expert_copy=True, own_copies_cross_ports=False,
                        notify_round=True, notify_crosses_rails=True, holds_sms=True, message_header_bytes=0,
                        efficiency_field="direct_alltoall_efficiency", call_overhead_field=None),
     # DeepEP's normal kernels address a GPU's own receive buffer like any peer's: its own tokens
