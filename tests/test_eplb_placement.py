@@ -75,8 +75,16 @@ def test_topology_aware_placement_is_wired_in_and_never_worse_than_round_robin_o
     summary, _, record = simulate_scenario(s)
     solver = summary["placement_solver"]
     assert solver["objective_vs_round_robin"] <= 1.0 and solver["methods"] == ["milp"]
-    for place in record.placements.values():  # round-robin's slots, a permutation of the experts
+    run = Run(s)
+    for place in run.workload.placements.values():  # round-robin's slots, a permutation of the experts
         assert sorted(place.slot_expert.tolist()) == list(range(16))
-        assert np.bincount(place.slot_gpu).tolist() == [2] * 8
+        assert place.slot_gpu.tolist() == (np.arange(16) % 8).tolist() == run.workload.expert_gpu.tolist()
+    # each GPU computes the rows of the experts the solver put in its slots
+    key = next(iter(run.workload.traffic))
+    rows = run.workload.traffic[key].expert_tokens
+    for g in range(8):
+        expected = run.compute_model.expert_ffn_s(rows[run.workload.expert_gpu == g], s.model.hidden_size,
+                                                  s.model.moe_intermediate_size)
+        assert run.workload.expert_work_s[key][g] == pytest.approx(expected, rel=1e-12)
     uniform = simulate_scenario(make_scenario(workload=PREFILL, placement={"strategy": "topology_aware"}))[0]
     assert uniform["placement_solver"]["objective_vs_round_robin"] == pytest.approx(1.0)

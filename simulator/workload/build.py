@@ -93,8 +93,9 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     m = s.model
     batch, rounds, num_chunks = batch_limit(s, s.pipeline.chunks)
     base = round_robin_placement(m.num_experts, p)
-    slot_gpu = base.slot_gpu if s.placement.strategy == "round_robin" else \
-        np.arange(m.num_experts + s.placement.redundant_experts) // ((m.num_experts + s.placement.redundant_experts) // p)
+    # EPLB's slot i sits on GPU i // (S / G); round-robin's and topology-aware's slot i on GPU i mod G
+    slots = m.num_experts + s.placement.redundant_experts
+    slot_gpu = np.arange(slots) // (slots // p) if s.placement.strategy == "eplb" else base.slot_gpu
     local = np.arange(p)
     on_gpu = [np.nonzero(slot_gpu == g)[0] for g in range(p)]  # the slots each GPU holds
     traffic, work, rerun, placements = {}, {}, {}, {}
