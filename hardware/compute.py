@@ -90,13 +90,25 @@ class RooflineCompute:
         """SwiGLU experts as a real MoE layer runs them: permute tokens by expert, grouped GEMM for
         gate+up (hidden -> 2 x intermediate), SiLU x up, grouped GEMM down, weighted un-permute.
         Shared experts and dense FFNs see their tokens in place: permute=False."""
-        tokens = np.asarray(tokens_per_expert)
-        total = float(tokens.sum())
-        if total <= 0:
+        parts = ffn_parts(self, tokens_per_expert, hidden_size, intermediate_size, permute)
+        if parts is None:
             return 0.0
-        permute_bytes = 2 * total * hidden_size * BF16_BYTES  # read + write of the gathered rows
-        act_bytes = total * 3 * intermediate_size * BF16_BYTES  # read gate, up; write product
-        ffn = (self.grouped_gemm_s(tokens, 2 * intermediate_size, hidden_size)
-               + self.memory_s(act_bytes)
-               + self.grouped_gemm_s(tokens, hidden_size, intermediate_size))
-        return ffn + 2 * self.memory_s(permute_bytes) if permute else ffn
+        up, act, down, perm = parts
+        ffn = up + act + down
+        return ffn + perm if permute else ffn
+
+
+def ffn_parts(compute, tokens_per_expert, hidden_size: int, intermediate_size: int,
+              permute: bool = True) -> tuple[float, float, float, float] | None:
+    """The kernels of an SwiGLU FFN block on `compute`'s rates, in launch order: (gate+up grouped
+    GEMM, SiLU x up, down grouped GEMM, permute + un-permute); None without tokens. The one
+    decomposition RooflineCompute.expert_ffn_s sums and the compute split by kernel class reads."""
+    tokens = np.asarray(tokens_per_expert)
+    total = float(tokens.sum())
+    if total <= 0:
+        return None
+    permute_bytes = 2 * total * hidden_size * BF16_BYTES  # read + write of the gathered rows
+    act_bytes = total * 3 * intermediate_size * BF16_BYTES  # read gate, up; write product
+    return (compute.grouped_gemm_s(tokens, 2 * intermediate_size, hidden_size), compute.memory_s(act_bytes),
+            compute.grouped_gemm_s(tokens, hidden_size, intermediate_size),
+            2 * compute.memory_s(permute_bytes) if permute else 0.0)

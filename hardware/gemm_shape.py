@@ -38,6 +38,12 @@ def wave_efficiency(tiles, num_sms: int):
     return tiles / (np.ceil(tiles / num_sms) * num_sms)
 
 
+def wave_factor(tiles: float, num_sms: int) -> float:
+    """The wave efficiency a GEMM of `tiles` 128 x 128 tiles runs at: with fewer tiles than SMs the
+    kernel is assumed to pick smaller tiles that fill the SMs (no wave loss)."""
+    return float(wave_efficiency(tiles, num_sms)) if tiles >= num_sms else 1.0
+
+
 def tiles_of(m, n: int):
     return np.ceil(np.asarray(m, dtype=np.float64) / TILE_M) * math.ceil(n / TILE_N)
 
@@ -48,10 +54,7 @@ def grouped_time_s(ms, n: int, k: int, params: dict, num_sms: int, in_bytes: flo
     ms = ms[ms > 0]
     if ms.size == 0:
         return 0.0
-    tiles = tiles_of(ms, n).sum()
-    # fewer 128 x 128 tiles than SMs: kernels pick smaller tiles to fill the SMs (no wave loss)
-    waves = float(wave_efficiency(tiles, num_sms)) if tiles >= num_sms else 1.0
-    rate = params["flop_per_s"] * k / (k + params["k_half"]) * waves
+    rate = params["flop_per_s"] * k / (k + params["k_half"]) * wave_factor(tiles_of(ms, n).sum(), num_sms)
     compute = 2.0 * ms * n * k / rate
     memory = ((ms * k + k * n) * in_bytes + ms * n * OUT_BYTES) / params["bytes_per_s"]
     return float(np.maximum(compute, memory).sum()) + params["overhead_s"]
@@ -98,9 +101,8 @@ def transfer(params: dict, rate_at_shape: float, shape: tuple[int, int, int], nu
     law gives `rate_at_shape` FLOP/s at `shape`."""
     m, n, k = shape
     k_half = params["k_half"] * rate_ratio
-    tiles = float(tiles_of(m, n))
-    waves = float(wave_efficiency(tiles, num_sms)) if tiles >= num_sms else 1.0
     # at a compute-bound shape the achieved rate is flop_per_s x k / (k + k_half) x waves
+    waves = wave_factor(float(tiles_of(m, n)), num_sms)
     return {**params, "k_half": k_half, "flop_per_s": rate_at_shape / (k / (k + k_half) * waves)}
 
 

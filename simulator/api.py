@@ -10,7 +10,7 @@ from simulator.extension import extend_summary, sample_micro_batches, with_micro
 from simulator.metrics import per_layer_gpu_rows, summarize
 from simulator.scenario import Scenario
 from simulator.scenario.budget import Budget, check_budget
-from simulator.steps import MIN_FACTOR, adapt, expert_loads, load_rows, max_over_mean
+from simulator.steps import MIN_FACTOR, adapt, expert_loads, expert_tokens, load_rows, max_over_mean
 
 
 def simulate_scenario(scenario: Scenario, budget: Budget | None = None) -> tuple[dict, list[dict], RunRecord]:
@@ -25,9 +25,10 @@ def simulate_scenario(scenario: Scenario, budget: Budget | None = None) -> tuple
     scale, per_step, loads_out = None, [], []
     for step in range(steps):
         summary, rows, record = _simulate_step(scenario, scale, step)
-        loads = expert_loads(record.counts, record.placements)
+        tokens = expert_tokens(record.counts, record.placements)
+        loads = expert_loads(tokens)
         summary["expert_load_max_over_mean"] = max_over_mean(loads)
-        loads_out += load_rows(step, loads, record.counts, record.placements)
+        loads_out += load_rows(step, tokens, loads)
         per_step.append({"step": step, "step_time_s": summary["step_time_s"], "mfu": summary["mfu"],
                          "load_imbalance": summary["load_imbalance"],
                          "expert_load_max_over_mean": summary["expert_load_max_over_mean"]})

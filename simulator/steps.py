@@ -37,9 +37,9 @@ def expert_tokens(counts: dict, placements: dict | None) -> dict[tuple[int, int]
     return sums
 
 
-def expert_loads(counts: dict, placements: dict | None = None) -> dict[tuple[int, int], np.ndarray]:
-    """(EP group, MoE layer) -> Load_e (sums to 1)."""
-    return {key: tokens / tokens.sum() for key, tokens in expert_tokens(counts, placements).items()}
+def expert_loads(tokens: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, int], np.ndarray]:
+    """(EP group, MoE layer) -> Load_e (sums to 1) from expert_tokens' totals."""
+    return {key: per_expert / per_expert.sum() for key, per_expert in tokens.items()}
 
 
 def max_over_mean(loads: dict[tuple[int, int], np.ndarray]) -> float:
@@ -56,10 +56,9 @@ def adapt(scale: dict | None, loads: dict[tuple[int, int], np.ndarray], alpha: f
     return out
 
 
-def load_rows(step: int, loads: dict[tuple[int, int], np.ndarray], counts: dict,
-              placements: dict | None = None) -> list[dict]:
+def load_rows(step: int, tokens: dict[tuple[int, int], np.ndarray],
+              loads: dict[tuple[int, int], np.ndarray]) -> list[dict]:
     """expert_load.csv rows of one step: tokens and Load_e per (EP group, MoE layer, expert)."""
-    tokens = expert_tokens(counts, placements)
     return [{"step": step, "ep_group": group, "moe_layer": layer, "expert": e, "tokens": int(tokens[group, layer][e]),
              "load": float(load[e]), "load_over_mean": float(load[e] * len(load))}
             for (group, layer), load in sorted(loads.items()) for e in range(len(load))]

@@ -29,7 +29,7 @@ from simulator.engine.rings import p2p_paths, ring_paths
 from simulator.scenario import Scenario
 from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
 from simulator.wire import ELEMENT_BYTES, algorithm, token_bytes
-from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_kernels, dense_work_s, ffn_split
+from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_kernels, ffn_split, op_seconds
 
 
 class Run:
@@ -45,7 +45,9 @@ class Run:
         overlap = s.pipeline.overlap == "three_stream"
         self.gpus = [GPU(self.env, g, s.cluster.gpu.num_sms, overlap) for g in range(s.num_gpus)]
         self.workload = build_workload(s, self.compute_model, gate_scale, step)
-        self.dense = [dense_work_s(s, self.compute_model, n) for n in self.workload.chunk_tokens]
+        # per chunk size: each op's kernels by class (kernel_classes reads them) and their sum
+        self.dense_kernels = [dense_kernels(s, self.compute_model, n) for n in self.workload.chunk_tokens]
+        self.dense = [op_seconds(kernels) for kernels in self.dense_kernels]
         self.ep_groups = [self.ranks.ep_group(i) for i in range(self.ranks.num_ep_groups)]
         self.group_of = [self.ranks.ep_group_of(g) for g in range(s.num_gpus)]  # GPU -> EP group
         self.ep_rank = self.ranks.ep_rank.tolist()  # GPU -> its rank in that group
@@ -460,7 +462,7 @@ class Run:
         (first chunk's tokens), the routed experts' at the mean rows per expert, the update's."""
         s, w = self.s, self.workload
         out = {}
-        for op, parts in dense_kernels(s, self.compute_model, w.chunk_tokens[0]).items():
+        for op, parts in self.dense_kernels[0].items():
             total = sum(parts.values())
             if total > 0:
                 out[op] = {cls: v / total for cls, v in parts.items()}

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hardware.compute import RooflineCompute
+from hardware.compute import RooflineCompute, ffn_parts
 from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope, stage_layers
 from simulator.wire import token_bytes
-from simulator.workload.placement import Placement, eplb_placement, round_robin_placement
+from simulator.workload.placement import Placement, eplb_placement, round_robin_placement, slot_layout
 from simulator.workload.routing import Router, drift_order, drop_over_capacity
 from simulator.workload.traffic import chunk_bounds, micro_batch_traffic
 
@@ -93,9 +93,7 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     m = s.model
     batch, rounds, num_chunks = batch_limit(s, s.pipeline.chunks)
     base = round_robin_placement(m.num_experts, p)
-    # EPLB's slot i sits on GPU i // (S / G); round-robin's and topology-aware's slot i on GPU i mod G
-    slots = m.num_experts + s.placement.redundant_experts
-    slot_gpu = np.arange(slots) // (slots // p) if s.placement.strategy == "eplb" else base.slot_gpu
+    slot_gpu = slot_layout(s.placement.strategy, m.num_experts, s.placement.redundant_experts, p)
     local = np.arange(p)
     on_gpu = [np.nonzero(slot_gpu == g)[0] for g in range(p)]  # the slots each GPU holds
     traffic, work, rerun, placements = {}, {}, {}, {}
@@ -183,16 +181,15 @@ QUANT_BYTES = 2 + 1 + 4 / 128  # FP8 quantisation of a BF16 tensor: read 2 B, wr
 
 
 def ffn_split(compute, tokens, h: int, i: int, permute: bool) -> dict[str, float]:
-    """The kernel classes of an SwiGLU FFN block (expert_ffn_s's parts): grouped GEMMs, the SwiGLU,
-    and the permute / un-permute of the rows (routed experts)."""
-    tokens = np.asarray(tokens)
-    total = float(tokens.sum())
-    if total <= 0:
+    """The kernel classes of an SwiGLU FFN block (hardware.compute.ffn_parts): grouped GEMMs, the
+    SwiGLU, and the permute / un-permute of the rows (routed experts)."""
+    parts = ffn_parts(compute, tokens, h, i, permute)
+    if parts is None:
         return {}
-    out = {"gemm": compute.grouped_gemm_s(tokens, 2 * i, h) + compute.grouped_gemm_s(tokens, h, i),
-           "elementwise": compute.memory_s(total * 3 * i * 2)}
+    up, act, down, perm = parts
+    out = {"gemm": up + down, "elementwise": act}
     if permute:
-        out["permute"] = 2 * compute.memory_s(2 * total * h * 2)
+        out["permute"] = perm
     return out
 
 
@@ -313,6 +310,11 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     return {op: {cls: v for cls, v in parts.items() if v} for op, parts in kernels.items()}
 
 
+def op_seconds(kernels: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per op, the sum of its kernels' seconds (dense_kernels' table)."""
+    return {op: float(sum(parts.values())) for op, parts in kernels.items()}
+
+
 def dense_work_s(s, compute: RooflineCompute, num_tokens: int) -> dict[str, float]:
     """Seconds of the per-token work every GPU does on its own tokens, per op: the sum of its kernels."""
-    return {op: float(sum(parts.values())) for op, parts in dense_kernels(s, compute, num_tokens).items()}
+    return op_seconds(dense_kernels(s, compute, num_tokens))

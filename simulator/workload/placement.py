@@ -17,6 +17,7 @@ all read the same placement.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -46,13 +47,17 @@ class Placement:
 
     def replicas(self) -> np.ndarray:
         """[E] slots each logical expert has."""
-        return np.bincount(self.slot_expert, minlength=self.num_experts)
+        return self._replica_table[0]
+
+    @cached_property
+    def _replica_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(slots per expert [E], slots grouped by expert [S], each expert's first index in that order [E])."""
+        count = np.bincount(self.slot_expert, minlength=self.num_experts)
+        return count, np.argsort(self.slot_expert, kind="stable"), np.concatenate([[0], np.cumsum(count)[:-1]])
 
     def expert_gpu(self) -> np.ndarray:
         """[E] the GPU of each expert's first slot (group-limited routing reads experts' nodes)."""
-        first = np.full(self.num_experts, -1, dtype=np.int64)
-        for slot in range(self.num_slots - 1, -1, -1):
-            first[self.slot_expert[slot]] = slot
+        _, first = np.unique(self.slot_expert, return_index=True)
         return self.slot_gpu[first]
 
     def slots_of(self, experts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -63,9 +68,7 @@ class Placement:
         if (experts < 0).any():  # dropped copies stay dropped
             kept = experts >= 0
             return np.where(kept, self.slots_of(np.where(kept, experts, 0), rng), -1).astype(experts.dtype)
-        count = self.replicas()
-        order = np.argsort(self.slot_expert, kind="stable")  # slots grouped by expert
-        start = np.concatenate([[0], np.cumsum(count)[:-1]])
+        count, order, start = self._replica_table
         pick = (rng.random(experts.shape) * count[experts]).astype(np.int64)
         return order[start[experts] + pick].astype(experts.dtype)
 
@@ -78,6 +81,15 @@ def round_robin_placement(num_experts: int, num_gpus: int) -> Placement:
     return Placement(round_robin(num_experts, num_gpus), np.arange(num_experts), num_experts)
 
 
+def slot_layout(strategy: str, num_experts: int, redundant: int, num_gpus: int) -> np.ndarray:
+    """[S] the GPU of each physical slot, the same in every layer: EPLB's slot i on GPU i // (S / G);
+    round-robin's and topology-aware's slot i on GPU i mod G."""
+    if strategy == "eplb":
+        slots = num_experts + redundant
+        return np.arange(slots) // (slots // num_gpus)
+    return round_robin(num_experts, num_gpus)
+
+
 def eplb_placement(expected_load: np.ndarray, num_slots: int, num_gpus: int, num_nodes: int,
                    hierarchical: bool) -> Placement:
     """DeepSeek's EPLB over one layer's expected loads: slot i on GPU i // (S / G)."""
@@ -86,8 +98,9 @@ def eplb_placement(expected_load: np.ndarray, num_slots: int, num_gpus: int, num
     groups = num_nodes if hierarchical else 1
     phy2log, _, _ = rebalance_experts(np.asarray(expected_load, dtype=np.float64)[None, :], num_slots, groups,
                                       num_nodes if hierarchical else 1, num_gpus)
-    slot_gpu = np.arange(num_slots) // (num_slots // num_gpus)
-    return Placement(slot_gpu, np.asarray(phy2log[0], dtype=np.int64), len(expected_load))
+    num_experts = len(expected_load)
+    slot_gpu = slot_layout("eplb", num_experts, num_slots - num_experts, num_gpus)
+    return Placement(slot_gpu, np.asarray(phy2log[0], dtype=np.int64), num_experts)
 
 
 STRATEGIES = ("round_robin", "eplb")

@@ -36,35 +36,16 @@ def _distinct_per_row(ids: np.ndarray) -> np.ndarray:
 def count_chunk(experts: np.ndarray, src: np.ndarray, expert_gpu: np.ndarray, member_node: np.ndarray,
                 num_experts: int) -> tuple[np.ndarray, ...]:
     """Counts for tokens `experts` [n, k] sent from GPUs `src` [n] (EP ranks). member_node[r] is the
-    node of EP rank r, numbered inside the group."""
+    node of EP rank r, numbered inside the group. A copy of -1 was dropped (expert capacity): it goes
+    to a phantom GPU p on a phantom node, which the counts leave out."""
     p = len(member_node)
     num_nodes = int(member_node.max()) + 1
-    if (experts < 0).any():  # dropped copies (expert capacity): counted nowhere
-        return _count_with_drops(experts, src, expert_gpu, member_node, num_experts)
-    gpu = expert_gpu[experts]
-    copies = np.bincount((src[:, None] * p + gpu).ravel(), minlength=p * p).reshape(p, p)
-    sorted_gpu, first = _distinct_per_row(gpu)
-    src_k = np.broadcast_to(src[:, None], gpu.shape)
-    tokens = np.bincount((src_k * p + sorted_gpu)[first], minlength=p * p).reshape(p, p)
-    sorted_node, first_node = _distinct_per_row(member_node[sorted_gpu])
-    nodes = np.bincount((src_k * num_nodes + sorted_node)[first_node],
-                        minlength=p * num_nodes).reshape(p, num_nodes)
-    per_expert = np.bincount(experts.ravel(), minlength=num_experts)
-    return tokens, copies, nodes, per_expert
-
-
-def _count_with_drops(experts, src, expert_gpu, member_node, num_experts):
-    """count_chunk where some copies are -1 (dropped): they go to a phantom GPU p on a phantom node,
-    which the counts then leave out."""
-    p = len(member_node)
-    num_nodes = int(member_node.max()) + 1
-    gpu = np.append(expert_gpu, p)[experts]  # -1 indexes the appended phantom
+    gpu = np.append(expert_gpu, p)[experts]  # -1 indexes the phantom
     copies = np.bincount((src[:, None] * (p + 1) + gpu).ravel(), minlength=p * (p + 1)).reshape(p, p + 1)[:, :p]
     sorted_gpu, first = _distinct_per_row(gpu)
     src_k = np.broadcast_to(src[:, None], gpu.shape)
     tokens = np.bincount((src_k * (p + 1) + sorted_gpu)[first], minlength=p * (p + 1)).reshape(p, p + 1)[:, :p]
-    node_of = np.append(member_node, num_nodes)
-    sorted_node, first_node = _distinct_per_row(node_of[sorted_gpu])
+    sorted_node, first_node = _distinct_per_row(np.append(member_node, num_nodes)[sorted_gpu])
     nodes = np.bincount((src_k * (num_nodes + 1) + sorted_node)[first_node],
                         minlength=p * (num_nodes + 1)).reshape(p, num_nodes + 1)[:, :num_nodes]
     per_expert = np.bincount(experts[experts >= 0], minlength=num_experts)
