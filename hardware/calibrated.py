@@ -271,6 +271,16 @@ def load_calibration(path: Path, dtype: str | None = None) -> dict:
         raise ValueError(f"calibration {path} has no fitted parameters ('fits')")
     for name, fit in fits.items():
         _check_fit(path, name, fit)
+    kernels = data.get("decode_attention", {})
+    if not isinstance(kernels, dict):
+        raise ValueError(f"calibration {path}: decode_attention = {quote(kernels)}: must be a mapping of kinds")
+    for kind, rates in kernels.items():
+        if kind not in ("mla", "gqa") or not isinstance(rates, dict):
+            raise ValueError(f"calibration {path}: decode_attention.{quote(kind)} must be mla or gqa with its rates")
+        for key, bounds in (("flop_per_s", RATE), ("bytes_per_s", RATE), ("overhead_s", TIME_S)):
+            if key not in rates:
+                raise ValueError(f"calibration {path}: lacks decode_attention.{kind}.{key}")
+            _check_number(path, f"decode_attention.{kind}.{key}", rates[key], bounds)
     if dtype is not None and dtype not in fits:
         raise ValueError(f"calibration {path} was made for {', '.join(sorted(fits))}, not {dtype}")
     return data
@@ -390,6 +400,14 @@ class CalibratedCompute:
         block, gemm = fit["expert_block"], fit["gemm"]
         return (max(flop * (gemm["s_per_flop"] or 1.0 / fit["best_gemm_flop_per_s"]),
                     num_bytes * block["s_per_act_byte"]) + gemm["overhead_s"])
+
+    def decode_attention_s(self, kind: str, flop: float, num_bytes: float) -> float:
+        """A decode attention kernel at the file's published rates for it (decode_attention.<kind>:
+        FlashMLA's for MLA), else the attention core's model."""
+        rates = self.data.get("decode_attention", {}).get(kind)
+        if rates is None or flop <= 0:
+            return self.attention_core_s(flop, num_bytes)
+        return max(flop / rates["flop_per_s"], num_bytes / rates["bytes_per_s"]) + rates["overhead_s"]
 
     def expert_ffn_s(self, tokens_per_expert: np.ndarray, hidden_size: int, intermediate_size: int,
                      permute: bool = True) -> float:

@@ -30,6 +30,7 @@ from simulator.scenario import Scenario
 from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
 from simulator.wire import ELEMENT_BYTES, algorithm, token_bytes
 from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_kernels, ffn_split, op_seconds
+from simulator.workload.serving import context_spread
 
 
 class Run:
@@ -48,6 +49,7 @@ class Run:
         # per chunk size: each op's kernels by class (kernel_classes reads them) and their sum
         self.dense_kernels = [dense_kernels(s, self.compute_model, n) for n in self.workload.chunk_tokens]
         self.dense = [op_seconds(kernels) for kernels in self.dense_kernels]
+        self.attention_scale = context_spread(s)  # decode: (GPU, micro-batch) -> its KV over the mean's
         self.ep_groups = [self.ranks.ep_group(i) for i in range(self.ranks.num_ep_groups)]
         self.group_of = [self.ranks.ep_group_of(g) for g in range(s.num_gpus)]  # GPU -> EP group
         self.ep_rank = self.ranks.ep_rank.tolist()  # GPU -> its rank in that group
@@ -264,6 +266,9 @@ class Run:
             if op.backward and op.name in dense:
                 return dense[op.name]
             fwd = dense[op.op]
+            if self.attention_scale and op.op in ("attention", "attention_window"):
+                gpu = int(self.ranks.ep_groups[group][local])
+                fwd += (self.attention_scale[gpu, mb] - 1.0) * self.dense_kernels[chunk][op.op].get("attention", 0.0)
         return fwd * (BACKWARD_FACTOR if op.backward else 1.0)
 
     def run_chain(self, gpu: GPU, mb: int, chunk: int):

@@ -19,6 +19,7 @@ from simulator.errors import ScenarioError
 from simulator.model import AttentionSpec, ModelSpec
 from simulator.scenario.rules import check_layout
 from simulator.scenario.schema import NOT_YET, SECTIONS, TOP_LEVEL_KEYS, HardwareSection, ModelSection, Scenario
+from simulator.scenario.serving import derive_serving
 
 MODEL_PRESET_DIR = Path(__file__).parent.parent / "models"
 
@@ -210,6 +211,8 @@ def build_scenario(data: dict) -> Scenario:
     calibration = resolve_calibration(hw.calibration, sections["workload"].gemm_dtype)
     cluster = cluster_from_fields(hw.preset, hw.nodes, hw.model_dump())
     sections["workload"] = derive_batch(sections, data.get("workload") or {}, cluster.num_gpus)
+    sections["workload"], sections["pipeline"] = derive_serving(sections, data.get("workload") or {},
+                                                                data.get("pipeline") or {})
     model = ModelSpec(
         name=msec.preset, hidden_size=msec.hidden_size, moe_intermediate_size=msec.moe_intermediate_size,
         num_experts=msec.num_experts, top_k=msec.top_k, num_shared_experts=msec.num_shared_experts,

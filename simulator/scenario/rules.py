@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from hardware.units import GIB
 from simulator.errors import ScenarioError
-from simulator.scenario.memory import Memory, auto_expert_tp, key_to_change, memory_per_gpu
+from simulator.scenario.memory import Memory, auto_expert_tp, key_to_change, max_batch_per_gpu, memory_per_gpu
 from simulator.scenario.schema import Scenario
+from simulator.scenario.serving import check_serving, kv_bytes_per_token_layer, kv_cache_bytes_per_sequence
 
 
 def check_tensor_parallel(s: Scenario) -> None:
@@ -190,7 +191,20 @@ def check_layout(s: Scenario) -> None:
         if limit * experts_per_node < m.top_k:
             raise ScenarioError("routing.max_nodes_per_token", limit,
                                 f"{limit} node(s) x {experts_per_node} experts per node cannot hold top_k={m.top_k} experts")
+    check_serving(s)
     mem = memory_per_gpu(s)
+    decode = s.workload.mode == "decode"
+    if decode and mem.before_buffers > mem.capacity and mem.weights + mem.other < mem.capacity:
+        w = s.workload
+        per_seq = kv_cache_bytes_per_sequence(s)
+        raise ScenarioError(
+            "workload.batch_per_gpu", w.batch_per_gpu,
+            f"does not fit memory: the KV cache takes {per_seq / GIB * 1024:.1f} MiB per sequence "
+            f"({w.context_len} tokens x {s.model.num_layers} layers x {kv_bytes_per_token_layer(s):g} B, "
+            f"{w.kv_cache_dtype}), {mem.kv_cache / GIB:.1f} GiB for {w.batch_per_gpu} sequences, beside "
+            f"{mem.weights / GIB:.1f} GiB of weights, {mem.activations / GIB:.2f} GiB of working set and "
+            f"{mem.other / GIB:g} GiB allowance, over hardware.hbm_gb={mem.capacity / GIB:g} (GiB); rule: memory "
+            f"per GPU <= HBM; at most {max_batch_per_gpu(s)} sequences fit at workload.context_len={w.context_len}")
     if mem.before_buffers > mem.capacity:
         key, value = key_to_change(s, mem)
         terms = ", ".join(f"{t} {getattr(mem, t) / GIB:.1f}" for t in Memory.TERMS if t != "buffers")

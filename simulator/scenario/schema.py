@@ -150,6 +150,24 @@ class WorkloadSection(_Section):
     extend_micro_batches: Literal["auto", "always", "never"] = "auto"
     # consecutive steps of fresh tokens, for per-expert load monitoring and adaptive gating (seed 2.3)
     steps: int = Field(default=1, gt=0, le=1000)
+    # Serving (simulator/scenario/serving.py). decode: each GPU holds batch_per_gpu sequences whose
+    # KV caches are context_len tokens long (fixed, or drawn uniformly on [1, 2 x context_len - 1]
+    # per sequence: requests at different points of their generation); a step decodes one token of
+    # each (1 + mtp_draft_tokens with multi-token prediction, of which accepted_tokens_per_step are
+    # kept on average). SGLang's decode runs up to a few hundred sequences per GPU (LMSYS: 256).
+    batch_per_gpu: int = Field(default=128, gt=0, le=1 << 16)
+    context_len: int = Field(default=4096, gt=0, le=MAX_TOKENS)
+    context_len_distribution: Literal["fixed", "uniform"] = "fixed"
+    kv_cache_dtype: Literal["bf16", "fp8"] = "bf16"  # FlashMLA's dense decode kernel reads a BF16 cache
+    # DeepSeek-V3 predicts one extra token (report 2.2) and accepts it 85-90 % of the time (report 5.4.3)
+    mtp_draft_tokens: int = Field(default=0, ge=0, le=16)
+    accepted_tokens_per_step: float = Field(default=1.0, ge=1, le=17)
+    # two-batch overlap (SGLang TBO, DeepSeek's serving schedule): the GPU's batch runs as two
+    # micro-batches, the attention / shared experts of one beside the dispatch / combine of the other
+    two_batch_overlap: bool = False
+    # prefill serving: each forward pass takes this many tokens per GPU of longer prompts (SGLang's
+    # --chunked-prefill-size); null: whole prompts (seq_len) in one pass
+    chunked_prefill_tokens: Optional[int] = Field(default=None, gt=0, le=MAX_TOKENS)
 
 
 class RoutingSection(_Section):
@@ -229,7 +247,6 @@ TOP_LEVEL_KEYS = ("name", "hardware", "model", *SECTIONS)
 
 # Values the schema knows but this version does not simulate yet: (key, value) -> what is supported.
 NOT_YET = {
-    ("workload.mode", "decode"): "supported today: train, prefill",
     ("routing.distribution", "trace"): "supported today: uniform, balanced, zipf",
 }
 

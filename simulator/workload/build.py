@@ -12,6 +12,7 @@ import numpy as np
 
 from hardware.compute import RooflineCompute, ffn_parts
 from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope, stage_layers
+from simulator.scenario.serving import KV_BYTES
 from simulator.wire import token_bytes
 from simulator.workload.placement import Placement, eplb_placement, round_robin_placement, slot_layout
 from simulator.workload.routing import Router, drift_order, drop_over_capacity
@@ -246,9 +247,13 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     mlp_around = norm + residual  # pre-MLP norm and the residual after the MLP
     quant_attention = compute.memory_s(gemm_inputs * QUANT_BYTES) if fp8 else 0.0
     # the core's FLOPs and bytes per GPU: t x the tokens, 1/t of the heads
-    core = compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len), n * a.core_bytes_per_token())
-    window = (compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len, sliding=True),
-                                       n * a.core_bytes_per_token()) if a.sliding_window else core)
+    if s.workload.mode == "decode":  # over the KV cache
+        core = decode_attention_s(s, compute, n)
+        window = decode_attention_s(s, compute, n, sliding=True) if a.sliding_window else core
+    else:
+        core = compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len), n * a.core_bytes_per_token())
+        window = (compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len, sliding=True),
+                                           n * a.core_bytes_per_token()) if a.sliding_window else core)
     rerun = recompute_modules(s)
     # selective recompute re-runs in the backward: an RMSNorm before the attention's and before the
     # MLP's backward; MLA's up-projection GEMMs; the shared experts' SwiGLU
@@ -308,6 +313,32 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
         "lm_head_bwd": {"gemm": BACKWARD_FACTOR * compute.gemm_s(n, m.vocab_size, h), "elementwise": 2 * norm},
     }
     return {op: {cls: v for cls, v in parts.items() if v} for op, parts in kernels.items()}
+
+
+def decode_attention_s(s, compute: RooflineCompute, num_tokens: int, sliding: bool = False) -> float:
+    """One decode attention kernel on a GPU over the KV cache of the sequences whose num_tokens
+    (1 + MTP drafts each) it attends for (with TP-attention: its TP group's t x as many sequences,
+    1/t of the heads), each context_len long (capped at a sliding window).
+
+    MLA runs absorbed (FlashMLA): every head attends over the shared latent, d_k = kv_lora + rope
+    keys and d_v = kv_lora values, FLOPs 2 h s_q s_k (d_k + d_v), bytes the latents read once per
+    sequence plus Q and O (BF16). GQA (FlashAttention decode): 4 h s_q s_k d FLOPs, the rank's K and V
+    heads read once. The rates are the compute model's (decode_attention_s)."""
+    a, w, t = s.model.attention, s.workload, s.parallel.tp_size
+    q = 1 + w.mtp_draft_tokens
+    sequences = num_tokens / q * t
+    heads = a.num_heads // t
+    ctx = min(w.context_len, a.sliding_window) if sliding and a.sliding_window else w.context_len
+    kv = KV_BYTES[w.kv_cache_dtype]
+    if a.kind == "mla":
+        dk, dv = a.kv_lora_rank + a.qk_rope_head_dim, a.kv_lora_rank
+        flop = sequences * q * heads * 2.0 * ctx * (dk + dv)
+        num_bytes = sequences * ctx * dk * kv + sequences * q * heads * (dk + dv) * 2
+    else:
+        d = a.head_dim
+        flop = sequences * q * heads * 4.0 * d * ctx
+        num_bytes = sequences * ctx * 2 * (a.num_kv_heads // t) * d * kv + sequences * q * heads * 2 * d * 2
+    return compute.decode_attention_s(a.kind, flop, num_bytes)
 
 
 def op_seconds(kernels: dict[str, dict[str, float]]) -> dict[str, float]:
