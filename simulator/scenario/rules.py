@@ -54,6 +54,11 @@ def check_pipeline(s: Scenario) -> None:
         raise ScenarioError("parallel.vpp_size", v, "more than one model chunk per rank needs parallel.pp_schedule=interleaved")
     if p == 1:
         return
+    stage, gpn = s.num_gpus // p, s.cluster.gpus_per_node
+    if stage % gpn and gpn % stage:
+        raise ScenarioError("parallel.pp_size", p, f"a pipeline stage ({stage} GPUs = GPUs / pp_size) must be whole "
+                            f"nodes or part of one node of gpus_per_node={gpn}: its data-parallel rings need the same "
+                            f"GPUs on every node they span")
     if s.workload.scope != "model":
         raise ScenarioError("parallel.pp_size", p, "a pipeline splits the model's layers: needs workload.scope=model")
     if m.num_layers < p * v:
