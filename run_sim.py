@@ -31,7 +31,14 @@ def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> No
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted scenario key with a YAML value, e.g. --set parallel.ep_size=32")
     p.add_argument("--out", default=None, help="output folder (default: runs/<scenario name>/)")
+    p.add_argument("--model-config", default=None, metavar="PATH",
+                   help="a Hugging Face config.json (or a shipped one's name) as the model, in place of model.preset")
     add_budget_args(p)
+
+
+def model_config_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """--model-config PATH is --set model.preset=null --set model.hf_config=PATH (without YAML quoting)."""
+    return [("model.preset", None), ("model.hf_config", args.model_config)] if args.model_config else []
 
 
 def add_budget_args(p: argparse.ArgumentParser) -> None:
@@ -65,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from simulator.scenario.budget import check_budget
 
     try:
-        overrides = [parse_override(o) for o in args.overrides]
+        overrides = model_config_overrides(args) + [parse_override(o) for o in args.overrides]
         scenario = load_scenario(args.scenario or DEFAULT_SCENARIO, overrides)
         check_budget(scenario, budget_of(args))  # before any work: a run that cannot finish is refused
     except ScenarioError as exc:
@@ -110,6 +117,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         budget = budget_of(args)
         fixed, axes = sweep.parse_sweep_sets(args.overrides)
+        fixed = model_config_overrides(args) + fixed
         if not axes:
             raise ScenarioError("--set", " ".join(args.overrides) or None,
                                 "a sweep needs at least one axis: --set KEY=V1,V2,...")
