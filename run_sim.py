@@ -344,7 +344,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_sim.py", description="epsim: MoE expert-parallel performance simulator")
+    from simulator import __version__
+
+    parser = argparse.ArgumentParser(prog=Path(sys.argv[0]).name or "epsim",
+                                     description="epsim: MoE expert-parallel performance simulator")
+    parser.add_argument("--version", action="version", version=f"epsim {__version__}")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="simulate one scenario (the default command)")
     add_scenario_args(run, scenario_required=False)
@@ -393,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     commands = parser.get_default("command_names")
-    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "run")
     args, unknown = parser.parse_known_args(argv)
     if unknown:
