@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -22,7 +21,9 @@ def fail(message: str) -> int:
 def default_out(name: str) -> Path:
     """runs/<name>, the name made one plain folder name: no separators, no leading dot, at most 100
     characters, so `name: ../../x` or an absolute name cannot write outside runs/."""
-    return RUNS_DIR / (re.sub(r"[^A-Za-z0-9_.=+-]+", "-", name).strip(".-")[:100] or "scenario")
+    from simulator.results import run_folder_name
+
+    return RUNS_DIR / run_folder_name(name, [])
 
 
 def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> None:
@@ -67,28 +68,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reports.trace import DEFAULT_EVENT_LIMIT, estimate_slices, trace_text
     from simulator.api import simulate_scenario
     from simulator.errors import ScenarioError
-    from simulator.results import write_run_files
-    from simulator.scenario import load_scenario, parse_override
+    from simulator.results import other_run_in, run_folder_name, scenario_texts, write_run_files
+    from simulator.scenario import apply_overrides, build_scenario, parse_override, read_scenario_file
     from simulator.scenario.budget import check_budget
 
     try:
         overrides = model_config_overrides(args) + [parse_override(o) for o in args.overrides]
-        scenario = load_scenario(args.scenario or DEFAULT_SCENARIO, overrides)
+        data = apply_overrides(read_scenario_file(args.scenario or DEFAULT_SCENARIO), overrides)
+        scenario = build_scenario(data)
         check_budget(scenario, budget_of(args))  # before any work: a run that cannot finish is refused
     except ScenarioError as exc:
         return fail(str(exc))
     if args.trace_gpus < 1:
         return fail(f"--trace-gpus = {args.trace_gpus}: must be >= 1")
-    out = Path(args.out) if args.out else default_out(scenario.name)
+    out = Path(args.out) if args.out else RUNS_DIR / run_folder_name(scenario.name, overrides)
     if out.exists() and not out.is_dir():
         return fail(f"--out = {str(out)!r}: must be a folder, not an existing file")
+    texts = scenario_texts(data, scenario.resolved)
+    taken = None if args.force else other_run_in(out, texts["scenario.resolved.yaml"])
+    if taken:
+        return fail(f"--out = {str(out)!r}: {taken}; rule: a run never silently replaces another; "
+                    f"choose another --out or pass --force to replace it")
     summary, rows, result = simulate_scenario(scenario)
     num_slices = estimate_slices(result, args.trace_gpus)
     # --trace forces it, --no-trace skips it; by default only traces under the size limit
     trace = (trace_text(result, args.trace_gpus)
              if args.trace or (args.trace is None and num_slices <= DEFAULT_EVENT_LIMIT) else None)
     try:
-        files = write_run_files(out, summary, rows, trace, result.expert_load_rows)  # one set: an old trace.json goes with the old summary
+        files = write_run_files(out, summary, rows, trace, result.expert_load_rows, texts)  # one set: an old trace.json goes with the old summary
         if trace is None and args.trace is None:
             files["trace"] = (f"skipped: {num_slices:,} slices > {DEFAULT_EVENT_LIMIT:,} "
                               f"(--trace forces it, --trace-gpus N samples fewer GPUs)")
@@ -357,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-trace", dest="trace", action="store_false", help="do not write trace.json")
     run.add_argument("--trace-gpus", type=int, default=64, metavar="N",
                      help="GPUs in the trace; more are sampled evenly (default 64)")
+    run.add_argument("--force", action="store_true", help="replace a different run already in the out folder")
     run.set_defaults(handler=cmd_run)
     sweep = sub.add_parser("sweep", help="run a grid of scenario overrides")
     add_scenario_args(sweep, scenario_required=True)
