@@ -144,3 +144,23 @@ def test_a_missing_file_names_the_path():
     with pytest.raises(ScenarioError) as info:
         hf_model("/nonexistent/config.json")
     assert info.value.key == "model.hf_config" and "does not exist" in str(info.value)
+
+
+GROUPED = {"num_expert_groups": 2, "num_groups_per_token": 1}  # tiny-moe's 16 experts in 2 groups of 8
+
+
+def test_routing_limit_model_takes_the_model_group_limit_when_groups_are_the_nodes():
+    from simulator.api import simulate_scenario
+    by_model = build_scenario(tiny_dict(model=GROUPED, routing={"max_nodes_per_token": "model"}))
+    by_number = build_scenario(tiny_dict(model=GROUPED, routing={"max_nodes_per_token": 1}))
+    assert by_model.routing.max_nodes_per_token == 1 and by_model.resolved == by_number.resolved
+    assert simulate_scenario(by_model)[0] == simulate_scenario(by_number)[0]
+    assert build_scenario(tiny_dict(routing={"max_nodes_per_token": "model"})).routing.max_nodes_per_token is None
+
+
+def test_routing_limit_model_is_rejected_where_groups_are_not_the_nodes():
+    with pytest.raises(ScenarioError) as info:
+        build_scenario(tiny_dict(model={"num_expert_groups": 4, "num_groups_per_token": 2},
+                                 routing={"max_nodes_per_token": "model"}))
+    assert (info.value.key, info.value.value) == ("routing.max_nodes_per_token", "model")
+    assert "4 expert groups" in str(info.value) and "2 node(s)" in str(info.value)

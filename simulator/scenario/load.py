@@ -5,6 +5,7 @@ Every error is a ScenarioError naming the key path, the value and the rule.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -209,6 +210,10 @@ def build_scenario(data: dict) -> Scenario:
     msec = _with_preset("model", data.get("model", {}), "deepseek-v3", MODEL_PRESET_DIR, ModelSection)
     if "parallel" not in data:
         raise ScenarioError("parallel.ep_size", None, "required key is missing")
+    routing_data = data.get("routing")
+    group_limit = isinstance(routing_data, dict) and routing_data.get("max_nodes_per_token") == "model"
+    if group_limit:  # resolved by with_model_group_limit once the layout is known to be valid
+        data = {**data, "routing": {**routing_data, "max_nodes_per_token": None}}
     sections = {key: _validate(cls, data.get(key, {}), key) for key, cls in SECTIONS.items()}
 
     for (key, value), supported in NOT_YET.items():
@@ -219,8 +224,9 @@ def build_scenario(data: dict) -> Scenario:
     calibration = resolve_calibration(hw.calibration, sections["workload"].gemm_dtype)
     cluster = cluster_from_fields(hw.preset, hw.nodes, hw.model_dump())
     sections["workload"] = derive_batch(sections, data.get("workload") or {}, cluster.num_gpus)
+    model_name = msec.preset or f"hf_config {msec.hf_config}"
     model = ModelSpec(
-        name=msec.preset or f"hf_config {msec.hf_config}", hidden_size=msec.hidden_size, moe_intermediate_size=msec.moe_intermediate_size,
+        name=model_name, hidden_size=msec.hidden_size, moe_intermediate_size=msec.moe_intermediate_size,
         num_experts=msec.num_experts, top_k=msec.top_k, num_shared_experts=msec.num_shared_experts,
         num_layers=msec.num_layers, num_dense_layers=msec.num_dense_layers,
         dense_intermediate_size=msec.dense_intermediate_size, vocab_size=msec.vocab_size,
@@ -229,7 +235,29 @@ def build_scenario(data: dict) -> Scenario:
     )
     resolved = {"name": name, "hardware": hw.model_dump(), "model": msec.model_dump(),
                 **{k: v.model_dump() for k, v in sections.items()}}
-    scenario = Scenario(name=name, cluster=cluster, model=model, hardware_preset=hw.preset,
-                        model_preset=msec.preset or f"hf_config {msec.hf_config}", resolved=resolved, calibration_path=calibration, **sections)
+    scenario = Scenario(name=name, cluster=cluster, model=model, hardware_preset=hw.preset, model_preset=model_name,
+                        resolved=resolved, calibration_path=calibration, **sections)
     check_layout(scenario)
+    if group_limit:
+        scenario = with_model_group_limit(scenario)
+        check_layout(scenario)
     return scenario
+
+
+def with_model_group_limit(s: Scenario) -> Scenario:
+    """routing.max_nodes_per_token: model -> the model's group limit (num_groups_per_token) as a node
+    limit, which it is where each node of the EP group holds one expert group: DeepSeek-V3's 8 groups,
+    top 4, on the 8 nodes of EP 64 (tech report 2.1.2: each token to at most 4 nodes)."""
+    m = s.model
+    limit = None
+    if m.num_expert_groups > 1:
+        nodes = s.ranks.ep_group(0).num_nodes
+        if nodes != m.num_expert_groups:
+            raise ScenarioError("routing.max_nodes_per_token", "model",
+                                f"takes model.num_groups_per_token={m.num_groups_per_token} as a node limit where each "
+                                f"node of the EP group holds one of the model's {m.num_expert_groups} expert groups; "
+                                f"this EP group spans {nodes} node(s): give the limit as a number (or null)")
+        limit = m.num_groups_per_token
+    routing = s.routing.model_copy(update={"max_nodes_per_token": limit})
+    resolved = {**s.resolved, "routing": {**s.resolved["routing"], "max_nodes_per_token": limit}}
+    return replace(s, routing=routing, resolved=resolved)

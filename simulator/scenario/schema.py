@@ -165,6 +165,7 @@ class RoutingSection(_Section):
     # steeper law makes it draw ~1/p of the k-th expert's mass per token: budget.py estimates those draws.
     zipf_alpha: float = Field(default=1.0, gt=0, le=4)
     seed: int = Field(default=0, ge=0, le=2**64 - 1)  # numpy seeds are 64-bit words
+    # or `model`: the model's group limit where the EP group has one node per expert group (load.py)
     max_nodes_per_token: Optional[int] = Field(default=None, gt=0, le=MAX_NODES)
     adaptive_alpha: float = Field(default=0.0, ge=0, lt=1)  # seed 2.3's balancing factor, in [0, 1)
     # dirichlet: each layer's expert probabilities drawn from Dirichlet(concentration x 1): large is
