@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -22,7 +21,9 @@ def fail(message: str) -> int:
 def default_out(name: str) -> Path:
     """runs/<name>, the name made one plain folder name: no separators, no leading dot, at most 100
     characters, so `name: ../../x` or an absolute name cannot write outside runs/."""
-    return RUNS_DIR / (re.sub(r"[^A-Za-z0-9_.=+-]+", "-", name).strip(".-")[:100] or "scenario")
+    from simulator.results import run_folder_name
+
+    return RUNS_DIR / run_folder_name(name, [])
 
 
 def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> None:
@@ -31,7 +32,14 @@ def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> No
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted scenario key with a YAML value, e.g. --set parallel.ep_size=32")
     p.add_argument("--out", default=None, help="output folder (default: runs/<scenario name>/)")
+    p.add_argument("--model-config", default=None, metavar="PATH",
+                   help="a Hugging Face config.json (or a shipped one's name) as the model, in place of model.preset")
     add_budget_args(p)
+
+
+def model_config_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """--model-config PATH is --set model.preset=null --set model.hf_config=PATH (without YAML quoting)."""
+    return [("model.preset", None), ("model.hf_config", args.model_config)] if args.model_config else []
 
 
 def add_budget_args(p: argparse.ArgumentParser) -> None:
@@ -60,28 +68,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reports.trace import DEFAULT_EVENT_LIMIT, estimate_slices, trace_text
     from simulator.api import simulate_scenario
     from simulator.errors import ScenarioError
-    from simulator.results import write_run_files
-    from simulator.scenario import load_scenario, parse_override
+    from simulator.results import other_run_in, run_folder_name, scenario_texts, write_run_files
+    from simulator.scenario import apply_overrides, build_scenario, parse_override, read_scenario_file
     from simulator.scenario.budget import check_budget
 
     try:
-        overrides = [parse_override(o) for o in args.overrides]
-        scenario = load_scenario(args.scenario or DEFAULT_SCENARIO, overrides)
+        overrides = model_config_overrides(args) + [parse_override(o) for o in args.overrides]
+        data = apply_overrides(read_scenario_file(args.scenario or DEFAULT_SCENARIO), overrides)
+        scenario = build_scenario(data)
         check_budget(scenario, budget_of(args))  # before any work: a run that cannot finish is refused
     except ScenarioError as exc:
         return fail(str(exc))
     if args.trace_gpus < 1:
         return fail(f"--trace-gpus = {args.trace_gpus}: must be >= 1")
-    out = Path(args.out) if args.out else default_out(scenario.name)
+    out = Path(args.out) if args.out else RUNS_DIR / run_folder_name(scenario.name, overrides)
     if out.exists() and not out.is_dir():
         return fail(f"--out = {str(out)!r}: must be a folder, not an existing file")
+    texts = scenario_texts(data, scenario.resolved)
+    taken = None if args.force else other_run_in(out, texts["scenario.resolved.yaml"])
+    if taken:
+        return fail(f"--out = {str(out)!r}: {taken}; rule: a run never silently replaces another; "
+                    f"choose another --out or pass --force to replace it")
     summary, rows, result = simulate_scenario(scenario)
     num_slices = estimate_slices(result, args.trace_gpus)
     # --trace forces it, --no-trace skips it; by default only traces under the size limit
     trace = (trace_text(result, args.trace_gpus)
              if args.trace or (args.trace is None and num_slices <= DEFAULT_EVENT_LIMIT) else None)
     try:
-        files = write_run_files(out, summary, rows, trace, result.expert_load_rows)  # one set: an old trace.json goes with the old summary
+        files = write_run_files(out, summary, rows, trace, result.expert_load_rows, texts)  # one set: an old trace.json goes with the old summary
         if trace is None and args.trace is None:
             files["trace"] = (f"skipped: {num_slices:,} slices > {DEFAULT_EVENT_LIMIT:,} "
                               f"(--trace forces it, --trace-gpus N samples fewer GPUs)")
@@ -110,6 +124,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         budget = budget_of(args)
         fixed, axes = sweep.parse_sweep_sets(args.overrides)
+        fixed = model_config_overrides(args) + fixed
         if not axes:
             raise ScenarioError("--set", " ".join(args.overrides) or None,
                                 "a sweep needs at least one axis: --set KEY=V1,V2,...")
@@ -336,7 +351,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_sim.py", description="epsim: MoE expert-parallel performance simulator")
+    from simulator import __version__
+
+    parser = argparse.ArgumentParser(prog=Path(sys.argv[0]).name or "epsim",
+                                     description="epsim: MoE expert-parallel performance simulator")
+    parser.add_argument("--version", action="version", version=f"epsim {__version__}")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="simulate one scenario (the default command)")
     add_scenario_args(run, scenario_required=False)
@@ -345,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-trace", dest="trace", action="store_false", help="do not write trace.json")
     run.add_argument("--trace-gpus", type=int, default=64, metavar="N",
                      help="GPUs in the trace; more are sampled evenly (default 64)")
+    run.add_argument("--force", action="store_true", help="replace a different run already in the out folder")
     run.set_defaults(handler=cmd_run)
     sweep = sub.add_parser("sweep", help="run a grid of scenario overrides")
     add_scenario_args(sweep, scenario_required=True)
@@ -385,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     commands = parser.get_default("command_names")
-    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "run")
     args, unknown = parser.parse_known_args(argv)
     if unknown:

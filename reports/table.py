@@ -53,6 +53,11 @@ def summary_tables(summary: dict) -> list[Table]:
     for cls, util in summary["bandwidth_utilization"].items():
         rows.append((f"{cls} utilisation busy / step",
                      f"{util * 100:.1f} % / {summary['bandwidth_utilization_step'][cls] * 100:.1f} %"))
+    if "seed_bandwidth" in summary:  # seed 5.2: actual / required all-to-all bytes (simulator/seed_bandwidth.py)
+        sb = summary["seed_bandwidth"]
+        rows.append(("all-to-all actual / required (seed 5.2)",
+                     f"{sb['actual_bytes_per_s'] / 1e9:,.0f} / {sb['required_bytes_per_s'] / 1e9:,.0f} GB/s "
+                     f"= {sb['utilization'] * 100:.1f} %"))
     for row in rows:
         head.add_row(*row)
 

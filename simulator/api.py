@@ -10,6 +10,7 @@ from simulator.extension import extend_summary, sample_micro_batches, with_micro
 from simulator.metrics import per_layer_gpu_rows, summarize
 from simulator.scenario import Scenario
 from simulator.scenario.budget import Budget, check_budget
+from simulator.seed_bandwidth import seed_bandwidth
 from simulator.steps import MIN_FACTOR, adapt, expert_loads, expert_tokens, load_rows, max_over_mean
 
 
@@ -41,6 +42,7 @@ def simulate_scenario(scenario: Scenario, budget: Budget | None = None) -> tuple
             f"{steps} steps of fresh tokens; the summary is the last step's; per-expert loads each step in "
             f"expert_load.csv" + (f"; adaptive gating with alpha={alpha} from the previous step's loads, "
                                   f"cumulative, factors floored at {MIN_FACTOR}" if alpha > 0 else ""))
+    summary["seed_bandwidth"] = seed_bandwidth(scenario, summary)
     return summary, rows, replace(record, expert_load_rows=loads_out)
 
 

@@ -99,6 +99,8 @@ class ModelSpec:
     dense_intermediate_size: int
     vocab_size: int
     attention: AttentionSpec
+    num_expert_groups: int = 1  # group-limited routing: experts in equal groups (HF n_group)
+    num_groups_per_token: int = 1  # a token's experts lie in at most this many groups (HF topk_group)
 
     @property
     def num_moe_layers(self) -> int:

@@ -272,9 +272,11 @@ def test_a_run_without_a_trace_removes_the_old_trace_with_the_old_summary(tmp_pa
     out = tmp_path / "out"
     old_set(out)
     (out / "notes.txt").write_text("the user's own file\n")
-    code, _, err = cli(capsys, write_yaml(tmp_path / "t.yaml", TINY), "--out", out, "--no-trace")
+    # --force: the old set is not this scenario's run (tests/test_run_folder.py: refused without it)
+    code, _, err = cli(capsys, write_yaml(tmp_path / "t.yaml", TINY), "--out", out, "--no-trace", "--force")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["expert_load.csv", "metrics_per_layer_gpu.csv", "notes.txt", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["expert_load.csv", "metrics_per_layer_gpu.csv", "notes.txt",
+                                                     "scenario.resolved.yaml", "scenario.yaml", "summary.json"]
     assert json.loads((out / "summary.json").read_text())["scenario"] == "rel-tiny"
 
 

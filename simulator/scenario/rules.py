@@ -122,6 +122,18 @@ def check_placement(s: Scenario) -> None:
                             f"over the EP group's {nodes} nodes")
 
 
+def check_expert_groups(m) -> None:
+    """Group-limited routing (model.num_expert_groups / num_groups_per_token) must be satisfiable."""
+    groups, per_token = m.num_expert_groups, m.num_groups_per_token
+    if m.num_experts % groups:
+        raise ScenarioError("model.num_expert_groups", groups, f"must divide model.num_experts={m.num_experts}")
+    if per_token > groups:
+        raise ScenarioError("model.num_groups_per_token", per_token, f"must be <= model.num_expert_groups={groups}")
+    if per_token * (m.num_experts // groups) < m.top_k:
+        raise ScenarioError("model.num_groups_per_token", per_token, f"{per_token} group(s) of "
+                            f"{m.num_experts // groups} experts cannot hold top_k={m.top_k} experts")
+
+
 def check_layout(s: Scenario) -> None:
     ep = s.parallel.ep_size
     gpus = s.num_gpus
@@ -147,6 +159,7 @@ def check_layout(s: Scenario) -> None:
                             f"gpus_per_node={gpn} so that every node holding experts holds the same number")
     if m.top_k > m.num_experts:
         raise ScenarioError("model.top_k", m.top_k, f"must be <= model.num_experts={m.num_experts}")
+    check_expert_groups(m)
     if m.num_dense_layers > m.num_layers:
         raise ScenarioError("model.num_dense_layers", m.num_dense_layers, f"must be <= model.num_layers={m.num_layers}")
     if m.num_moe_layers < 1:

@@ -111,7 +111,8 @@ class AttentionSection(_Section):
 
 
 class ModelSection(_Section):
-    preset: str = "deepseek-v3"
+    preset: Optional[str] = "deepseek-v3"  # null with hf_config
+    hf_config: Optional[str] = None  # a Hugging Face config.json (or a shipped one's name) instead of a preset
     hidden_size: int = Field(gt=0, le=MAX_WIDTH)
     moe_intermediate_size: int = Field(gt=0, le=MAX_WIDTH)
     num_experts: int = Field(gt=0, le=MAX_EXPERTS)
@@ -121,6 +122,11 @@ class ModelSection(_Section):
     num_dense_layers: int = Field(ge=0, le=MAX_LAYERS)
     dense_intermediate_size: int = Field(gt=0, le=MAX_WIDTH)
     vocab_size: int = Field(gt=0, le=1 << 22)  # 4M: 16x Gemma's 256k, the largest published
+    # Group-limited routing as the router has it (HF n_group / topk_group; DeepSeek-V3: 8 and 4): the
+    # experts form equal groups and a token's top_k lie in at most num_groups_per_token of them. A fact
+    # of the model; the simulation routes by routing.max_nodes_per_token (DeepSeek deploys one group per node).
+    num_expert_groups: int = Field(default=1, gt=0, le=MAX_EXPERTS)
+    num_groups_per_token: int = Field(default=1, gt=0, le=MAX_EXPERTS)
     attention: AttentionSection
 
 
@@ -177,6 +183,7 @@ class RoutingSection(_Section):
     # steeper law makes it draw ~1/p of the k-th expert's mass per token: budget.py estimates those draws.
     zipf_alpha: float = Field(default=1.0, gt=0, le=4)
     seed: int = Field(default=0, ge=0, le=2**64 - 1)  # numpy seeds are 64-bit words
+    # or `model`: the model's group limit where the EP group has one node per expert group (load.py)
     max_nodes_per_token: Optional[int] = Field(default=None, gt=0, le=MAX_NODES)
     adaptive_alpha: float = Field(default=0.0, ge=0, lt=1)  # seed 2.3's balancing factor, in [0, 1)
     # dirichlet: each layer's expert probabilities drawn from Dirichlet(concentration x 1): large is
