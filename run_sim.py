@@ -350,6 +350,47 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """Enumerate the layouts of --gpus GPUs, prune by the rules and memory, simulate the rest, rank."""
+    from rich.table import Table
+
+    from reports.plots import pareto_plot
+    from reports.table import wide_console
+    from simulator.errors import ScenarioError
+    from simulator.scenario import parse_override
+    from simulator.scenario.budget import check_budget
+    from simulator.studies import search
+
+    try:
+        budget = budget_of(args)
+        fixed = model_config_overrides(args) + [parse_override(text) for text in args.overrides]
+        out = Path(args.out) if args.out else RUNS_DIR / f"search-{Path(args.scenario).stem}-{args.gpus}gpus"
+        result = search.run_search(args.scenario, args.gpus, args.objective, fixed, out, args.jobs,
+                                   args.max_gpu_memory_gb, args.max_points, lambda s: check_budget(s, budget))
+    except ScenarioError as exc:
+        return fail(str(exc))
+    column, larger = search.OBJECTIVES[args.objective]
+    ranked = result.table
+    ranked.to_csv(out / "search.csv", index=False)
+    front = search.pareto_front(ranked[column].to_numpy(), ranked.memory_peak_bytes.to_numpy(), larger)
+    plot = pareto_plot(ranked, column, larger, front, out / "pareto.png",
+                       f"{Path(args.scenario).stem} on {args.gpus} GPUs: {len(ranked)} layouts by {column}")
+    console = wide_console(140)
+    table = Table(title=f"layouts of {args.scenario} on {args.gpus} GPUs, best {args.objective} first "
+                        f"({len(ranked)} simulated, {len(result.pruned)} pruned by the rules or memory)",
+                  title_justify="left")
+    for col in ("#", "layout", column, "step", "MFU", "memory/GPU", "bandwidth util"):
+        table.add_column(col, justify="left" if col == "layout" else "right")
+    for i, row in ranked.head(args.top).iterrows():
+        table.add_row(str(i + 1), row.layout, f"{row[column]:.4g}", f"{row.step_time_s * 1e3:,.2f} ms",
+                      f"{row.mfu * 100:.1f} %", f"{row.memory_peak_bytes / 2**30:.1f} GiB",
+                      f"{row.bandwidth_util * 100:.1f} %")
+    console.print(table)
+    console.print(result.seed_target)
+    console.print(f"table: {out / 'search.csv'}\npareto plot: {plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from simulator import __version__
 
@@ -376,6 +417,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--executor", default="local", help="local (default) or ray (optional extra)")
     sweep.add_argument("--address", default=None, help="Ray cluster address (executor ray)")
     sweep.set_defaults(handler=cmd_sweep)
+    find = sub.add_parser("search", help="which layout should I use? enumerate, prune, simulate and rank the layouts")
+    add_scenario_args(find, scenario_required=True)
+    find.add_argument("--gpus", type=int, required=True, help="GPUs to lay the scenario out on")
+    find.add_argument("--objective", default="mfu", choices=["mfu", "tokens_per_s", "itl"],
+                      help="rank by MFU, tokens/s (larger first) or inter-token latency (decode; smaller first)")
+    find.add_argument("--max-gpu-memory-gb", type=float, default=None, metavar="G",
+                      help="prune layouts needing more than G GiB per GPU (before all-to-all buffers)")
+    find.add_argument("--max-points", type=int, default=200, help="refuse to simulate more layouts (default 200)")
+    find.add_argument("--top", type=int, default=10, help="rows of the ranked table to print (default 10)")
+    find.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)")
+    find.set_defaults(handler=cmd_search)
     gold = sub.add_parser("golden", help="check (or --update) the golden predictions of the reference scenarios")
     gold.add_argument("names", nargs="*", help="scenario stems (default: the reference set)")
     gold.add_argument("--update", action="store_true", help="rewrite the golden files, printing the diff")

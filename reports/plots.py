@@ -156,3 +156,23 @@ def save_png(fig, path: Path, dpi: int = 110) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def pareto_plot(table: pd.DataFrame, column: str, larger: bool, front: np.ndarray, path: Path, title: str) -> Path:
+    """The searched layouts: the objective against the memory per GPU, the Pareto front joined."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    mem = table.memory_peak_bytes.to_numpy() / 2**30
+    values = table[column].to_numpy()
+    ax.scatter(mem[~front], values[~front], color="0.6", s=18, label="layout")
+    order = np.argsort(mem[front])
+    ax.plot(mem[front][order], values[front][order], "o-", color="C3", label="Pareto front")
+    best = 0  # the ranked table's first row
+    ax.annotate(table.layout.iloc[best], (mem[best], values[best]), textcoords="offset points", xytext=(6, 6),
+                fontsize=8)
+    ax.set_xlabel("memory per GPU (GiB, busiest GPU)")
+    ax.set_ylabel(column + ("" if larger else " (lower is better)"))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save_png(fig, path)

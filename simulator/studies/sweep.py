@@ -124,9 +124,14 @@ def expand_grid(path: str | Path, fixed: list[tuple[str, object]], axes: list[Ax
         lengths = ", ".join(f"{a.key}: {len(a.values)}" for a in axes)
         raise ScenarioError("--zip", lengths, "zipped axes need the same number of values")
     combos = zip(*(a.values for a in axes)) if zipped else itertools.product(*(a.values for a in axes))
+    return make_points(base, fixed, [tuple((a.key, v) for a, v in zip(axes, combo)) for combo in combos])
+
+
+def make_points(base: dict, fixed: list[tuple[str, object]], coords_list: list[tuple]) -> list[Point]:
+    """A point per coords (((key, value), ...)) over the YAML-level `base`, resolved or with its
+    ScenarioError (a point the rules reject)."""
     points = []
-    for index, combo in enumerate(combos):
-        coords = tuple((a.key, v) for a, v in zip(axes, combo))
+    for index, coords in enumerate(coords_list):
         data = apply_overrides(base, [*fixed, *coords])
         try:
             scenario = build_scenario(data)

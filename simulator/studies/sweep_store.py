@@ -62,7 +62,9 @@ def flatten(record: dict, summary: dict | None) -> dict:
             "nvlink_util_step": step_util.get("nvlink", 0.0),
             "ib_util_step": step_util.get("ib", 0.0),
             "load_imbalance": summary["load_imbalance"],
+            "memory_peak_bytes": summary["memory_per_gpu"]["peak"],
         })
+        row.update({key: summary[key] for key in ("itl_s", "ttft_s", "tokens_per_s_per_node") if key in summary})
         for kind, c in summary["collectives"].items():
             row.update({
                 f"{kind}_count": c["count"],
