@@ -18,7 +18,6 @@ RooflineCompute, warns once and records the shape for the run's provenance.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import warnings
 from dataclasses import replace
@@ -106,24 +105,15 @@ def block_features(tokens_per_expert, hidden_size: int, intermediate_size: int, 
 
 
 def fit_nonnegative(features: np.ndarray, times_s: np.ndarray) -> np.ndarray:
-    """Least squares on relative error with non-negative coefficients: the best of every subset
-    of terms whose unconstrained solution is non-negative (a handful of terms, so exhaustive)."""
+    """Least squares on relative error with non-negative coefficients (scipy's exact NNLS, Lawson-
+    Hanson), on columns scaled to a common magnitude so the active-set tolerance fits every term."""
+    from scipy.optimize import nnls
+
     a = np.asarray(features, dtype=np.float64) / np.asarray(times_s)[:, None]
-    b = np.ones(len(times_s))
     scale = np.abs(a).max(axis=0)
     scale[scale == 0] = 1.0
-    a = a / scale
-    best, best_err = np.zeros(a.shape[1]), np.inf
-    for r in range(1, a.shape[1] + 1):
-        for cols in itertools.combinations(range(a.shape[1]), r):
-            coef, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
-            if np.any(coef < 0):
-                continue
-            err = float(np.sum((a[:, cols] @ coef - b) ** 2))
-            if err < best_err - 1e-12:
-                best_err, best = err, np.zeros(a.shape[1])
-                best[list(cols)] = coef
-    return best / scale
+    coef, _ = nnls(a / scale, np.ones(len(times_s)))
+    return coef / scale
 
 
 def uncontended(measurements: list[dict]) -> list[dict]:
