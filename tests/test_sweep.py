@@ -221,3 +221,21 @@ def test_run_sweep_writes_each_point_and_a_rerun_resumes_only_what_is_missing(tm
     assert again.counts == {"ok": 0, "invalid": 0, "failed": 0} and again.num_skipped == 3
     assert again.table.drop(columns=["wall_s"], errors="ignore").equals(
         result.table.drop(columns=["wall_s"], errors="ignore"))
+
+
+def test_the_html_report_escapes_the_users_text(tmp_path):
+    import pandas as pd
+
+    from reports.report import write_report
+
+    table = pd.DataFrame([{"index": 0, "label": "ep_size=8", "status": "ok", "parallel.ep_size": 8, "error": None,
+                           "step_time_s": 0.1, "mfu": 0.5},
+                          {"index": 1, "label": "<b>x</b>", "status": "invalid", "parallel.ep_size": 3,
+                           "error": "<script>alert(1)</script>", "step_time_s": None, "mfu": None}])
+    paths = write_report(tmp_path, "<i>name</i>", "a&b.yaml", "name: <i>name</i>\n",
+                         {"axes": {"parallel.ep_size": [8, 3]}, "fixed": {}, "combine": "product"}, table,
+                         ["parallel.ep_size"], {})
+    page = paths["report_html"].read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<i>name</i>" not in page and "&lt;i&gt;name&lt;/i&gt;" in page and "a&amp;b.yaml" in page
+    assert page.count("<tr>") == 3  # the header and both points
