@@ -351,3 +351,10 @@ def test_more_gpus_than_experts_needs_whole_nodes_of_experts():
     data = scenario_dict({"hardware.nodes": 4, "hardware.gpus_per_node": 4, "parallel.ep_size": 16,
                           "model.num_experts": 6, "model.top_k": 2})
     assert_names(rejection(data), "parallel.ep_size", 16, "multiple of gpus_per_node=4")
+
+
+def test_every_bad_key_is_named_in_the_one_message():
+    data = scenario_dict({"workload.tokens_per_gpu": -1, "workload.seq_len": 0, "routing.zipf_alfa": 1.2})
+    err = rejection(data)
+    assert err.key == "workload.tokens_per_gpu" and err.value == -1
+    assert "workload.seq_len = 0" in err.rule and "routing.zipf_alfa = 1.2: unknown key" in err.rule

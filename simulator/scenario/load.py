@@ -26,19 +26,32 @@ from simulator.scenario.serving import derive_serving
 MODEL_PRESET_DIR = Path(__file__).parent.parent / "models"
 
 
-def _raise_from_pydantic(exc: ValidationError, prefix: str, model_cls) -> None:
-    err = exc.errors()[0]
+def _one_error(err: dict, prefix: str, model_cls) -> tuple[str, object, str]:
+    """(key path, value, rule) of one pydantic error."""
     loc = [str(p) for p in err["loc"]]
     key = ".".join([prefix, *loc]) if prefix else ".".join(loc)
     if err["type"] == "extra_forbidden":
         owner = model_cls
         for part in loc[:-1]:
             owner = owner.model_fields[part].annotation
-        valid = ", ".join(owner.model_fields)
-        raise ScenarioError(key, err["input"], f"unknown key; valid keys here: {valid}") from None
+        return key, err["input"], f"unknown key; valid keys here: {', '.join(owner.model_fields)}"
     if err["type"] == "missing":
-        raise ScenarioError(key, None, "required key is missing") from None
-    raise ScenarioError(key, err.get("input"), err["msg"]) from None
+        return key, None, "required key is missing"
+    return key, err.get("input"), err["msg"]
+
+
+MAX_ERRORS_SHOWN = 8
+
+
+def _raise_from_pydantic(exc: ValidationError, prefix: str, model_cls) -> None:
+    """One ScenarioError naming the first bad key, its value and rule, and listing the others."""
+    errors = [_one_error(err, prefix, model_cls) for err in exc.errors()]
+    key, value, rule = errors[0]
+    if len(errors) > 1:
+        others = [f"{k} = {clip(repr(v))}: {r}" for k, v, r in errors[1:MAX_ERRORS_SHOWN]]
+        more = len(errors) - MAX_ERRORS_SHOWN
+        rule += f"; also {'; '.join(others)}" + (f"; and {more} more" if more > 0 else "")
+    raise ScenarioError(key, value, rule) from None
 
 
 def _validate(model_cls, data, prefix: str):
@@ -215,7 +228,18 @@ def build_scenario(data: dict) -> Scenario:
     group_limit = isinstance(routing_data, dict) and routing_data.get("max_nodes_per_token") == "model"
     if group_limit:  # resolved by with_model_group_limit once the layout is known to be valid
         data = {**data, "routing": {**routing_data, "max_nodes_per_token": None}}
-    sections = {key: _validate(cls, data.get(key, {}), key) for key, cls in SECTIONS.items()}
+    sections, errors = {}, []
+    for key, cls in SECTIONS.items():  # every section checked, so one message lists every bad key
+        try:
+            sections[key] = _validate(cls, data.get(key, {}), key)
+        except ScenarioError as exc:
+            errors.append(exc)
+    if errors:
+        first = errors[0]
+        if len(errors) == 1:
+            raise first
+        rest = "; ".join(f"{e.key} = {clip(repr(e.value))}: {e.rule}" for e in errors[1:])
+        raise ScenarioError(first.key, first.value, f"{first.rule}; also {rest}")
 
     for (key, value), supported in NOT_YET.items():
         section, field = key.split(".")
