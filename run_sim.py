@@ -221,14 +221,15 @@ def cmd_golden(args: argparse.Namespace) -> int:
         except ScenarioError as exc:
             return fail(str(exc))
         old = golden.read_golden(golden_dir, stem)
-        changes = golden.compare(stem, old or {}, new)
+        tolerances = golden.read_tolerances(golden_dir, stem)
+        changes = golden.compare(stem, old or {}, new, tolerances=tolerances)
         if old is None:
             print(f"{stem}: no golden yet ({golden.golden_path(golden_dir, stem)})")
         for change in changes if old is not None else []:
             print(change)
         num_changed += bool(changes)
         if args.update and changes:
-            write_atomic(golden.golden_path(golden_dir, stem), golden.golden_text(stem, new))
+            write_atomic(golden.golden_path(golden_dir, stem), golden.golden_text(stem, new, tolerances))
             print(f"{stem}: golden written")
         elif not changes:
             print(f"{stem}: unchanged (rtol {golden.RTOL:g})")
