@@ -555,6 +555,17 @@ def test_a_peak_override_on_a_calibrated_preset_is_rejected_naming_the_rule():
     rejects(tiny_dict(hardware={"preset": "h800", "peak_fp8_tflops": 3000.0}), "hardware.peak_fp8_tflops")
 
 
+@pytest.mark.parametrize("key, value", [("matmul_efficiency", 0.5), ("memory_efficiency", 0.5),
+                                        ("hbm_tb_per_s", 8.0)])
+def test_a_rate_override_a_calibration_replaces_is_rejected_instead_of_ignored(key, value):
+    """Under h100-sxm's published calibration these changed nothing at all: its file's rates time
+    every kernel."""
+    err = rejects(tiny_dict(hardware={"preset": "h100-sxm", key: value}), f"hardware.{key}", "h100-sxm.json",
+                  "its rates replace this one", "hardware.calibration: null")
+    assert err.value == value
+    build_scenario(tiny_dict(hardware={"preset": "h100-sxm", "calibration": None, key: value}))
+
+
 def test_without_the_calibration_a_peak_override_moves_the_step_and_mfu_together():
     from simulator.api import run_scenario
     slow, fast = (run_scenario(build_scenario(tiny_dict(hardware={"preset": "h100-sxm", "calibration": None,

@@ -305,8 +305,12 @@ class Scenario:
 
 # A calibration times every kernel from its own measured or published rates, so on a calibrated
 # preset an override of a peak would move MFU (its denominator) but not the step: mfu 7.27 with
-# peak_bf16_tflops lowered (issue 16). Such an override is rejected rather than applied to half the numbers.
+# peak_bf16_tflops lowered (issue 16); an override of the roofline's other rates would reach only
+# the kernels outside a measured fit's range, or none under a published one. Such an override is
+# rejected rather than applied to half the numbers.
 CALIBRATED_PEAKS = ("peak_bf16_tflops", "peak_fp8_tflops")
+# (kernel_launch_us is not among them: the collectives' launch cost reads it too, simulator/wire.py)
+CALIBRATED_RATES = ("matmul_efficiency", "memory_efficiency", "hbm_tb_per_s")
 
 
 def check_calibrated_peaks(s: Scenario) -> None:
@@ -315,12 +319,13 @@ def check_calibrated_peaks(s: Scenario) -> None:
     from hardware.presets import PRESET_DIR, load_yaml_mapping, preset_path
     from simulator.errors import ScenarioError
     preset = load_yaml_mapping(preset_path(s.hardware_preset, PRESET_DIR))
-    for key in CALIBRATED_PEAKS:
+    for key in (*CALIBRATED_PEAKS, *CALIBRATED_RATES):
         value = s.resolved["hardware"][key]
         if key in preset and value != preset[key]:
+            effect = ("a different peak would change MFU but not the step" if key in CALIBRATED_PEAKS else
+                      "its rates replace this one (a measured fit's roofline fallback alone would read it)")
             raise ScenarioError(
                 f"hardware.{key}", value,
-                f"the calibration {s.calibration_path.name} times the kernels, so a different peak would change "
-                f"MFU but not the step; rule: with hardware.calibration set, {key} keeps the preset's value; "
-                f"for other rates set hardware.calibration: null (the roofline of the given fields) or give a "
-                f"calibration of that GPU")
+                f"the calibration {s.calibration_path.name} times the kernels, so {effect}; rule: with "
+                f"hardware.calibration set, {key} keeps the preset's value; for other rates set "
+                f"hardware.calibration: null (the roofline of the given fields) or give a calibration of that GPU")
