@@ -50,6 +50,9 @@ def step_flop(r: RunRecord) -> float:
     s = r.scenario
     tokens = step_tokens(s)
     per_token = s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope, s.workload.embedding_and_head)
+    if r.ungated_copies:  # threshold gating (or a trace) chose fewer than top_k experts: those copies do no work
+        return ((tokens * per_token - r.ungated_copies * 2.0 * s.model.expert_params)
+                * (TRAIN_FLOP_FACTOR if s.workload.mode == "train" else 1.0))
     return tokens * per_token * (TRAIN_FLOP_FACTOR if s.workload.mode == "train" else 1.0)
 
 
@@ -175,6 +178,24 @@ def dropped(r: RunRecord) -> dict:
     return {"copies": int(r.dropped_copies), "fraction": r.dropped_copies / total if total else 0.0}
 
 
+def ungated(r: RunRecord) -> dict:
+    """routing.threshold or a trace: the (token, expert) places left empty (the gate kept fewer than
+    top_k experts), their share of top_k per token, and the mean experts per token kept."""
+    s = r.scenario
+    if s.routing.threshold is None and s.routing.distribution != "trace":
+        return {}
+    places = sum(step_tokens_routed(r))
+    return {"tokens_ungated": {"copies": int(r.ungated_copies), "fraction": r.ungated_copies / places if places else 0.0,
+                               "experts_per_token": s.model.top_k * (1 - r.ungated_copies / places) if places else 0.0}}
+
+
+def step_tokens_routed(r: RunRecord) -> list[int]:
+    """Per (group, MoE layer, micro-batch): the top_k places of its tokens."""
+    s = r.scenario
+    keys = {(g, layer, mb) for g, layer, mb, _ in r.counts}
+    return [s.parallel.ep_size * s.workload.tokens_per_gpu * s.model.top_k] * len(keys)
+
+
 def load_imbalance(r: RunRecord) -> float:
     """max / mean routed token copies per GPU, per (group, MoE layer, micro-batch), then averaged."""
     recv: dict[tuple, np.ndarray] = {}
@@ -275,6 +296,7 @@ def summarize(r: RunRecord) -> dict:
         "compute_by_kernel_class_s": compute_by_kernel_class(r),
         "load_imbalance": load_imbalance(r),
         "tokens_dropped": dropped(r),
+        **ungated(r),
         **placement_solver(r),
         **pipeline_bubble(r),
         "model_flop_per_step": flop,

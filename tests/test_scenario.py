@@ -197,7 +197,6 @@ def test_comm_sms_not_below_the_gpu_sm_count_is_rejected():
 
 @pytest.mark.parametrize("dotted, value", [
     ("workload.mode", "decode"),
-    ("routing.distribution", "trace"),
 ])
 def test_value_that_arrives_later_is_rejected_saying_what_is_supported_today(dotted, value):
     assert_names(rejection(scenario_dict({dotted: value})), dotted, value, "supported today")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from hardware.units import GIB
 from simulator.errors import ScenarioError
+from simulator.scenario.balance_rules import check_load_balancing
 from simulator.scenario.memory import Memory, auto_expert_tp, key_to_change, memory_per_gpu
 from simulator.scenario.schema import Scenario
 
@@ -171,6 +172,7 @@ def check_layout(s: Scenario) -> None:
         raise ScenarioError("routing.adaptive_alpha", s.routing.adaptive_alpha,
                             "adjusts each step's gate from the previous step's loads: needs workload.steps >= 2")
     check_placement(s)
+    check_load_balancing(s)
     if s.routing.distribution == "balanced" and m.num_experts % m.top_k:
         raise ScenarioError("routing.distribution", "balanced",
                             f"needs model.num_experts={m.num_experts} to be a multiple of model.top_k={m.top_k}")
