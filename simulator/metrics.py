@@ -139,6 +139,20 @@ def bandwidth(r: RunRecord) -> tuple[dict, dict]:
     return busy_util, step_util
 
 
+def max_link_load(r: RunRecord) -> dict:
+    """Seed 1.2's objective as simulated: the port whose bytes take longest at its achievable rate
+    (bytes / capacity over the whole step), its class, bytes, and its bytes over the mean of the
+    ports of that class."""
+    p = r.ports
+    seconds = np.divide(p.num_bytes, p.capacity_bytes_per_s, out=np.zeros(len(p.num_bytes)),
+                        where=p.capacity_bytes_per_s > 0)
+    k = int(np.argmax(seconds))
+    same = p.port_class == p.port_class[k]
+    mean = float(p.num_bytes[same].mean())
+    return {"port_class": PORT_CLASSES[int(p.port_class[k])], "busy_s": float(seconds[k]),
+            "bytes": float(p.num_bytes[k]), "over_mean": float(p.num_bytes[k]) / mean if mean > 0 else 1.0}
+
+
 def pipeline_bubble(r: RunRecord) -> dict:
     """Per PP stage, the time its GPUs spend outside their tasks before the pipeline drains (the
     last task ends anywhere): warm-up, waiting for a neighbour, cool-down. Mean over the stage's
@@ -291,6 +305,7 @@ def summarize(r: RunRecord) -> dict:
         "tokens_per_s_per_gpu": step_tokens(s) / step / g,
         "bandwidth_utilization": busy_util,
         "bandwidth_utilization_step": step_util,
+        "max_link_load": max_link_load(r),
         "collectives": collective_stats(r),
         "breakdown_s": breakdown(r),
         "compute_by_kernel_class_s": compute_by_kernel_class(r),

@@ -6,7 +6,7 @@ from reports.plots import pick_x_axis, scaling_plots
 from reports.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTS = {"mfu", "step_breakdown", "bandwidth", "collectives", "tokens_per_s", "load_imbalance"}
+PLOTS = {"mfu", "step_breakdown", "bandwidth", "collectives", "tokens_per_s", "load_imbalance", "max_link_load", "step_time"}
 
 
 def sweep_rows(ep_sizes=(8, 16, 32, 64), failed=(8,)) -> pd.DataFrame:

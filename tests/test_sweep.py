@@ -110,7 +110,8 @@ def test_sweep_writes_a_folder_per_point_a_table_plots_and_a_report(swept):
     for name in ("sweep.csv", "sweep.parquet", "report.md", "report.html"):
         assert (out / name).is_file()
     assert {p.name for p in (out / "plots").iterdir()} == {
-        "mfu.png", "step_breakdown.png", "bandwidth.png", "collectives.png", "tokens_per_s.png", "load_imbalance.png"}
+        "mfu.png", "step_breakdown.png", "bandwidth.png", "collectives.png", "tokens_per_s.png", "load_imbalance.png",
+        "max_link_load.png", "step_time.png"}
     report = (out / "report.md").read_text()
     assert "cli-tiny" in report and "plots/mfu.png" in report and "must divide the 8 GPUs" in report
     assert "4 points: 3 simulated, 1 invalid" in proc.stdout
