@@ -24,7 +24,7 @@ REPORT_COLUMNS = (
     ("dispatch_bytes_per_gpu", "dispatch (MB/GPU)", 1e-6, "{:.1f}"),
     ("combine_bytes_per_gpu", "combine (MB/GPU)", 1e-6, "{:.1f}"),
     ("load_imbalance", "imbalance", 1.0, "{:.3f}"),
-    ("max_link_load_s", "busiest link (ms)", 1e3, "{:.3f}"),
+    ("max_link_load_s", "busiest link per a2a (ms)", 1e3, "{:.3f}"),
 )
 
 

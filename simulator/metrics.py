@@ -140,16 +140,24 @@ def bandwidth(r: RunRecord) -> tuple[dict, dict]:
 
 
 def max_link_load(r: RunRecord) -> dict:
-    """Seed 1.2's objective as simulated: the port whose bytes take longest at its achievable rate
-    (bytes / capacity over the whole step), its class, bytes, and its bytes over the mean of the
-    ports of that class."""
+    """Seed 1.2's objective as simulated, two ways. Per all-to-all (a dispatch or combine of one EP
+    group and MoE layer, the unit the placement balances): the busiest GPU egress port's bytes over
+    its achievable rate, averaged over the calls (`all_to_all_busy_s`). Over the whole step: the
+    port whose bytes take longest (`busy_s`, its class, bytes, and bytes over its class's mean); it
+    sums every layer, so a port hot in every layer (EPLB puts each layer's heaviest pack on EP rank 0)
+    outweighs a hot spot that moves from layer to layer."""
     p = r.ports
     seconds = np.divide(p.num_bytes, p.capacity_bytes_per_s, out=np.zeros(len(p.num_bytes)),
                         where=p.capacity_bytes_per_s > 0)
     k = int(np.argmax(seconds))
     same = p.port_class == p.port_class[k]
     mean = float(p.num_bytes[same].mean())
-    return {"port_class": PORT_CLASSES[int(p.port_class[k])], "busy_s": float(seconds[k]),
+    rate = {c: float(p.capacity_bytes_per_s[p.port_class == c].max()) for c in (0, 1) if (p.port_class == c).any()}
+    calls = [max(float(c.nvlink_bytes_per_gpu.max(initial=0)) / rate[0] if 0 in rate else 0.0,
+                 float(c.ib_bytes_per_gpu.max(initial=0)) / rate[1] if 1 in rate else 0.0)
+             for c in r.collectives.values() if c.kind.split("_")[0] in ("dispatch", "combine")]
+    return {"all_to_all_busy_s": float(np.mean(calls)) if calls else 0.0,
+            "port_class": PORT_CLASSES[int(p.port_class[k])], "busy_s": float(seconds[k]),
             "bytes": float(p.num_bytes[k]), "over_mean": float(p.num_bytes[k]) / mean if mean > 0 else 1.0}
 
 

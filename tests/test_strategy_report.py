@@ -27,7 +27,8 @@ def test_the_fastest_strategy_per_skew_and_its_gain_over_round_robin():
     assert best["zipf_alpha"].tolist() == [0.5, 1.2]
     assert best["fastest"].tolist() == ["strategy=topology_aware", "strategy=eplb"]
     assert best["vs round_robin"].tolist() == ["1.01x", "1.60x"]
-    assert best["runner-up"].tolist() == ["strategy=round_robin (10.00 ms)", "strategy=topology_aware (19.00 ms)"]
+    assert best["strategy=eplb (ms)"].tolist() == ["10.50", "12.50"]
+    assert best["imbalance (round_robin)"].tolist() == ["0.99 (1.00)", "1.25 (2.00)"]
 
 
 def test_the_section_appears_only_for_sweeps_over_placement():
@@ -37,7 +38,7 @@ def test_the_section_appears_only_for_sweeps_over_placement():
     assert strategy_section(table(), ["routing.zipf_alpha"], _markdown_table) == []
 
 
-def test_max_link_load_is_the_port_whose_bytes_take_longest():
+def test_max_link_load_is_the_busiest_port_per_all_to_all_and_over_the_step():
     summary, _, record = simulate_scenario(make_scenario(routing={"distribution": "zipf", "zipf_alpha": 1.2}))
     ports = record.ports
     seconds = ports.num_bytes / ports.capacity_bytes_per_s
@@ -47,3 +48,9 @@ def test_max_link_load_is_the_port_whose_bytes_take_longest():
     same = ports.port_class == ports.port_class[seconds.argmax()]
     assert link["over_mean"] == pytest.approx(link["bytes"] / ports.num_bytes[same].mean())
     assert link["over_mean"] > 1  # a skewed router loads one GPU's ports more than the others
+    nvl, ib = (ports.capacity_bytes_per_s[ports.port_class == c].max() for c in (0, 1))
+    calls = [max(c.nvlink_bytes_per_gpu.max() / nvl, c.ib_bytes_per_gpu.max() / ib)
+             for c in record.collectives.values() if c.kind in ("dispatch", "combine", "dispatch_bwd", "combine_bwd")]
+    assert link["all_to_all_busy_s"] == pytest.approx(np.mean(calls))
+    # the combine sends each GPU's expert outputs back: its busiest egress is the hot GPU's load
+    assert link["all_to_all_busy_s"] > 0

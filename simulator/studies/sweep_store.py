@@ -62,8 +62,8 @@ def flatten(record: dict, summary: dict | None) -> dict:
             "nvlink_util_step": step_util.get("nvlink", 0.0),
             "ib_util_step": step_util.get("ib", 0.0),
             "load_imbalance": summary["load_imbalance"],
-            "max_link_load_s": summary.get("max_link_load", {}).get("busy_s", float("nan")),
-            "max_link_load_over_mean": summary.get("max_link_load", {}).get("over_mean", float("nan")),
+            "max_link_load_s": summary.get("max_link_load", {}).get("all_to_all_busy_s", float("nan")),
+            "max_link_load_step_s": summary.get("max_link_load", {}).get("busy_s", float("nan")),
         })
         for kind, c in summary["collectives"].items():
             row.update({
