@@ -103,7 +103,7 @@ def check_placement(s: Scenario) -> None:
     if slots < ep or slots % ep:
         raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
                             f"model.num_experts={m.num_experts} + redundant experts must fill every GPU of "
-                            f"parallel.ep_size={ep} equally (a multiple of it, e.g. {-(-m.num_experts // ep) * ep - m.num_experts})")
+                            f"parallel.ep_size={ep} equally (a multiple of it, e.g. {max(-(-slots // ep), 1) * ep - m.num_experts})")
     if pl.redundant_experts and s.workload.mode == "train":
         raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
                             "replicas in training would need their gradients summed, which is not simulated; "
