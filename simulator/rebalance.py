@@ -5,7 +5,9 @@ routing law (as a single-step eplb run does; without rebalancing, eplb re-solves
 that step's law, an oracle of a drifting law); after steps K, 2K, ... each (EP group, MoE
 layer) is re-solved by the same algorithm (simulator/workload/eplb.py) from the tokens per expert
 observed over the last K steps (expert_load.csv's counts), as DeepSeek's deployment re-runs EPLB
-on its recent load statistics.
+on its recent load statistics. EPLB packs from scratch; each new GPU's set of experts then goes to
+the GPU of its node that already holds most of them (a relabelling that changes no GPU's or node's
+load), so only the experts that really change GPU move.
 
 Migration: a GPU needs an expert's weights when its new slots hold an expert none of its old slots
 held. It receives them from a GPU that held that expert before (one on its own node when there is
@@ -26,7 +28,7 @@ from hardware.topology import Topology
 from simulator.engine.network import FlowBatch, Network
 from simulator.engine.rings import p2p_paths
 from simulator.scenario.memory import PREFILL_WEIGHT_BYTES, WEIGHT_BYTES, optimizer_bytes
-from simulator.workload.placement import eplb_placement
+from simulator.workload.placement import Placement, eplb_placement
 
 
 def expert_bytes(s) -> float:
@@ -38,18 +40,39 @@ def expert_bytes(s) -> float:
     return float(params * WEIGHT_BYTES + params * optimizer_bytes(s) / shards)
 
 
+def keep_in_place(new: Placement, old: Placement, node: np.ndarray) -> Placement:
+    """The new placement with its GPUs' sets of experts handed to the GPUs (of the same node) that
+    already hold most of them: a GPU's load, and a node's, do not depend on which GPU of the node
+    holds the set, but the weights to move do (EPLB re-packs from scratch, so nearly every slot
+    would change). A maximum-overlap assignment per node (Hungarian, scipy)."""
+    from scipy.optimize import linear_sum_assignment
+
+    per_gpu = len(new.slot_gpu) // (int(new.slot_gpu.max()) + 1)
+    blocks = new.slot_expert.reshape(-1, per_gpu)  # slot i on GPU i // per_gpu (eplb's layout)
+    held = [set(old.slot_expert[old.slot_gpu == g].tolist()) for g in range(len(blocks))]
+    out = blocks.copy()
+    for n in np.unique(node):
+        gpus = np.nonzero(node == n)[0]
+        overlap = np.array([[len(held[g] & set(blocks[b].tolist())) for g in gpus] for b in gpus])
+        rows, cols = linear_sum_assignment(-overlap)
+        out[gpus[cols]] = blocks[gpus[rows]]
+    return Placement(new.slot_gpu, out.ravel(), new.num_experts)
+
+
 def rebalanced(s, observed_tokens: dict, old: dict) -> dict:
     """(EP group, MoE layer) -> EPLB's placement of the tokens per logical expert observed
-    (expert_tokens' totals), on the same slots as the old placement."""
+    (expert_tokens' totals), on the same slots as the old placement, each GPU's set of experts on
+    the GPU of its node that moves the fewest weights (keep_in_place)."""
     p = s.parallel.ep_size
     out = {}
     for (group, layer), tokens in observed_tokens.items():
-        nodes = s.ranks.ep_group(group).num_nodes
+        members = s.ranks.ep_group(group)
         load = np.asarray(tokens, dtype=np.float64)
         if load.sum() == 0:
             load = np.ones_like(load)
-        out[group, layer] = eplb_placement(load, old[group, layer].num_slots, p, nodes,
-                                           hierarchical=s.routing.max_nodes_per_token is not None)
+        fresh = eplb_placement(load, old[group, layer].num_slots, p, members.num_nodes,
+                               hierarchical=s.routing.max_nodes_per_token is not None)
+        out[group, layer] = keep_in_place(fresh, old[group, layer], members.node)
     return out
 
 

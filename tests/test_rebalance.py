@@ -5,7 +5,7 @@ import pytest
 from hardware.topology import Topology
 from simulator.api import simulate_scenario
 from simulator.errors import ScenarioError
-from simulator.rebalance import expert_bytes, migration_s, moves
+from simulator.rebalance import expert_bytes, keep_in_place, migration_s, moves
 from simulator.scenario.memory import optimizer_bytes
 from simulator.workload.placement import Placement, eplb_placement
 from tests.conftest import make_scenario
@@ -85,7 +85,23 @@ def test_the_rebalanced_placement_is_eplb_of_the_observed_tokens():
     for r in rows:
         observed[r["expert"]] += r["tokens"]
     want = eplb_placement(observed, 24, 8, 2, hierarchical=False)
-    assert (record.placements[0, 0].slot_expert == want.slot_expert).all()  # the last step ran on it
+    got = record.placements[0, 0]  # the last step ran on it: EPLB's GPU sets, each node's handed round
+    node = s.ranks.ep_group(0).node
+
+    def sets(place, gpus):
+        return sorted(tuple(sorted(place.slot_expert[place.slot_gpu == g].tolist())) for g in gpus)
+    for n in (0, 1):
+        assert sets(got, np.nonzero(node == n)[0]) == sets(want, np.nonzero(node == n)[0])
+
+
+def test_handing_each_node_its_gpu_sets_back_moves_nothing_when_only_the_gpus_differ():
+    s = make_scenario()
+    old = eplb_placement(np.arange(16.0) + 1, 24, 8, 2, hierarchical=False)
+    blocks = old.slot_expert.reshape(8, 3)
+    shuffled = Placement(old.slot_gpu, blocks[[1, 0, 3, 2, 5, 4, 7, 6]].ravel(), 16)  # pairs of a node swapped
+    assert moves(s, {(0, 0): old}, {(0, 0): shuffled}) != {}
+    kept = keep_in_place(shuffled, old, s.ranks.ep_group(0).node)
+    assert moves(s, {(0, 0): old}, {(0, 0): kept}) == {}
 
 
 def test_rebalancing_chases_a_drifting_law_better_than_the_first_steps_placement():
