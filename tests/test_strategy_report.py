@@ -54,3 +54,16 @@ def test_max_link_load_is_the_busiest_port_per_all_to_all_and_over_the_step():
     assert link["all_to_all_busy_s"] == pytest.approx(np.mean(calls))
     # the combine sends each GPU's expert outputs back: its busiest egress is the hot GPU's load
     assert link["all_to_all_busy_s"] > 0
+
+
+def test_with_perfectly_balanced_routing_every_strategy_gives_the_same_step():
+    flat = {"distribution": "balanced"}
+    runs = {name: simulate_scenario(make_scenario(workload={"mode": "prefill"}, routing=flat, placement=pl))[0]
+            for name, pl in {"round_robin": {}, "topology_aware": {"strategy": "topology_aware"},
+                             "eplb": {"strategy": "eplb"},
+                             "eplb_redundant": {"strategy": "eplb", "redundant_experts": 8}}.items()}
+    ref = runs["round_robin"]
+    for name, r in runs.items():
+        assert r["step_time_s"] == pytest.approx(ref["step_time_s"], rel=0.02), name
+        # every expert gets the same count; replicas split theirs at random, so within a few %
+        assert r["load_imbalance"] == pytest.approx(1.0, abs=0.0 if name != "eplb_redundant" else 0.05), name
