@@ -102,7 +102,7 @@ def rebalance_table(eps, steps: int = 10, drift: float = 0.02) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for ep in eps:
         alpha = alpha_for(2.5, 256, ep)
-        for every in (None, 5):
+        for every in (None, 1, 5):
             pl = {"strategy": "eplb", "redundant_experts": ep, "rebalance_every_steps": every}
             r, _ = timed(scenario(ep, alpha, pl, {"drift": drift}, steps=steps))
             late = r["per_step"][5:]
