@@ -3,10 +3,11 @@ expected per-GPU imbalance under round-robin is 2.5x (alpha from the law, benchm
 step time and imbalance for round-robin, topology-aware and EPLB with 0/16/32/64 redundant experts;
 adaptive gating (alpha 0.1/0.2/0.3) after 0, 1, 5 and 20 gate updates; EPLB rebalanced every 5 steps
 under a drifting law with its weight migration; and how long each placement solve takes at EP 256
-and EP 1024. 4 MoE layers (num_layers 4, no dense layer), 4096 tokens per GPU, one micro-batch,
+and EP 1024; and seed 2.1's threshold gate (experts kept per token). 4 MoE layers (num_layers 4, no dense layer), 4096 tokens per GPU, one micro-batch,
 H800, DeepEP normal kernels, routing without a node limit. Prints markdown tables; not in the suite.
 
-    python benchmarks/load_balancing_deepseek.py [--part placement adaptive rebalance solve] [--ep 32 64] [--out DIR]
+    python benchmarks/load_balancing_deepseek.py [--part placement adaptive rebalance solve threshold] [--ep 32 64]
+        [--out DIR]
 """
 from __future__ import annotations
 
@@ -116,6 +117,18 @@ def rebalance_table(eps, steps: int = 10, drift: float = 0.02) -> None:
                   f"{ms:.2f} |", flush=True)
 
 
+def threshold_table(eps, thresholds=(0.02, 0.05, 0.1, 0.2)) -> None:
+    print("| EP | zipf alpha | threshold | experts per token | step ms | GPU load max/mean | MFU % | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for ep in eps:
+        alpha = alpha_for(2.5, 256, ep)
+        for t in (None, *thresholds):
+            r, wall = timed(scenario(ep, alpha, {"strategy": "round_robin"}, {"threshold": t}))
+            kept = r.get("tokens_ungated", {}).get("experts_per_token", 8.0)
+            print(f"| {ep} | {alpha} | {t or 'none (top-8)'} | {kept:.2f} | {r['step_time_s'] * 1e3:.2f} | "
+                  f"{r['load_imbalance']:.2f} | {r['mfu'] * 100:.1f} | {wall:.0f} |", flush=True)
+
+
 def solve_table() -> None:
     print("| EP | solver | slots | solve s |")
     print("|---|---|---|---|")
@@ -142,7 +155,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/load_balancing", help="folder for the per-step plots and numbers")
     args = parser.parse_args()
     parts = {"placement": lambda: placement_table(args.ep), "adaptive": lambda: adaptive_table(args.ep, Path(args.out)),
-             "rebalance": lambda: rebalance_table(args.ep), "solve": solve_table}
+             "rebalance": lambda: rebalance_table(args.ep), "solve": solve_table,
+             "threshold": lambda: threshold_table(args.ep)}
     for part in args.part:
         parts[part]()
         print()
