@@ -89,7 +89,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if taken:
         return fail(f"--out = {str(out)!r}: {taken}; rule: a run never silently replaces another; "
                     f"choose another --out or pass --force to replace it")
-    summary, rows, result = simulate_scenario(scenario)
+    routing = None
+    if args.save_routing is not None:  # no path: OUT/routing.npz
+        routing = Path(args.save_routing) if args.save_routing else out / "routing.npz"
+        if routing.suffix != ".npz":
+            return fail(f"--save-routing = {str(routing)!r}: writes an NPZ trace, so the name must end in .npz")
+        try:
+            routing.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return fail(f"--save-routing = {str(routing)!r}: cannot create its folder ({exc.strerror})")
+    try:
+        summary, rows, result = simulate_scenario(scenario, save_routing=routing)
+    except ScenarioError as exc:
+        return fail(str(exc))
     num_slices = estimate_slices(result, args.trace_gpus)
     # --trace forces it, --no-trace skips it; by default only traces under the size limit
     trace = (trace_text(result, args.trace_gpus)
@@ -101,6 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                               f"(--trace forces it, --trace-gpus N samples fewer GPUs)")
     except OSError as exc:
         return fail(f"--out = {str(out)!r}: cannot write the run files there ({exc.strerror})")
+    if routing is not None:
+        files["routing"] = str(routing)
     print_summary(summary, files)
     return 0
 
@@ -407,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace-gpus", type=int, default=64, metavar="N",
                      help="GPUs in the trace; more are sampled evenly (default 64)")
     run.add_argument("--force", action="store_true", help="replace a different run already in the out folder")
+    run.add_argument("--save-routing", nargs="?", const="", default=None, metavar="FILE.npz",
+                     help="write every step's expert ids per token as an NPZ trace (default OUT/routing.npz) "
+                          "that routing.distribution=trace replays")
     run.set_defaults(handler=cmd_run)
     sweep = sub.add_parser("sweep", help="run a grid of scenario overrides")
     add_scenario_args(sweep, scenario_required=True)

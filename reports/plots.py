@@ -144,6 +144,12 @@ def scaling_plots(table: pd.DataFrame, axes: list[str], out_dir: Path, scenario:
         "load_imbalance": _line_figure(table, x, others, f"{pre}load imbalance",
                                        [("max / mean routed tokens per GPU", [("load_imbalance", "", 1.0)])],
                                        out_dir / "load_imbalance.png"),
+        "max_link_load": _line_figure(table, x, others, f"{pre}busiest link (bytes / achievable rate)", [
+            ("per all-to-all: busiest GPU egress (ms)", [("max_link_load_s", "", 1e3)]),
+            ("over the step: busiest port (ms)", [("max_link_load_step_s", "", 1e3)]),
+        ], out_dir / "max_link_load.png"),
+        "step_time": _line_figure(table, x, others, f"{pre}step time",
+                                  [("step time (ms)", [("step_time_s", "", 1e3)])], out_dir / "step_time.png"),
     }
     return paths
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from hardware.atomic import write_atomic
+from reports.strategy import strategy_section
 
 # Columns shown in the report (the CSV/Parquet hold them all), with their display units.
 REPORT_COLUMNS = (
@@ -22,6 +23,7 @@ REPORT_COLUMNS = (
     ("dispatch_bytes_per_gpu", "dispatch (MB/GPU)", 1e-6, "{:.1f}"),
     ("combine_bytes_per_gpu", "combine (MB/GPU)", 1e-6, "{:.1f}"),
     ("load_imbalance", "imbalance", 1.0, "{:.3f}"),
+    ("max_link_load_s", "busiest link per a2a (ms)", 1e3, "{:.3f}"),
 )
 
 
@@ -73,6 +75,7 @@ def write_report(out_dir: Path, title: str, scenario_path: str, scenario_yaml: s
         md += ["Points not simulated:", ""]
         md += [f"- {r['label']}: {r['status']}: {r['error']}" for _, r in failed.iterrows()]
         md += [""]
+    md += strategy_section(table, axes, _markdown_table)
     md += ["## Plots", ""]
     md += [f"![{name}]({path})" for name, path in rel.items()]
     md += ["", "## Table", "", _markdown_table(shown), "",

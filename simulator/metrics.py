@@ -67,7 +67,11 @@ def flop_per_token(s) -> float:
 
 def step_flop(r: RunRecord) -> float:
     s = r.scenario
-    return step_tokens(s) * flop_per_token(s) * (TRAIN_FLOP_FACTOR if s.workload.mode == "train" else 1.0)
+    tokens, per_token = step_tokens(s), flop_per_token(s)
+    factor = TRAIN_FLOP_FACTOR if s.workload.mode == "train" else 1.0
+    if r.ungated_copies:  # threshold gating (or a trace) chose fewer than top_k experts: those copies do no work
+        return (tokens * per_token - r.ungated_copies * 2.0 * s.model.expert_params) * factor
+    return tokens * per_token * factor
 
 
 def comm_intervals(r: RunRecord) -> list[list[tuple[float, float]]]:
@@ -160,6 +164,28 @@ def bandwidth(r: RunRecord) -> tuple[dict, dict]:
     return busy_util, step_util
 
 
+def max_link_load(r: RunRecord) -> dict:
+    """Seed 1.2's objective as simulated, two ways. Per all-to-all (a dispatch or combine of one EP
+    group and MoE layer, the unit the placement balances): the busiest GPU egress port's bytes over
+    its achievable rate, averaged over the calls (`all_to_all_busy_s`). Over the whole step: the
+    port whose bytes take longest (`busy_s`, its class, bytes, and bytes over its class's mean); it
+    sums every layer, so a port hot in every layer (EPLB puts each layer's heaviest pack on EP rank 0)
+    outweighs a hot spot that moves from layer to layer."""
+    p = r.ports
+    seconds = np.divide(p.num_bytes, p.capacity_bytes_per_s, out=np.zeros(len(p.num_bytes)),
+                        where=p.capacity_bytes_per_s > 0)
+    k = int(np.argmax(seconds))
+    same = p.port_class == p.port_class[k]
+    mean = float(p.num_bytes[same].mean())
+    rate = {c: float(p.capacity_bytes_per_s[p.port_class == c].max()) for c in (0, 1) if (p.port_class == c).any()}
+    calls = [max(float(c.nvlink_bytes_per_gpu.max(initial=0)) / rate[0] if 0 in rate else 0.0,
+                 float(c.ib_bytes_per_gpu.max(initial=0)) / rate[1] if 1 in rate else 0.0)
+             for c in r.collectives.values() if c.kind.split("_")[0] in ("dispatch", "combine")]
+    return {"all_to_all_busy_s": float(np.mean(calls)) if calls else 0.0,
+            "port_class": PORT_CLASSES[int(p.port_class[k])], "busy_s": float(seconds[k]),
+            "bytes": float(p.num_bytes[k]), "over_mean": float(p.num_bytes[k]) / mean if mean > 0 else 1.0}
+
+
 def pipeline_bubble(r: RunRecord) -> dict:
     """Per PP stage, the time its GPUs spend outside their tasks before the pipeline drains (the
     last task ends anywhere): warm-up, waiting for a neighbour, cool-down. Mean over the stage's
@@ -197,6 +223,24 @@ def dropped(r: RunRecord) -> dict:
     kept = sum(int(c.recv_copies.sum()) for c in r.counts.values())
     total = kept + r.dropped_copies
     return {"copies": int(r.dropped_copies), "fraction": r.dropped_copies / total if total else 0.0}
+
+
+def ungated(r: RunRecord) -> dict:
+    """routing.threshold or a trace: the (token, expert) places left empty (the gate kept fewer than
+    top_k experts), their share of top_k per token, and the mean experts per token kept."""
+    s = r.scenario
+    if s.routing.threshold is None and s.routing.distribution != "trace":
+        return {}
+    places = sum(step_tokens_routed(r))
+    return {"tokens_ungated": {"copies": int(r.ungated_copies), "fraction": r.ungated_copies / places if places else 0.0,
+                               "experts_per_token": s.model.top_k * (1 - r.ungated_copies / places) if places else 0.0}}
+
+
+def step_tokens_routed(r: RunRecord) -> list[int]:
+    """Per (group, MoE layer, micro-batch): the top_k places of its tokens."""
+    s = r.scenario
+    keys = {(g, layer, mb) for g, layer, mb, _ in r.counts}
+    return [s.parallel.ep_size * s.workload.tokens_per_gpu * s.model.top_k] * len(keys)
 
 
 def load_imbalance(r: RunRecord) -> float:
@@ -333,11 +377,13 @@ def summarize(r: RunRecord) -> dict:
         **serving_summary(r, unions),
         "bandwidth_utilization": busy_util,
         "bandwidth_utilization_step": step_util,
+        "max_link_load": max_link_load(r),
         "collectives": collective_stats(r),
         "breakdown_s": breakdown(r, unions),
         "compute_by_kernel_class_s": compute_by_kernel_class(r),
         "load_imbalance": load_imbalance(r),
         "tokens_dropped": dropped(r),
+        **ungated(r),
         **placement_solver(r),
         **pipeline_bubble(r),
         "model_flop_per_step": flop,

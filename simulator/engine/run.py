@@ -34,8 +34,10 @@ from simulator.workload.serving import context_spread
 
 
 class Run:
-    def __init__(self, scenario: Scenario, gate_scale: dict | None = None, step: int = 0):
-        """gate_scale, step: the adaptive gate's expert scales and the step index (workload.steps)."""
+    def __init__(self, scenario: Scenario, gate_scale: dict | None = None, step: int = 0,
+                 placements: dict | None = None, keep_routing: bool = False):
+        """gate_scale, step: the adaptive gate's expert scales and the step index (workload.steps);
+        placements, keep_routing: build_workload's placements_in and keep_routing."""
         s = scenario
         self.s = s
         self.ranks = s.ranks
@@ -45,7 +47,7 @@ class Run:
         self.compute_model = compute_model(s.cluster.gpu, s.workload.gemm_dtype, s.calibration_path)
         overlap = s.pipeline.overlap == "three_stream"
         self.gpus = [GPU(self.env, g, s.cluster.gpu.num_sms, overlap) for g in range(s.num_gpus)]
-        self.workload = build_workload(s, self.compute_model, gate_scale, step)
+        self.workload = build_workload(s, self.compute_model, gate_scale, step, placements, keep_routing)
         # per chunk size: each op's kernels by class (kernel_classes reads them) and their sum
         self.dense_kernels = [dense_kernels(s, self.compute_model, n) for n in self.workload.chunk_tokens]
         self.dense = [op_seconds(kernels) for kernels in self.dense_kernels]
@@ -460,7 +462,8 @@ class Run:
                          w.expert_gpu, w.num_chunks, w.tokens_per_batch_limit, w.rounds,
                          self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves,
                          self.task_spans if self.pp else None, self.kernel_classes(), placements=w.placements,
-                         dropped_copies=w.dropped_copies, placement_reports=w.placement_reports or None)
+                         dropped_copies=w.dropped_copies, placement_reports=w.placement_reports or None,
+                         ungated_copies=w.ungated_copies)
 
     def kernel_classes(self) -> dict[str, dict[str, float]]:
         """Per op name, the fraction of its time each kernel class takes: the dense ops' own split

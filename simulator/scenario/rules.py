@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from hardware.units import GIB
 from simulator.errors import ScenarioError
+from simulator.scenario.balance_rules import check_load_balancing
 from simulator.scenario.memory import Memory, auto_expert_tp, key_to_change, max_batch_per_gpu, memory_per_gpu
 from simulator.scenario.schema import Scenario
 from simulator.scenario.serving import check_serving, kv_bytes_per_token_layer, kv_cache_bytes_per_sequence
@@ -108,7 +109,7 @@ def check_placement(s: Scenario) -> None:
     if slots < ep or slots % ep:
         raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
                             f"model.num_experts={m.num_experts} + redundant experts must fill every GPU of "
-                            f"parallel.ep_size={ep} equally (a multiple of it, e.g. {-(-m.num_experts // ep) * ep - m.num_experts})")
+                            f"parallel.ep_size={ep} equally (a multiple of it, e.g. {max(-(-slots // ep), 1) * ep - m.num_experts})")
     if pl.redundant_experts and s.workload.mode == "train":
         raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
                             "replicas in training would need their gradients summed, which is not simulated; "
@@ -190,6 +191,7 @@ def check_layout(s: Scenario) -> None:
         raise ScenarioError("routing.adaptive_alpha", s.routing.adaptive_alpha,
                             "adjusts each step's gate from the previous step's loads: needs workload.steps >= 2")
     check_placement(s)
+    check_load_balancing(s)
     if s.routing.distribution == "balanced" and m.num_experts % m.top_k:
         raise ScenarioError("routing.distribution", "balanced",
                             f"needs model.num_experts={m.num_experts} to be a multiple of model.top_k={m.top_k}")

@@ -195,11 +195,19 @@ class RoutingSection(_Section):
     # ceil(capacity_factor x tokens x top_k / E) copies per expert and drops the rest (position
     # policy: later tokens first); null = dropless
     capacity_factor: Optional[float] = Field(default=None, gt=0, le=1e3)
+    # seed 2.1's threshold form: keep the experts whose softmax gate is >= threshold, at most top_k
+    # (simulator/workload/gating.py); null = plain top-k
+    threshold: Optional[float] = Field(default=None, gt=0, le=1)
+    # distribution: trace replays this file (simulator/workload/routing_trace.py: CSV, NPZ, Parquet)
+    trace: Optional[str] = Field(default=None, min_length=1, max_length=4096)
 
 
 class PlacementSection(_Section):
     strategy: Literal["round_robin", "topology_aware", "eplb"] = "round_robin"
     redundant_experts: int = Field(default=0, ge=0)
+    # eplb with workload.steps > 1: re-solve the placement from the loads observed over the last K
+    # steps, every K steps, and migrate the moved experts' weights over the network (simulator/rebalance.py)
+    rebalance_every_steps: Optional[int] = Field(default=None, gt=0, le=1000)
 
 
 class NetworkSection(_Section):
@@ -253,9 +261,7 @@ SECTIONS = {
 TOP_LEVEL_KEYS = ("name", "hardware", "model", *SECTIONS)
 
 # Values the schema knows but this version does not simulate yet: (key, value) -> what is supported.
-NOT_YET = {
-    ("routing.distribution", "trace"): "supported today: uniform, balanced, zipf",
-}
+NOT_YET: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

@@ -108,10 +108,14 @@ def parse_sweep_sets(texts: list[str]) -> tuple[list[tuple[str, object]], list[A
 
 def scenario_key(resolved: dict, calibration: Path | None = None) -> str:
     """sha256 of the resolved scenario (preset values included), the epsim version and the bytes of
-    the calibration file: a file recalibrated under the same name must not reuse old points."""
+    the calibration file and of a routing trace: a file recalibrated or re-recorded under the same
+    name must not reuse old points."""
     doc = {"scenario": resolved, "epsim_version": __version__}
     if calibration is not None:
         doc["calibration_sha256"] = hashlib.sha256(Path(calibration).read_bytes()).hexdigest()
+    trace = (resolved.get("routing") or {}).get("trace")
+    if trace and (resolved.get("routing") or {}).get("distribution") == "trace":
+        doc["trace_sha256"] = hashlib.sha256(Path(trace).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
