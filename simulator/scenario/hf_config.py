@@ -169,9 +169,9 @@ def _qwen_moe(f: _Fields) -> dict:
     }
 
 
-def _mixtral(f: _Fields) -> dict:
-    layers = f.int("num_hidden_layers")
-    kinds = ["full_attention" if f.data.get("sliding_window") is None else "sliding_attention"] * layers
+def _routed_gqa(f: _Fields, layers: int, kinds: list) -> dict:
+    """Mixtral's and gpt-oss's shared shape: every layer MoE (num_local_experts), no shared expert,
+    GQA with the layers' window pattern."""
     return {
         "hidden_size": f.int("hidden_size"), "moe_intermediate_size": f.int("intermediate_size"),
         "num_experts": f.int("num_local_experts"), "top_k": f.int("num_experts_per_tok"),
@@ -179,6 +179,12 @@ def _mixtral(f: _Fields) -> dict:
         "dense_intermediate_size": f.int("intermediate_size"), "vocab_size": f.int("vocab_size"),
         "attention": {**f.gqa(), **window_pattern(f, layers, kinds)},
     }
+
+
+def _mixtral(f: _Fields) -> dict:
+    layers = f.int("num_hidden_layers")
+    kinds = ["full_attention" if f.data.get("sliding_window") is None else "sliding_attention"] * layers
+    return _routed_gqa(f, layers, kinds)
 
 
 def _gpt_oss(f: _Fields) -> dict:
@@ -188,13 +194,7 @@ def _gpt_oss(f: _Fields) -> dict:
             or any(k not in ("full_attention", "sliding_attention") for k in kinds)):
         raise f.error("layer_types", f"must list num_hidden_layers={layers} entries, each full_attention or "
                                      "sliding_attention")
-    return {
-        "hidden_size": f.int("hidden_size"), "moe_intermediate_size": f.int("intermediate_size"),
-        "num_experts": f.int("num_local_experts"), "top_k": f.int("num_experts_per_tok"),
-        "num_shared_experts": 0, "num_layers": layers, "num_dense_layers": 0,
-        "dense_intermediate_size": f.int("intermediate_size"), "vocab_size": f.int("vocab_size"),
-        "attention": {**f.gqa(), **window_pattern(f, layers, kinds)},
-    }
+    return _routed_gqa(f, layers, kinds)
 
 
 ARCHITECTURES = {
