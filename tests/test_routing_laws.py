@@ -64,3 +64,38 @@ def test_drift_needs_steps_and_a_skewed_law():
     assert "routing.drift" in str(err.value) and "steps >= 2" in str(err.value)
     with pytest.raises(ScenarioError):
         make_scenario(workload={"steps": 2}, routing={"drift": 0.5})
+
+
+def test_per_layer_zipf_exponents_give_each_layer_its_own_strength():
+    """zipf_alpha_per_layer [0.2, 2.0] cycles over the MoE layers: the steep layers' loads are far more
+    skewed than the flat ones', and a one-value list equals zipf_alpha."""
+    import numpy as np
+
+    from simulator.api import simulate_scenario
+    from tests.conftest import make_scenario
+
+    def per_layer_imbalance(**routing):
+        _, rows, _ = simulate_scenario(make_scenario(model={"num_layers": 4}, routing={"distribution": "zipf", **routing}))
+        out = {}
+        for layer in sorted({r["moe_layer"] for r in rows}):
+            copies = np.array([r["routed_token_copies"] for r in rows if r["moe_layer"] == layer])
+            out[layer] = copies.max() / copies.mean()
+        return out
+
+    mixed = per_layer_imbalance(zipf_alpha_per_layer=[0.2, 2.0])
+    assert min(mixed[1], mixed[3]) > 1.5 * max(mixed[0], mixed[2])
+    assert per_layer_imbalance(zipf_alpha_per_layer=[1.3]) == per_layer_imbalance(zipf_alpha=1.3)
+
+
+def test_per_layer_zipf_exponents_need_the_zipf_law():
+    import pytest
+
+    from simulator.errors import ScenarioError
+    from tests.conftest import make_scenario
+
+    with pytest.raises(ScenarioError) as exc:
+        make_scenario(routing={"distribution": "uniform", "zipf_alpha_per_layer": [1.0]})
+    assert exc.value.key == "routing.zipf_alpha_per_layer"
+    with pytest.raises(ScenarioError) as exc:
+        make_scenario(routing={"distribution": "zipf", "zipf_alpha_per_layer": [1.0, 5.0]})
+    assert exc.value.key.startswith("routing.zipf_alpha_per_layer")

@@ -24,6 +24,9 @@ def check_load_balancing(s) -> None:
         if r.max_nodes_per_token is not None:
             raise ScenarioError("routing.threshold", r.threshold,
                                 "is simulated without group-limited routing (routing.max_nodes_per_token: null)")
+    if r.zipf_alpha_per_layer and r.distribution != "zipf":
+        raise ScenarioError("routing.zipf_alpha_per_layer", list(r.zipf_alpha_per_layer),
+                            f"sets each layer's Zipf exponent: needs routing.distribution=zipf, not {r.distribution}")
     k = pl.rebalance_every_steps
     if k is not None:
         if pl.strategy != "eplb":

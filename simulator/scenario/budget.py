@@ -76,7 +76,7 @@ def draws_per_copy(s: Scenario) -> float:
     if s.routing.distribution == "balanced":
         return 1.0
     if s.routing.distribution == "zipf":
-        p = np.arange(1, e + 1, dtype=np.float64) ** -s.routing.zipf_alpha
+        p = np.arange(1, e + 1, dtype=np.float64) ** -max((s.routing.zipf_alpha, *s.routing.zipf_alpha_per_layer))
         p /= p.sum()
     else:
         p = np.full(e, 1.0 / e)
@@ -112,7 +112,9 @@ def estimate(s: Scenario) -> Estimate:
     copies = calls * par.ep_size * w.tokens_per_gpu * m.top_k
     draws = draws_per_copy(s)
     if draws > MAX_DRAWS_PER_COPY:
-        raise ScenarioError("routing.zipf_alpha", s.routing.zipf_alpha,
+        per_layer = max(s.routing.zipf_alpha_per_layer, default=0.0) > s.routing.zipf_alpha
+        raise ScenarioError("routing.zipf_alpha_per_layer" if per_layer else "routing.zipf_alpha",
+                            list(s.routing.zipf_alpha_per_layer) if per_layer else s.routing.zipf_alpha,
                             f"with model.top_k={m.top_k} of {m.num_experts} experts the router's k-th choice has "
                             f"too little mass to be sampled (about {min(draws, 1e300):.3g} draws per routed copy); "
                             f"lower zipf_alpha or top_k")

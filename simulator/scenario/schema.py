@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -182,6 +182,11 @@ class RoutingSection(_Section):
     # 92 % of the tokens (1 / zeta(4)). The sampler draws distinct experts by rejection, so a
     # steeper law makes it draw ~1/p of the k-th expert's mass per token: budget.py estimates those draws.
     zipf_alpha: float = Field(default=1.0, gt=0, le=4)
+    # per-layer skew: MoE layer i's Zipf exponent is zipf_alpha_per_layer[i mod its length] (a
+    # different strength per layer; the hot set differs per layer anyway, seeded by the layer);
+    # empty: zipf_alpha for every layer
+    zipf_alpha_per_layer: tuple[Annotated[float, Field(gt=0, le=4)], ...] = Field(default=(), strict=False,
+                                                                                 max_length=MAX_LAYERS)
     seed: int = Field(default=0, ge=0, le=2**64 - 1)  # numpy seeds are 64-bit words
     # or `model`: the model's group limit where the EP group has one node per expert group (load.py)
     max_nodes_per_token: Optional[int] = Field(default=None, gt=0, le=MAX_NODES)

@@ -63,6 +63,12 @@ def batch_limit(s, num_chunks: int) -> tuple[int, int, int]:
     return batch, rounds, min(s.workload.tokens_per_gpu, num_chunks * rounds)
 
 
+def layer_zipf_alpha(routing, moe_layer: int) -> float:
+    """MoE layer moe_layer's Zipf exponent: routing.zipf_alpha_per_layer cycled, else zipf_alpha."""
+    per_layer = routing.zipf_alpha_per_layer
+    return per_layer[moe_layer % len(per_layer)] if per_layer else routing.zipf_alpha
+
+
 def stage_moe_work(s, rank: int) -> list[tuple[int, range]]:
     """(index among MoE layers, the micro-batches that run it) for each MoE layer PP rank `rank`
     holds: every layer and micro-batch while PP = 1; with DualPipe a stage of each direction sees
@@ -125,7 +131,7 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
                     if layer not in trace_routers:
                         trace_routers[layer] = TraceRouter(trace, step, layer, m.top_k, m.num_experts)
                     return trace_routers[layer]
-                router = Router(m.num_experts, m.top_k, s.routing.distribution, s.routing.zipf_alpha,
+                router = Router(m.num_experts, m.top_k, s.routing.distribution, layer_zipf_alpha(s.routing, layer),
                                 member_node[place.expert_gpu()], s.routing.max_nodes_per_token,
                                 np.random.default_rng([s.routing.seed, group, layer]), scale,
                                 s.routing.dirichlet_concentration, drift)
