@@ -33,8 +33,9 @@ from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_kern
 
 
 class Run:
-    def __init__(self, scenario: Scenario, gate_scale: dict | None = None, step: int = 0):
-        """gate_scale, step: the adaptive gate's expert scales and the step index (workload.steps)."""
+    def __init__(self, scenario: Scenario, gate_scale: dict | None = None, step: int = 0, keep_paths: bool = False):
+        """gate_scale, step: the adaptive gate's expert scales and the step index (workload.steps);
+        keep_paths: every collective keeps its paths after launch (Collective._paths, for tests)."""
         s = scenario
         self.s = s
         self.ranks = s.ranks
@@ -73,6 +74,7 @@ class Run:
         self.comm_sms = s.network.comm_sms if self.all_to_all.holds_sms else 0
         self.setup_s = self.all_to_all.setup_s(s.cluster, self.ep_groups[0].spans_nodes)
         self.num_events = 0
+        self.keep_paths = keep_paths
 
     def _program(self, gpu: int) -> Program:
         """The GPU's program; GPUs at the same position (PP stage, holding experts or not) share one."""
@@ -183,7 +185,7 @@ class Run:
         cid = CollectiveId("pp_send", int(group), stage, task.micro_batch, int(task.phase != FWD))
         members = np.array([gpu, dst])
         coll = Collective(self.env, self.network, members, lambda: p2p_paths(gpu, dst, num_bytes, self.topology),
-                          True, self.s.cluster.gpu.kernel_launch_s)
+                          True, self.s.cluster.gpu.kernel_launch_s, keep_paths=self.keep_paths)
         self.collectives[cid] = coll
         arrived = self.arrival(dst, task.phase, task.micro_batch, to_stage)  # micro-batch ids differ by path
         op = OpId(-1, "pp_send", task.phase, task.micro_batch, -1)
@@ -209,7 +211,7 @@ class Run:
                 return paths if kind.owner_sends else mirrored(paths, self.topology)
 
             coll = Collective(self.env, self.network, group.gpus, build, kind.owner_sends, self.setup_s,
-                              self.all_to_all.efficiency(s.cluster))
+                              self.all_to_all.efficiency(s.cluster), keep_paths=self.keep_paths)
             self.collectives[cid] = coll
         return coll
 
@@ -220,7 +222,7 @@ class Run:
         if coll is None:
             op, size = COLLECTIVES[cid.kind].op, num_bytes()
             coll = Collective(self.env, self.network, members, lambda: ring_paths(op, members, size, self.topology),
-                              True, self.s.cluster.gpu.kernel_launch_s)
+                              True, self.s.cluster.gpu.kernel_launch_s, keep_paths=self.keep_paths)
             self.collectives[cid] = coll
         return coll
 
@@ -478,7 +480,6 @@ class Run:
 
 
 PHASE_CODE = {FORWARD: 0, BACKWARD: 1, RECOMPUTE: 2}
-
 
 def kind_of(op: Op) -> str:
     """The collective kind an op runs: the EP kinds have backward twins (dispatch_bwd), the TP
