@@ -1,6 +1,9 @@
 """The run lifecycle: elaborate (layout, hardware, routing, traffic) -> simulate (SimPy) -> RunRecord."""
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
+
 import numpy as np
 import simpy
 
@@ -421,12 +424,13 @@ class Run:
             processes += [(gpu.index, p) for p in chains]
             if self.train:
                 processes.append((gpu.index, self.env.process(self.run_update(gpu.index, chains))))
-        while True:
-            try:
-                self.env.step()
-            except simpy.core.EmptySchedule:
-                break
-            self.num_events += 1
+        with few_collections():
+            while True:
+                try:
+                    self.env.step()
+                except simpy.core.EmptySchedule:
+                    break
+                self.num_events += 1
         stuck = [gpu for gpu, p in processes if not p.triggered]
         if stuck:  # an engine bug, never a property of the input: say so rather than report a short step
             raise RuntimeError(f"simulation ended with GPU {stuck[0]}'s program unfinished ({len(stuck)} processes)")
@@ -480,6 +484,24 @@ class Run:
 
 
 PHASE_CODE = {FORWARD: 0, BACKWARD: 1, RECOMPUTE: 2}
+GC_THRESHOLDS = (100_000, 50, 1000)  # while simulating: the run allocates millions of short-lived events
+
+
+@contextmanager
+def few_collections():
+    """Garbage collection tuned for a simulation: what exists before it (the elaborated workload,
+    programs, SimPy's graph) is frozen out of the collector's scans, and the young generation
+    collects per 100,000 allocations instead of 700. A full collection walked every live record,
+    which grew with the run (about 6 % of the simulate time at EP 64, 20 layers). Restored after."""
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
 
 def kind_of(op: Op) -> str:
     """The collective kind an op runs: the EP kinds have backward twins (dispatch_bwd), the TP
