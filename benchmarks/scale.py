@@ -63,6 +63,7 @@ def one_point(workload: str, ep: int, layers: int | None, phases: bool) -> dict:
     from simulator.errors import ScenarioError
     from simulator.metrics import summarize
     from simulator.scenario import load_scenario
+    from simulator.scenario.budget import estimate
 
     raw_event_s = raw_simpy_event_s()  # in this process, just before the point: the same load on the CPUs
     t0 = time.perf_counter()
@@ -90,7 +91,8 @@ def one_point(workload: str, ep: int, layers: int | None, phases: bool) -> dict:
     return {"workload": workload, "ep": ep, "layers": scenario.model.num_layers, "wall_s": t3 - t0,
             "elaborate_s": t1 - t0, "simulate_s": t2 - t1, "metrics_s": t3 - t2, "phases": split,
             "events": result.num_events, "ops": ops, "solves": result.network_solves,
-            "raw_event_s": raw_event_s, "peak_mb": peak_memory_mb(),
+            "raw_event_s": raw_event_s, "peak_mb": peak_memory_mb(), "estimate_s": estimate(scenario).wall_s,
+            "estimate_mb": estimate(scenario).peak_memory_bytes / 2**20,
             "step_time_ms": summary["step_time_s"] * 1e3, "mfu": summary["mfu"], "relaxed": relaxed}
 
 
@@ -113,7 +115,8 @@ def row(r: dict) -> str:
             f"{ph.get('engine', float('nan')):>6.1f} {ph.get('elaborate_other', float('nan')):>6.1f} "
             f"{r['metrics_s']:>6.1f} {r['events']:>10,} {r['ops']:>9,} {r['events'] / r['ops']:>5.1f} "
             f"{r['simulate_s'] / r['ops'] * us:>7.1f} {r['raw_event_s'] * us:>6.2f} {r['solves']:>7,} "
-            f"{r['peak_mb']:>7.0f} {r['step_time_ms']:>9.3f}{'  (*)' if r['relaxed'] else ''}")
+            f"{r['peak_mb']:>7.0f} {r['step_time_ms']:>9.3f} {r['estimate_s'] / r['wall_s']:>5.2f} "
+            f"{r['estimate_mb'] / r['peak_mb']:>5.2f}{'  (*)' if r['relaxed'] else ''}")
 
 
 def main() -> None:
@@ -131,7 +134,7 @@ def main() -> None:
         return
     head = (f"{'work':>6} {'lay':>3} {'EP':>5} {'wall s':>7} {'route':>6} {'traff':>6} {'solve':>6} {'books':>6} "
             f"{'engine':>6} {'elab':>6} {'metr':>6} {'events':>10} {'ops':>9} {'ev/op':>5} {'us/op':>7} "
-            f"{'us/ev':>6} {'solves':>7} {'peak MB':>7} {'step ms':>9}")
+            f"{'us/ev':>6} {'solves':>7} {'peak MB':>7} {'step ms':>9} {'est/t':>5} {'est/m':>5}")
     print(head)
     print("-" * len(head))
     for workload in args.workload:
@@ -153,6 +156,7 @@ def main() -> None:
           "the engine's processes, elab = the rest of elaboration, metr = metrics.")
     print("us/op: simulate seconds per simulated op (a kernel or a GPU's part of a collective); us/ev: raw "
           "SimPy's seconds per event (timeouts only), measured in the same process just before the point.")
+    print("est/t, est/m: simulator/scenario/budget.py's estimate of the wall time and peak memory over the measured.")
     print("(*) does not fit the seed's 64 GB at this EP size; timed with hardware.hbm_gb=1000.")
     print("EP > 256 puts DeepSeek-V3's 256 experts on GPUs 0..255 and none on the rest (seed 1.1, E <= G).")
 

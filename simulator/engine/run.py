@@ -78,6 +78,7 @@ class Run:
         self.setup_s = self.all_to_all.setup_s(s.cluster, self.ep_groups[0].spans_nodes)
         self.num_events = 0
         self.keep_paths = keep_paths
+        self._op_ids: dict = {}  # (op, micro-batch, chunk) -> its OpId (op_id)
 
     def _program(self, gpu: int) -> Program:
         """The GPU's program; GPUs at the same position (PP stage, holding experts or not) share one."""
@@ -377,10 +378,19 @@ class Run:
     def _forward_done(self, gpu: int, mb: int, chunk: int) -> simpy.Event:
         return self._event(self.forward_done, (gpu, mb, chunk))
 
+    def op_id(self, op: Op, mb: int, chunk: int) -> OpId:
+        """op.at(mb, chunk), one object shared by every GPU that runs it: the intervals of a large
+        run hold millions of them."""
+        key = (op, mb, chunk)
+        oid = self._op_ids.get(key)
+        if oid is None:
+            oid = self._op_ids[key] = op.at(mb, chunk)
+        return oid
+
     def run_op(self, gpu: GPU, mb: int, chunk: int, op: Op, order_key: tuple):
         group, local = self.group_of[gpu.index], self.ep_rank[gpu.index]
         if not op.collective:
-            yield from gpu.compute(self.work_s(op, group, local, mb, chunk), op.at(mb, chunk))
+            yield from gpu.compute(self.work_s(op, group, local, mb, chunk), self.op_id(op, mb, chunk))
             return
         kind = kind_of(op)
         if COLLECTIVES[kind].group == "tp":
@@ -397,10 +407,10 @@ class Run:
             coll = self.collective(CollectiveId(kind, group, op.moe_layer, mb, chunk))
             join, sms = lambda c=coll: c.arrive(local), self.comm_sms
         seq = self.stream_seq[gpu.index].get(order_key) if self.stream_seq else None
-        comm = self.env.process(gpu.communicate(COLLECTIVES[kind].stream, seq, join, sms, op.at(mb, chunk)))
+        comm = self.env.process(gpu.communicate(COLLECTIVES[kind].stream, seq, join, sms, self.op_id(op, mb, chunk)))
         if op.overlapped:
             side = op.side_kernel()
-            yield from gpu.compute(self.work_s(side, group, local, mb, chunk), side.at(mb, chunk))
+            yield from gpu.compute(self.work_s(side, group, local, mb, chunk), self.op_id(side, mb, chunk))
         yield comm
 
     def run_gpu_serial(self, gpu: GPU):
