@@ -450,7 +450,7 @@ class Run:
         """The plain record of what happened (no SimPy objects)."""
         step = float(max((iv.end_s for g in self.gpus for iv in g.intervals), default=0.0))
         w = self.workload
-        counts = {key: ChunkCounts(recv_copies=t.recv_copies, recv_tokens=t.pair_tokens.sum(axis=0),
+        counts = {key: ChunkCounts(recv_copies=t.recv_copies, recv_tokens=t.recv_tokens,
                                    node_pairs=t.node_tokens.sum(axis=1), expert_tokens=t.expert_tokens,
                                    expert_compute_s=w.expert_work_s[key])
                   for key, t in w.traffic.items()}
