@@ -101,7 +101,12 @@ def count_chunk(experts: np.ndarray, src: np.ndarray, expert_gpu: np.ndarray, me
     sorted_gpu, first = _distinct_per_row(gpu)
     src_k = np.broadcast_to(src[:, None], gpu.shape)
     tokens = np.bincount((src_k * (p + 1) + sorted_gpu)[first], minlength=p * (p + 1)).reshape(p, p + 1)[:, :p]
-    sorted_node, first_node = _distinct_per_row(np.append(member_node, num_nodes)[sorted_gpu])
+    node_of = np.append(member_node, num_nodes)[sorted_gpu]
+    if (np.diff(member_node) >= 0).all():  # ranks numbered node by node: the GPUs' order is their nodes'
+        sorted_node, first_node = node_of, np.ones_like(node_of, dtype=bool)
+        first_node[:, 1:] = node_of[:, 1:] != node_of[:, :-1]
+    else:
+        sorted_node, first_node = _distinct_per_row(node_of)
     nodes = np.bincount((src_k * (num_nodes + 1) + sorted_node)[first_node],
                         minlength=p * (num_nodes + 1)).reshape(p, num_nodes + 1)[:, :num_nodes]
     per_expert = np.bincount(experts[experts >= 0], minlength=num_experts)
