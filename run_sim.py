@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -22,7 +21,9 @@ def fail(message: str) -> int:
 def default_out(name: str) -> Path:
     """runs/<name>, the name made one plain folder name: no separators, no leading dot, at most 100
     characters, so `name: ../../x` or an absolute name cannot write outside runs/."""
-    return RUNS_DIR / (re.sub(r"[^A-Za-z0-9_.=+-]+", "-", name).strip(".-")[:100] or "scenario")
+    from simulator.results import run_folder_name
+
+    return RUNS_DIR / run_folder_name(name, [])
 
 
 def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> None:
@@ -31,7 +32,14 @@ def add_scenario_args(p: argparse.ArgumentParser, scenario_required: bool) -> No
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a dotted scenario key with a YAML value, e.g. --set parallel.ep_size=32")
     p.add_argument("--out", default=None, help="output folder (default: runs/<scenario name>/)")
+    p.add_argument("--model-config", default=None, metavar="PATH",
+                   help="a Hugging Face config.json (or a shipped one's name) as the model, in place of model.preset")
     add_budget_args(p)
+
+
+def model_config_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """--model-config PATH is --set model.preset=null --set model.hf_config=PATH (without YAML quoting)."""
+    return [("model.preset", None), ("model.hf_config", args.model_config)] if args.model_config else []
 
 
 def add_budget_args(p: argparse.ArgumentParser) -> None:
@@ -60,33 +68,53 @@ def cmd_run(args: argparse.Namespace) -> int:
     from reports.trace import DEFAULT_EVENT_LIMIT, estimate_slices, trace_text
     from simulator.api import simulate_scenario
     from simulator.errors import ScenarioError
-    from simulator.results import write_run_files
-    from simulator.scenario import load_scenario, parse_override
+    from simulator.results import other_run_in, run_folder_name, scenario_texts, write_run_files
+    from simulator.scenario import apply_overrides, build_scenario, parse_override, read_scenario_file
     from simulator.scenario.budget import check_budget
 
     try:
-        overrides = [parse_override(o) for o in args.overrides]
-        scenario = load_scenario(args.scenario or DEFAULT_SCENARIO, overrides)
+        overrides = model_config_overrides(args) + [parse_override(o) for o in args.overrides]
+        data = apply_overrides(read_scenario_file(args.scenario or DEFAULT_SCENARIO), overrides)
+        scenario = build_scenario(data)
         check_budget(scenario, budget_of(args))  # before any work: a run that cannot finish is refused
     except ScenarioError as exc:
         return fail(str(exc))
     if args.trace_gpus < 1:
         return fail(f"--trace-gpus = {args.trace_gpus}: must be >= 1")
-    out = Path(args.out) if args.out else default_out(scenario.name)
+    out = Path(args.out) if args.out else RUNS_DIR / run_folder_name(scenario.name, overrides)
     if out.exists() and not out.is_dir():
         return fail(f"--out = {str(out)!r}: must be a folder, not an existing file")
-    summary, rows, result = simulate_scenario(scenario)
+    texts = scenario_texts(data, scenario.resolved)
+    taken = None if args.force else other_run_in(out, texts["scenario.resolved.yaml"])
+    if taken:
+        return fail(f"--out = {str(out)!r}: {taken}; rule: a run never silently replaces another; "
+                    f"choose another --out or pass --force to replace it")
+    routing = None
+    if args.save_routing is not None:  # no path: OUT/routing.npz
+        routing = Path(args.save_routing) if args.save_routing else out / "routing.npz"
+        if routing.suffix != ".npz":
+            return fail(f"--save-routing = {str(routing)!r}: writes an NPZ trace, so the name must end in .npz")
+        try:
+            routing.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return fail(f"--save-routing = {str(routing)!r}: cannot create its folder ({exc.strerror})")
+    try:
+        summary, rows, result = simulate_scenario(scenario, save_routing=routing)
+    except ScenarioError as exc:
+        return fail(str(exc))
     num_slices = estimate_slices(result, args.trace_gpus)
     # --trace forces it, --no-trace skips it; by default only traces under the size limit
     trace = (trace_text(result, args.trace_gpus)
              if args.trace or (args.trace is None and num_slices <= DEFAULT_EVENT_LIMIT) else None)
     try:
-        files = write_run_files(out, summary, rows, trace, result.expert_load_rows)  # one set: an old trace.json goes with the old summary
+        files = write_run_files(out, summary, rows, trace, result.expert_load_rows, texts)  # one set: an old trace.json goes with the old summary
         if trace is None and args.trace is None:
             files["trace"] = (f"skipped: {num_slices:,} slices > {DEFAULT_EVENT_LIMIT:,} "
                               f"(--trace forces it, --trace-gpus N samples fewer GPUs)")
     except OSError as exc:
         return fail(f"--out = {str(out)!r}: cannot write the run files there ({exc.strerror})")
+    if routing is not None:
+        files["routing"] = str(routing)
     print_summary(summary, files)
     return 0
 
@@ -110,6 +138,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         budget = budget_of(args)
         fixed, axes = sweep.parse_sweep_sets(args.overrides)
+        fixed = model_config_overrides(args) + fixed
         if not axes:
             raise ScenarioError("--set", " ".join(args.overrides) or None,
                                 "a sweep needs at least one axis: --set KEY=V1,V2,...")
@@ -206,14 +235,15 @@ def cmd_golden(args: argparse.Namespace) -> int:
         except ScenarioError as exc:
             return fail(str(exc))
         old = golden.read_golden(golden_dir, stem)
-        changes = golden.compare(stem, old or {}, new)
+        tolerances = golden.read_tolerances(golden_dir, stem)
+        changes = golden.compare(stem, old or {}, new, tolerances=tolerances)
         if old is None:
             print(f"{stem}: no golden yet ({golden.golden_path(golden_dir, stem)})")
         for change in changes if old is not None else []:
             print(change)
         num_changed += bool(changes)
         if args.update and changes:
-            write_atomic(golden.golden_path(golden_dir, stem), golden.golden_text(stem, new))
+            write_atomic(golden.golden_path(golden_dir, stem), golden.golden_text(stem, new, tolerances))
             print(f"{stem}: golden written")
         elif not changes:
             print(f"{stem}: unchanged (rtol {golden.RTOL:g})")
@@ -335,8 +365,53 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    """Enumerate the layouts of --gpus GPUs, prune by the rules and memory, simulate the rest, rank."""
+    from rich.table import Table
+
+    from reports.plots import pareto_plot
+    from reports.table import wide_console
+    from simulator.errors import ScenarioError
+    from simulator.scenario import parse_override
+    from simulator.scenario.budget import check_budget
+    from simulator.studies import search
+
+    try:
+        budget = budget_of(args)
+        fixed = model_config_overrides(args) + [parse_override(text) for text in args.overrides]
+        out = Path(args.out) if args.out else RUNS_DIR / f"search-{Path(args.scenario).stem}-{args.gpus}gpus"
+        result = search.run_search(args.scenario, args.gpus, args.objective, fixed, out, args.jobs,
+                                   args.max_gpu_memory_gb, args.max_points, lambda s: check_budget(s, budget))
+    except ScenarioError as exc:
+        return fail(str(exc))
+    column, larger = search.OBJECTIVES[args.objective]
+    ranked = result.table
+    ranked.to_csv(out / "search.csv", index=False)
+    front = search.pareto_front(ranked[column].to_numpy(), ranked.memory_peak_bytes.to_numpy(), larger)
+    plot = pareto_plot(ranked, column, larger, front, out / "pareto.png",
+                       f"{Path(args.scenario).stem} on {args.gpus} GPUs: {len(ranked)} layouts by {column}")
+    console = wide_console(140)
+    table = Table(title=f"layouts of {args.scenario} on {args.gpus} GPUs, best {args.objective} first "
+                        f"({len(ranked)} simulated, {len(result.pruned)} pruned by the rules or memory)",
+                  title_justify="left")
+    for col in ("#", "layout", column, "step", "MFU", "memory/GPU", "bandwidth util"):
+        table.add_column(col, justify="left" if col == "layout" else "right")
+    for i, row in ranked.head(args.top).iterrows():
+        table.add_row(str(i + 1), row.layout, f"{row[column]:.4g}", f"{row.step_time_s * 1e3:,.2f} ms",
+                      f"{row.mfu * 100:.1f} %", f"{row.memory_peak_bytes / 2**30:.1f} GiB",
+                      f"{row.bandwidth_util * 100:.1f} %")
+    console.print(table)
+    console.print(result.seed_target)
+    console.print(f"table: {out / 'search.csv'}\npareto plot: {plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_sim.py", description="epsim: MoE expert-parallel performance simulator")
+    from simulator import __version__
+
+    parser = argparse.ArgumentParser(prog=Path(sys.argv[0]).name or "epsim",
+                                     description="epsim: MoE expert-parallel performance simulator")
+    parser.add_argument("--version", action="version", version=f"epsim {__version__}")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="simulate one scenario (the default command)")
     add_scenario_args(run, scenario_required=False)
@@ -345,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-trace", dest="trace", action="store_false", help="do not write trace.json")
     run.add_argument("--trace-gpus", type=int, default=64, metavar="N",
                      help="GPUs in the trace; more are sampled evenly (default 64)")
+    run.add_argument("--force", action="store_true", help="replace a different run already in the out folder")
+    run.add_argument("--save-routing", nargs="?", const="", default=None, metavar="FILE.npz",
+                     help="write every step's expert ids per token as an NPZ trace (default OUT/routing.npz) "
+                          "that routing.distribution=trace replays")
     run.set_defaults(handler=cmd_run)
     sweep = sub.add_parser("sweep", help="run a grid of scenario overrides")
     add_scenario_args(sweep, scenario_required=True)
@@ -356,6 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--executor", default="local", help="local (default) or ray (optional extra)")
     sweep.add_argument("--address", default=None, help="Ray cluster address (executor ray)")
     sweep.set_defaults(handler=cmd_sweep)
+    find = sub.add_parser("search", help="which layout should I use? enumerate, prune, simulate and rank the layouts")
+    add_scenario_args(find, scenario_required=True)
+    find.add_argument("--gpus", type=int, required=True, help="GPUs to lay the scenario out on")
+    find.add_argument("--objective", default="mfu", choices=["mfu", "tokens_per_s", "itl"],
+                      help="rank by MFU, tokens/s (larger first) or inter-token latency (decode; smaller first)")
+    find.add_argument("--max-gpu-memory-gb", type=float, default=None, metavar="G",
+                      help="prune layouts needing more than G GiB per GPU (before all-to-all buffers)")
+    find.add_argument("--max-points", type=int, default=200, help="refuse to simulate more layouts (default 200)")
+    find.add_argument("--top", type=int, default=10, help="rows of the ranked table to print (default 10)")
+    find.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: one per core)")
+    find.set_defaults(handler=cmd_search)
     gold = sub.add_parser("golden", help="check (or --update) the golden predictions of the reference scenarios")
     gold.add_argument("names", nargs="*", help="scenario stems (default: the reference set)")
     gold.add_argument("--update", action="store_true", help="rewrite the golden files, printing the diff")
@@ -385,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     commands = parser.get_default("command_names")
-    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "run")
     args, unknown = parser.parse_known_args(argv)
     if unknown:

@@ -18,7 +18,6 @@ RooflineCompute, warns once and records the shape for the run's provenance.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import warnings
 from dataclasses import replace
@@ -106,24 +105,15 @@ def block_features(tokens_per_expert, hidden_size: int, intermediate_size: int, 
 
 
 def fit_nonnegative(features: np.ndarray, times_s: np.ndarray) -> np.ndarray:
-    """Least squares on relative error with non-negative coefficients: the best of every subset
-    of terms whose unconstrained solution is non-negative (a handful of terms, so exhaustive)."""
+    """Least squares on relative error with non-negative coefficients (scipy's exact NNLS, Lawson-
+    Hanson), on columns scaled to a common magnitude so the active-set tolerance fits every term."""
+    from scipy.optimize import nnls
+
     a = np.asarray(features, dtype=np.float64) / np.asarray(times_s)[:, None]
-    b = np.ones(len(times_s))
     scale = np.abs(a).max(axis=0)
     scale[scale == 0] = 1.0
-    a = a / scale
-    best, best_err = np.zeros(a.shape[1]), np.inf
-    for r in range(1, a.shape[1] + 1):
-        for cols in itertools.combinations(range(a.shape[1]), r):
-            coef, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
-            if np.any(coef < 0):
-                continue
-            err = float(np.sum((a[:, cols] @ coef - b) ** 2))
-            if err < best_err - 1e-12:
-                best_err, best = err, np.zeros(a.shape[1])
-                best[list(cols)] = coef
-    return best / scale
+    coef, _ = nnls(a / scale, np.ones(len(times_s)))
+    return coef / scale
 
 
 def uncontended(measurements: list[dict]) -> list[dict]:
@@ -271,6 +261,16 @@ def load_calibration(path: Path, dtype: str | None = None) -> dict:
         raise ValueError(f"calibration {path} has no fitted parameters ('fits')")
     for name, fit in fits.items():
         _check_fit(path, name, fit)
+    kernels = data.get("decode_attention", {})
+    if not isinstance(kernels, dict):
+        raise ValueError(f"calibration {path}: decode_attention = {quote(kernels)}: must be a mapping of kinds")
+    for kind, rates in kernels.items():
+        if kind not in ("mla", "gqa") or not isinstance(rates, dict):
+            raise ValueError(f"calibration {path}: decode_attention.{quote(kind)} must be mla or gqa with its rates")
+        for key, bounds in (("flop_per_s", RATE), ("bytes_per_s", RATE), ("overhead_s", TIME_S)):
+            if key not in rates:
+                raise ValueError(f"calibration {path}: lacks decode_attention.{kind}.{key}")
+            _check_number(path, f"decode_attention.{kind}.{key}", rates[key], bounds)
     if dtype is not None and dtype not in fits:
         raise ValueError(f"calibration {path} was made for {', '.join(sorted(fits))}, not {dtype}")
     return data
@@ -390,6 +390,14 @@ class CalibratedCompute:
         block, gemm = fit["expert_block"], fit["gemm"]
         return (max(flop * (gemm["s_per_flop"] or 1.0 / fit["best_gemm_flop_per_s"]),
                     num_bytes * block["s_per_act_byte"]) + gemm["overhead_s"])
+
+    def decode_attention_s(self, kind: str, flop: float, num_bytes: float) -> float:
+        """A decode attention kernel at the file's published rates for it (decode_attention.<kind>:
+        FlashMLA's for MLA), else the attention core's model."""
+        rates = self.data.get("decode_attention", {}).get(kind)
+        if rates is None or flop <= 0:
+            return self.attention_core_s(flop, num_bytes)
+        return max(flop / rates["flop_per_s"], num_bytes / rates["bytes_per_s"]) + rates["overhead_s"]
 
     def expert_ffn_s(self, tokens_per_expert: np.ndarray, hidden_size: int, intermediate_size: int,
                      permute: bool = True) -> float:

@@ -85,6 +85,11 @@ class RooflineCompute:
         flop_per_s = self.gpu.peak_bf16_flop_per_s * self.gpu.matmul_efficiency
         return max(flop / flop_per_s, num_bytes / self._bytes_per_s) + self.gpu.kernel_launch_s
 
+    def decode_attention_s(self, kind: str, flop: float, num_bytes: float) -> float:
+        """A decode attention kernel (FlashMLA, FlashAttention's decode) over a KV cache: without a
+        published rate for it, the attention core's roofline."""
+        return self.attention_core_s(flop, num_bytes)
+
     def expert_ffn_s(self, tokens_per_expert: np.ndarray, hidden_size: int, intermediate_size: int,
                      permute: bool = True) -> float:
         """SwiGLU experts as a real MoE layer runs them: permute tokens by expert, grouped GEMM for

@@ -144,6 +144,12 @@ def scaling_plots(table: pd.DataFrame, axes: list[str], out_dir: Path, scenario:
         "load_imbalance": _line_figure(table, x, others, f"{pre}load imbalance",
                                        [("max / mean routed tokens per GPU", [("load_imbalance", "", 1.0)])],
                                        out_dir / "load_imbalance.png"),
+        "max_link_load": _line_figure(table, x, others, f"{pre}busiest link (bytes / achievable rate)", [
+            ("per all-to-all: busiest GPU egress (ms)", [("max_link_load_s", "", 1e3)]),
+            ("over the step: busiest port (ms)", [("max_link_load_step_s", "", 1e3)]),
+        ], out_dir / "max_link_load.png"),
+        "step_time": _line_figure(table, x, others, f"{pre}step time",
+                                  [("step time (ms)", [("step_time_s", "", 1e3)])], out_dir / "step_time.png"),
     }
     return paths
 
@@ -156,3 +162,23 @@ def save_png(fig, path: Path, dpi: int = 110) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def pareto_plot(table: pd.DataFrame, column: str, larger: bool, front: np.ndarray, path: Path, title: str) -> Path:
+    """The searched layouts: the objective against the memory per GPU, the Pareto front joined."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    mem = table.memory_peak_bytes.to_numpy() / 2**30
+    values = table[column].to_numpy()
+    ax.scatter(mem[~front], values[~front], color="0.6", s=18, label="layout")
+    order = np.argsort(mem[front])
+    ax.plot(mem[front][order], values[front][order], "o-", color="C3", label="Pareto front")
+    best = 0  # the ranked table's first row
+    ax.annotate(table.layout.iloc[best], (mem[best], values[best]), textcoords="offset points", xytext=(6, 6),
+                fontsize=8)
+    ax.set_xlabel("memory per GPU (GiB, busiest GPU)")
+    ax.set_ylabel(column + ("" if larger else " (lower is better)"))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save_png(fig, path)

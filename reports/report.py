@@ -1,12 +1,12 @@
 """report.md and report.html of a sweep: the scenario, the grid, the plots and the table."""
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
 import pandas as pd
 
 from hardware.atomic import write_atomic
+from reports.strategy import strategy_section
 
 # Columns shown in the report (the CSV/Parquet hold them all), with their display units.
 REPORT_COLUMNS = (
@@ -23,6 +23,7 @@ REPORT_COLUMNS = (
     ("dispatch_bytes_per_gpu", "dispatch (MB/GPU)", 1e-6, "{:.1f}"),
     ("combine_bytes_per_gpu", "combine (MB/GPU)", 1e-6, "{:.1f}"),
     ("load_imbalance", "imbalance", 1.0, "{:.3f}"),
+    ("max_link_load_s", "busiest link per a2a (ms)", 1e3, "{:.3f}"),
 )
 
 
@@ -46,6 +47,16 @@ def _markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _template():
+    """The HTML page, a Jinja2 template with HTML autoescaping: every value (scenario names, swept
+    values, errors: the user's text) is escaped."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                      autoescape=select_autoescape(["html", "j2"]), keep_trailing_newline=True)
+    return env.get_template("sweep_report.html.j2")
+
+
 def write_report(out_dir: Path, title: str, scenario_path: str, scenario_yaml: str, grid: dict,
                  table: pd.DataFrame, axes: list[str], plots: dict[str, Path]) -> dict[str, Path]:
     """Write report.md and report.html next to the plots; returns their paths."""
@@ -64,6 +75,7 @@ def write_report(out_dir: Path, title: str, scenario_path: str, scenario_yaml: s
         md += ["Points not simulated:", ""]
         md += [f"- {r['label']}: {r['status']}: {r['error']}" for _, r in failed.iterrows()]
         md += [""]
+    md += strategy_section(table, axes, _markdown_table)
     md += ["## Plots", ""]
     md += [f"![{name}]({path})" for name, path in rel.items()]
     md += ["", "## Table", "", _markdown_table(shown), "",
@@ -71,19 +83,12 @@ def write_report(out_dir: Path, title: str, scenario_path: str, scenario_yaml: s
     paths = {"report_md": out_dir / "report.md", "report_html": out_dir / "report.html"}
     write_atomic(paths["report_md"], "\n".join(md))
 
-    e = html.escape
-    body = [f"<h1>Sweep: {e(title)}</h1>", f"<p>Scenario file <code>{e(scenario_path)}</code>, swept over ({e(grid.get('combine', 'product'))}):</p>",
-            "<ul>" + "".join(f"<li>{e(line[2:])}</li>" for line in grid_lines) + "</ul>"]
-    if len(failed):
-        body.append("<p>Points not simulated:</p><ul>" + "".join(
-            f"<li>{e(str(r['label']))}: {e(str(r['status']))}: {e(str(r['error']))}</li>" for _, r in failed.iterrows())
-            + "</ul>")
-    body += [f'<img src="{e(p)}" alt="{e(n)}" style="max-width:100%">' for n, p in rel.items()]
-    body += ["<h2>Table</h2>", shown.to_html(index=False, escape=True),
-             "<h2>Scenario</h2>", f"<pre>{e(scenario_yaml)}</pre>"]
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + e(title) + "</title>"
-            "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>"
-            + "\n".join(body) + "</body></html>\n")
+    page = _template().render(
+        title=title, scenario_path=scenario_path, combine=grid.get("combine", "product"),
+        axes=list(grid.get("axes", {}).items()), fixed=[(k, repr(v)) for k, v in grid.get("fixed", {}).items()],
+        num_ok=int((table["status"] == "ok").sum()), num_points=len(table),
+        failed=[(r["label"], r["status"], r["error"]) for _, r in failed.iterrows()], plots=list(rel.items()),
+        columns=[str(c) for c in shown.columns], rows=[list(row) for row in shown.itertuples(index=False)],
+        scenario_yaml=scenario_yaml)
     write_atomic(paths["report_html"], page)
     return paths

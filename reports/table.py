@@ -31,6 +31,21 @@ def summary_tables(summary: dict) -> list[Table]:
         ("idle", f"{_ms(b['idle'])}  ({b['idle'] / step * 100:.1f} %)"),
         ("load imbalance (max/mean)", f"{summary['load_imbalance']:.3f}"),
     ]
+    serving = summary.get("serving")
+    if serving is not None:
+        if "itl_s" in summary:
+            rows[1:1] = [("inter-token latency", _ms(summary["itl_s"])),
+                         ("output tokens / s per GPU / node", f"{summary['tokens_per_s_per_gpu']:,.0f} / "
+                                                              f"{summary['tokens_per_s_per_node']:,.0f}"),
+                         (f"batch per GPU ({serving['attention'].upper()}-attention)",
+                          f"{serving['batch_per_gpu']} of at most {serving['max_batch_per_gpu']} at "
+                          f"{serving['context_len']} tokens")]
+        else:
+            rows[1:1] = [("time to first token", _ms(summary["ttft_s"])),
+                         ("prefill tokens / s per node", f"{summary['tokens_per_s_per_node']:,.0f}")]
+        tbo = serving["two_batch_overlap"]
+        rows.append(("comm hidden behind compute", f"{_ms(tbo['hidden_comm_s'])} of {_ms(tbo['comm_in_flight_s'])}"
+                                                   f"{' (two-batch overlap)' if tbo['enabled'] else ''}"))
     if layout.get("tp_size", 1) > 1 or layout.get("pp_size", 1) > 1:
         rows[:0] = [("layout", f"TP {layout['tp_size']} x PP {layout['pp_size']} x DP {layout['dense_dp_size']}, "
                                f"EP {layout['ep_size']} x expert DP {layout['expert_dp_size']}"),
@@ -38,6 +53,11 @@ def summary_tables(summary: dict) -> list[Table]:
     for cls, util in summary["bandwidth_utilization"].items():
         rows.append((f"{cls} utilisation busy / step",
                      f"{util * 100:.1f} % / {summary['bandwidth_utilization_step'][cls] * 100:.1f} %"))
+    if "seed_bandwidth" in summary:  # seed 5.2: actual / required all-to-all bytes (simulator/seed_bandwidth.py)
+        sb = summary["seed_bandwidth"]
+        rows.append(("all-to-all actual / required (seed 5.2)",
+                     f"{sb['actual_bytes_per_s'] / 1e9:,.0f} / {sb['required_bytes_per_s'] / 1e9:,.0f} GB/s "
+                     f"= {sb['utilization'] * 100:.1f} %"))
     for row in rows:
         head.add_row(*row)
 

@@ -16,9 +16,12 @@ from simulator.scenario.memory import (
     WEIGHT_BYTES,
     auto_expert_tp,
     local_params,
+    max_batch_per_gpu,
     memory_per_gpu,
     optimizer_bytes,
+    serving_weight_bytes,
 )
+from simulator.scenario.serving import kv_cache_bytes, kv_cache_bytes_per_sequence, prefill_passes
 from simulator.wire import ELEMENT_BYTES
 from simulator.workload.build import KERNEL_CLASSES, buffer_bytes_per_token
 
@@ -46,11 +49,29 @@ def step_tokens(s) -> int:
     return s.workload.tokens_per_gpu * s.workload.micro_batches * s.num_gpus // s.parallel.pp_size
 
 
+def output_tokens(s) -> float:
+    """Tokens a step delivers: decode's generated tokens (accepted_tokens_per_step of each sequence),
+    else the tokens it processes."""
+    w = s.workload
+    if w.mode == "decode":
+        return w.batch_per_gpu * w.accepted_tokens_per_step * s.num_gpus
+    return step_tokens(s)
+
+
+def flop_per_token(s) -> float:
+    """Model FLOPs of one token's forward (FLOP_CONVENTION); decode attends over context_len keys."""
+    w = s.workload
+    return s.model.forward_flop_per_token(w.seq_len, w.scope, w.embedding_and_head,
+                                          context=w.context_len if w.mode == "decode" else None)
+
+
 def step_flop(r: RunRecord) -> float:
     s = r.scenario
-    tokens = step_tokens(s)
-    per_token = s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope, s.workload.embedding_and_head)
-    return tokens * per_token * (TRAIN_FLOP_FACTOR if s.workload.mode == "train" else 1.0)
+    tokens, per_token = step_tokens(s), flop_per_token(s)
+    factor = TRAIN_FLOP_FACTOR if s.workload.mode == "train" else 1.0
+    if r.ungated_copies:  # threshold gating (or a trace) chose fewer than top_k experts: those copies do no work
+        return (tokens * per_token - r.ungated_copies * 2.0 * s.model.expert_params) * factor
+    return tokens * per_token * factor
 
 
 def comm_intervals(r: RunRecord) -> list[list[tuple[float, float]]]:
@@ -62,20 +83,27 @@ def comm_intervals(r: RunRecord) -> list[list[tuple[float, float]]]:
     return out
 
 
-def breakdown(r: RunRecord) -> dict[str, float]:
-    """Per-GPU mean of compute / exposed comm / idle; the three add up to the step time."""
+def busy_unions(r: RunRecord) -> dict[str, float]:
+    """Per-GPU means of the time its compute stream is busy, the time some collective of it is in
+    flight, and the time a collective is in flight while the compute stream is idle (exposed)."""
     comm = comm_intervals(r)
-    compute_s, exposed_s = [], []
+    out = {"compute": [], "comm": [], "exposed": []}
     for intervals, ivs in zip(r.intervals, comm):
         cs = np.array([iv.start_s for iv in intervals if iv.stream == COMPUTE])
         ce = np.array([iv.end_s for iv in intervals if iv.stream == COMPUTE])
-        busy = union_length(cs, ce)
         ms = np.array([iv[0] for iv in ivs])
         me = np.array([iv[1] for iv in ivs])
-        either = union_length(np.concatenate([cs, ms]), np.concatenate([ce, me]))
-        compute_s.append(busy)
-        exposed_s.append(either - busy)
-    c, x = float(np.mean(compute_s)), float(np.mean(exposed_s))
+        busy = union_length(cs, ce)
+        out["compute"].append(busy)
+        out["comm"].append(union_length(ms, me))
+        out["exposed"].append(union_length(np.concatenate([cs, ms]), np.concatenate([ce, me])) - busy)
+    return {key: float(np.mean(v)) for key, v in out.items()}
+
+
+def breakdown(r: RunRecord, unions: dict | None = None) -> dict[str, float]:
+    """Per-GPU mean of compute / exposed comm / idle; the three add up to the step time."""
+    u = unions or busy_unions(r)
+    c, x = u["compute"], u["exposed"]
     return {"compute": c, "exposed_comm": x, "idle": max(r.step_time_s - c - x, 0.0)}
 
 
@@ -136,6 +164,28 @@ def bandwidth(r: RunRecord) -> tuple[dict, dict]:
     return busy_util, step_util
 
 
+def max_link_load(r: RunRecord) -> dict:
+    """Seed 1.2's objective as simulated, two ways. Per all-to-all (a dispatch or combine of one EP
+    group and MoE layer, the unit the placement balances): the busiest GPU egress port's bytes over
+    its achievable rate, averaged over the calls (`all_to_all_busy_s`). Over the whole step: the
+    port whose bytes take longest (`busy_s`, its class, bytes, and bytes over its class's mean); it
+    sums every layer, so a port hot in every layer (EPLB puts each layer's heaviest pack on EP rank 0)
+    outweighs a hot spot that moves from layer to layer."""
+    p = r.ports
+    seconds = np.divide(p.num_bytes, p.capacity_bytes_per_s, out=np.zeros(len(p.num_bytes)),
+                        where=p.capacity_bytes_per_s > 0)
+    k = int(np.argmax(seconds))
+    same = p.port_class == p.port_class[k]
+    mean = float(p.num_bytes[same].mean())
+    rate = {c: float(p.capacity_bytes_per_s[p.port_class == c].max()) for c in (0, 1) if (p.port_class == c).any()}
+    calls = [max(float(c.nvlink_bytes_per_gpu.max(initial=0)) / rate[0] if 0 in rate else 0.0,
+                 float(c.ib_bytes_per_gpu.max(initial=0)) / rate[1] if 1 in rate else 0.0)
+             for c in r.collectives.values() if c.kind.split("_")[0] in ("dispatch", "combine")]
+    return {"all_to_all_busy_s": float(np.mean(calls)) if calls else 0.0,
+            "port_class": PORT_CLASSES[int(p.port_class[k])], "busy_s": float(seconds[k]),
+            "bytes": float(p.num_bytes[k]), "over_mean": float(p.num_bytes[k]) / mean if mean > 0 else 1.0}
+
+
 def pipeline_bubble(r: RunRecord) -> dict:
     """Per PP stage, the time its GPUs spend outside their tasks before the pipeline drains (the
     last task ends anywhere): warm-up, waiting for a neighbour, cool-down. Mean over the stage's
@@ -173,6 +223,24 @@ def dropped(r: RunRecord) -> dict:
     kept = sum(int(c.recv_copies.sum()) for c in r.counts.values())
     total = kept + r.dropped_copies
     return {"copies": int(r.dropped_copies), "fraction": r.dropped_copies / total if total else 0.0}
+
+
+def ungated(r: RunRecord) -> dict:
+    """routing.threshold or a trace: the (token, expert) places left empty (the gate kept fewer than
+    top_k experts), their share of top_k per token, and the mean experts per token kept."""
+    s = r.scenario
+    if s.routing.threshold is None and s.routing.distribution != "trace":
+        return {}
+    places = sum(step_tokens_routed(r))
+    return {"tokens_ungated": {"copies": int(r.ungated_copies), "fraction": r.ungated_copies / places if places else 0.0,
+                               "experts_per_token": s.model.top_k * (1 - r.ungated_copies / places) if places else 0.0}}
+
+
+def step_tokens_routed(r: RunRecord) -> list[int]:
+    """Per (group, MoE layer, micro-batch): the top_k places of its tokens."""
+    s = r.scenario
+    keys = {(g, layer, mb) for g, layer, mb, _ in r.counts}
+    return [s.parallel.ep_size * s.workload.tokens_per_gpu * s.model.top_k] * len(keys)
 
 
 def load_imbalance(r: RunRecord) -> float:
@@ -235,7 +303,12 @@ def data_parallel_provenance(s) -> str:
 def memory_provenance(s) -> str:
     t = s.training
     if s.workload.mode != "train":
-        state, acts = "BF16 weights", "one layer's working set"
+        nbytes = serving_weight_bytes(s)
+        state = f"{'FP8' if nbytes < 2 else 'BF16'} weights ({nbytes:g} B per parameter)"
+        acts = "one layer's working set"
+        if s.workload.mode == "decode":
+            acts += (f"; the KV cache of batch_per_gpu sequences at the mean context_len ({s.workload.kv_cache_dtype}, "
+                     f"{'MLA latents whole on every TP rank' if s.model.attention.kind == 'mla' else 'KV heads / TP'})")
     else:
         moments = ELEMENT_BYTES[t.adam_moments_dtype]
         state = (f"{WEIGHT_BYTES + ELEMENT_BYTES[t.grad_reduce_dtype] + optimizer_bytes(s)} B per parameter "
@@ -251,6 +324,38 @@ def memory_provenance(s) -> str:
             f"allowance for context, workspaces and fragmentation (assumed); capacity hardware.hbm_gb in GiB")
 
 
+def serving_summary(r: RunRecord, unions: dict) -> dict:
+    """Serving figures: per-node throughput; decode's inter-token latency, attention layout, KV cache
+    and the largest batch that fits; prefill's time to first token; what two-batch overlap hid (the
+    time collectives were in flight while the compute stream was busy)."""
+    s = r.scenario
+    w = s.workload
+    if w.mode == "train":
+        return {}
+    step = r.step_time_s
+    out = {"tokens_per_s_per_node": output_tokens(s) / step / s.cluster.num_nodes}
+    block = {"attention": "tp" if s.parallel.tp_size > 1 else "dp",
+             "two_batch_overlap": {"enabled": w.two_batch_overlap, "comm_in_flight_s": unions["comm"],
+                                   "exposed_comm_s": unions["exposed"],
+                                   "hidden_comm_s": unions["comm"] - unions["exposed"]}}
+    if w.mode == "decode":
+        out["itl_s"] = step / w.accepted_tokens_per_step
+        block.update({"batch_per_gpu": w.batch_per_gpu, "context_len": w.context_len,
+                      "context_len_distribution": w.context_len_distribution,
+                      "tokens_per_sequence_per_step": 1 + w.mtp_draft_tokens,
+                      "accepted_tokens_per_step": w.accepted_tokens_per_step,
+                      "kv_cache_bytes_per_gpu": kv_cache_bytes(s),
+                      "kv_cache_bytes_per_sequence": kv_cache_bytes_per_sequence(s),
+                      "max_batch_per_gpu": max_batch_per_gpu(s)})
+    else:
+        passes = prefill_passes(s)
+        out["ttft_s"] = passes * step
+        block.update({"prompt_len": w.seq_len, "passes_per_prompt": passes,
+                      "tokens_per_pass_per_gpu": w.tokens_per_gpu * w.micro_batches,
+                      "kv_cache_bytes_per_gpu": kv_cache_bytes(s)})
+    return {**out, "serving": block}
+
+
 def summarize(r: RunRecord) -> dict:
     s = r.scenario
     g = s.num_gpus
@@ -259,6 +364,7 @@ def summarize(r: RunRecord) -> dict:
     busy_util, step_util = bandwidth(r)
     peak = s.cluster.gpu.peak_bf16_flop_per_s
     mem = memory_per_gpu(s, buffers=r.tokens_per_batch_limit * buffer_bytes_per_token(s))
+    unions = busy_unions(r)
     return {
         "scenario": s.name,
         "num_gpus": g,
@@ -266,20 +372,22 @@ def summarize(r: RunRecord) -> dict:
         "mfu": flop / (step * g * peak),
         "mfu_vs_gemm_dtype_peak": flop / (step * g * gemm_dtype_peak(s)),
         "model_tflops_per_gpu": flop / step / g / 1e12,
-        "tokens_per_s": step_tokens(s) / step,
-        "tokens_per_s_per_gpu": step_tokens(s) / step / g,
+        "tokens_per_s": output_tokens(s) / step,
+        "tokens_per_s_per_gpu": output_tokens(s) / step / g,
+        **serving_summary(r, unions),
         "bandwidth_utilization": busy_util,
         "bandwidth_utilization_step": step_util,
+        "max_link_load": max_link_load(r),
         "collectives": collective_stats(r),
-        "breakdown_s": breakdown(r),
+        "breakdown_s": breakdown(r, unions),
         "compute_by_kernel_class_s": compute_by_kernel_class(r),
         "load_imbalance": load_imbalance(r),
         "tokens_dropped": dropped(r),
+        **ungated(r),
         **placement_solver(r),
         **pipeline_bubble(r),
         "model_flop_per_step": flop,
-        "model_flop_per_token_forward": s.model.forward_flop_per_token(s.workload.seq_len, s.workload.scope,
-                                                                       s.workload.embedding_and_head),
+        "model_flop_per_token_forward": flop_per_token(s),
         "layout": {"ep_size": s.parallel.ep_size, "dp_size": s.dp_size, "tp_size": s.ranks.tp_size,
                    "pp_size": s.ranks.pp_size, "dense_dp_size": s.ranks.dp_size, **expert_tp(s),
                    "expert_dp_size": s.ranks.expert_dp_size,
@@ -303,8 +411,9 @@ def summarize(r: RunRecord) -> dict:
             "memory": memory_provenance(s),
             "parallelism": parallelism_provenance(s),
             "not_modelled": ("FSDP with reshard_after_forward (weights sharded between uses), "
-                             "DualPipe's zero-bubble weight-gradient split, "
-                             "the kernels around the GEMMs (norms, rotary, residuals, quantisation), decode"),
+                             "DualPipe's zero-bubble weight-gradient split, host launch overhead and CUDA graphs, "
+                             "serving's scheduler (continuous batching, prefill-decode KV transfer), "
+                             "the MTP module's own layer (drafts are verified by the main model)"),
         },
         "epsim_version": __version__,
     }

@@ -12,7 +12,8 @@ per token and layer, forward:
       MLA: H*q_lora + q_lora*heads*(nope+rope) + H*(kv_lora+rope) + kv_lora*heads*(nope+v) + heads*v*H
       GQA: H*heads*d + 2*H*kv_heads*d + heads*d*H
   attention core         causal, mean context c = (seq_len+1)/2 (sliding-window layers: the mean
-                         of min(position, window)):
+                         of min(position, window)); decode: c = the KV length, context_len
+                         (capped at the window):
       MLA: 2*heads*(nope+rope)*c + 2*heads*v*c;   GQA: 4*heads*d*c
   router                 2*H*E
   routed experts         top_k * 6*H*I   (SwiGLU: gate, up, down)
@@ -66,8 +67,12 @@ class AttentionSpec:
             return (seq_len + 1) / 2.0
         return (w * (w + 1) / 2.0 + (seq_len - w) * w) / seq_len
 
-    def core_flop_per_token(self, seq_len: int, sliding: bool = False) -> float:
-        ctx = self.mean_context(seq_len, sliding)
+    def core_flop_per_token(self, seq_len: int, sliding: bool = False, context: float | None = None) -> float:
+        """Per query token; `context`: the keys it attends to (decode), else the causal mean."""
+        if context is None:
+            ctx = self.mean_context(seq_len, sliding)
+        else:
+            ctx = min(context, self.sliding_window) if sliding and self.sliding_window > 0 else context
         if self.kind == "mla":
             qk = self.qk_nope_head_dim + self.qk_rope_head_dim
             return 2.0 * self.num_heads * qk * ctx + 2.0 * self.num_heads * self.v_head_dim * ctx
@@ -94,6 +99,8 @@ class ModelSpec:
     dense_intermediate_size: int
     vocab_size: int
     attention: AttentionSpec
+    num_expert_groups: int = 1  # group-limited routing: experts in equal groups (HF n_group)
+    num_groups_per_token: int = 1  # a token's experts lie in at most this many groups (HF topk_group)
 
     @property
     def num_moe_layers(self) -> int:
@@ -103,9 +110,9 @@ class ModelSpec:
     def expert_params(self) -> int:
         return 3 * self.hidden_size * self.moe_intermediate_size
 
-    def attention_flop_per_token(self, seq_len: int, sliding: bool = False) -> float:
+    def attention_flop_per_token(self, seq_len: int, sliding: bool = False, context: float | None = None) -> float:
         return (2.0 * self.attention.projection_params(self.hidden_size)
-                + self.attention.core_flop_per_token(seq_len, sliding))
+                + self.attention.core_flop_per_token(seq_len, sliding, context))
 
     def is_sliding(self, layer: int) -> bool:
         a = self.attention
@@ -138,16 +145,18 @@ class ModelSpec:
     def lm_head_flop_per_token(self) -> float:
         return 2.0 * self.hidden_size * self.vocab_size
 
-    def forward_flop_per_token(self, seq_len: int, scope: str, head: bool = False) -> float:
+    def forward_flop_per_token(self, seq_len: int, scope: str, head: bool = False,
+                               context: float | None = None) -> float:
+        """context: decode's KV length (each new token attends to all of it); None: causal over seq_len."""
         if scope == "moe_layer":
             return self.moe_block_flop_per_token()
         if head:
-            return self.forward_flop_per_token(seq_len, scope) + self.lm_head_flop_per_token()
-        attention = self.num_layers * self.attention_flop_per_token(seq_len)
+            return self.forward_flop_per_token(seq_len, scope, context=context) + self.lm_head_flop_per_token()
+        attention = self.num_layers * self.attention_flop_per_token(seq_len, context=context)
         if self.num_sliding_layers:
             sliding = self.num_sliding_layers
-            attention = ((self.num_layers - sliding) * self.attention_flop_per_token(seq_len)
-                         + sliding * self.attention_flop_per_token(seq_len, sliding=True))
+            attention = ((self.num_layers - sliding) * self.attention_flop_per_token(seq_len, context=context)
+                         + sliding * self.attention_flop_per_token(seq_len, sliding=True, context=context))
         return (attention + self.num_dense_layers * self.dense_ffn_flop_per_token()
                 + self.num_moe_layers * self.moe_block_flop_per_token())
 

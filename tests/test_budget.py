@@ -143,3 +143,15 @@ def test_validate_takes_the_budget_flags(capsys):
     assert run_sim.main(["validate", "--case", "deepep-normal-intranode-ep8", "--max-minutes", "1e-6",
                          "--out", "/nonexistent/never-written"]) == 2
     assert "error: --max-minutes = 1e-06: 'deepep-normal-intranode-ep8' is estimated" in capsys.readouterr().err
+
+
+def test_every_routing_law_has_an_estimate_and_threshold_gating_costs_a_gate_value_per_expert():
+    from simulator.scenario.budget import GATE_VALUE_S, estimate
+    from tests.conftest import make_scenario
+    laws = [{"distribution": "dirichlet"}, {"distribution": "trace", "trace": str(Path(__file__).parent / "data" / "tiny-moe-zipf-ids.csv")}]
+    for law in laws:  # a KeyError here once crashed `run` before any work
+        assert estimate(make_scenario(routing=law, workload={"tokens_per_gpu": 32})).wall_s > 0
+    plain = estimate(make_scenario())
+    gated = estimate(make_scenario(routing={"threshold": 0.2}))
+    gate_values = plain.routed_copies / 2 * 16  # top-2 of 16 experts: 8 gate values per copy
+    assert gated.wall_s - plain.wall_s == pytest.approx(gate_values * GATE_VALUE_S)

@@ -377,3 +377,23 @@ def test_fp8_plans_leave_out_gemms_scaled_mm_cannot_take():
     bf16 = [t for t in tasks(CUDA_PLAN) if t["dtype"] == "bf16" and t["kind"] == "gemm"]
     assert fp8 and all(t["n"] % 16 == 0 and t["k"] % 16 == 0 for t in fp8)
     assert any(t["n"] == 8 for t in bf16)  # the router is measured in BF16
+
+
+def test_the_nonnegative_fit_is_the_exact_nnls_optimum():
+    """Noise-free times give the true coefficients back; on noisy ones the fit meets NNLS's optimality
+    (KKT) conditions: zero gradient on the terms it keeps, a gradient pointing outwards on the rest."""
+    from hardware.calibrated import fit_nonnegative
+
+    rng = np.random.default_rng(7)
+    x = np.abs(rng.normal(size=(60, 5))) * np.array([1e-9, 1e-6, 1e-3, 1.0, 1e-12])
+    true = np.array([2e3, 0.0, 5.0, 1e-4, 3e7])
+    times = x @ true
+    assert fit_nonnegative(x, times) == pytest.approx(true, rel=1e-8, abs=1e-12)
+    noisy = times * (1 + 0.1 * rng.normal(size=60))
+    coef = fit_nonnegative(x, noisy)
+    a = x / noisy[:, None]
+    grad = a.T @ (a @ coef - 1.0) / np.abs(a).max(axis=0)  # in the scaled columns the fit works in
+    assert (coef >= 0).all()
+    kept = coef > 0
+    assert np.abs(grad[kept]).max() < 1e-8
+    assert (grad[~kept] > -1e-8).all()

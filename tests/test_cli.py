@@ -125,11 +125,11 @@ def test_set_ep_size_changes_the_layout_in_the_summary(tmp_path, tiny_run):
     ({}, ['parallel.ep_size="8"'], ["parallel.ep_size", "'8'", "integer"]),
     ({}, ["parallel.ep_size=3"], ["parallel.ep_size", "3", "must divide the 8 GPUs"]),
     ({}, ["workload.tokens_per_gpu=0"], ["workload.tokens_per_gpu", "0"]),
-    ({}, ["workload.mode=decode"], ["workload.mode", "decode", "supported today"]),
+    ({}, ["workload.mode=decode"], ["workload.tokens_per_gpu", "128", "derived in decode", "batch_per_gpu"]),
     ({}, ["hardware.preset=a100"], ["hardware.preset", "a100", "h100-seed"]),
     ({}, ["parallel.ep_size"], ["--set", "parallel.ep_size", "KEY=VALUE"]),
 ], ids=["unknown-top-level-key", "unknown-nested-key", "string-for-int", "ep-not-dividing-gpus",
-        "zero-tokens", "later-mode", "unknown-preset", "set-without-equals"])
+        "zero-tokens", "decode-with-tokens-per-gpu", "unknown-preset", "set-without-equals"])
 def test_bad_scenario_exits_2_with_one_message_naming_key_and_value(tmp_path, data_changes, sets, names):
     path = write_scenario(tmp_path, {**TINY, **data_changes})
     args = [a for s in sets for a in ("--set", s)]

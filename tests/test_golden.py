@@ -25,7 +25,8 @@ def test_every_reference_scenario_has_a_golden_file():
 def test_reference_scenario_predicts_its_golden_mfu_step_time_and_collective_times(stem):
     old = golden.read_golden(ROOT_GOLDEN, stem)
     assert old is not None, f"no golden for {stem}: python run_sim.py golden --update"
-    changes = golden.compare(stem, old, golden.simulate_record(SCENARIOS, stem))
+    changes = golden.compare(stem, old, golden.simulate_record(SCENARIOS, stem),
+                             tolerances=golden.read_tolerances(ROOT_GOLDEN, stem))
     assert not changes, ("predictions changed beyond rtol %g:\n" % golden.RTOL
                          + "\n".join(map(str, changes))
                          + "\nif intended: python run_sim.py golden --update")
@@ -38,6 +39,16 @@ def test_a_change_names_the_scenario_the_field_and_both_values():
     assert [c.field for c in changes] == ["collectives.dispatch.mean_time_s", "mfu"]  # 5e-10 is within rtol
     text = str(changes[0])
     assert text.startswith("default: collectives.dispatch.mean_time_s: old 0.002 -> new 0.003")
+
+
+def test_a_field_with_a_stated_tolerance_is_held_to_it_and_the_rest_to_rtol():
+    old = {"mfu": 0.5, "step_time_s": 1.0}
+    new = {"mfu": 0.5 * (1 + 1e-7), "step_time_s": 1.0 * (1 + 1e-7)}
+    loose = {"mfu": {"rtol": 1e-6, "why": "a reduction order a numpy upgrade may change"}}
+    assert [c.field for c in golden.compare("x", old, new, tolerances=loose)] == ["step_time_s"]
+    assert [c.field for c in golden.compare("x", old, new)] == ["mfu", "step_time_s"]
+    text = golden.golden_text("x", new, loose)
+    assert json.loads(text)["tolerances"] == loose and "tolerances" not in json.loads(golden.golden_text("x", new))
 
 
 def test_a_field_that_appears_or_vanishes_is_a_change():

@@ -61,7 +61,8 @@ def test_an_mla_moe_layer_saves_what_its_backward_reads_per_token():
 def test_summary_reports_every_term_and_the_peak_is_their_sum():
     summary = summarize(simulate(make_scenario()))
     mem = summary["memory_per_gpu"]
-    assert set(mem) == {"weights", "gradients", "optimizer", "activations", "buffers", "other", "peak", "capacity"}
+    assert set(mem) == {"weights", "gradients", "optimizer", "activations", "kv_cache", "buffers", "other", "peak",
+                        "capacity"}
     parts = sum(mem[t] for t in ("weights", "gradients", "optimizer", "activations", "buffers", "other"))
     assert mem["peak"] == pytest.approx(parts)
     assert mem["other"] == RESERVED_BYTES and 0 < mem["peak"] <= mem["capacity"]

@@ -238,3 +238,11 @@ def test_with_zero1_dualpipe_mirrors_only_the_shard_each_gpu_updates():
     sent = mirror[0].nvlink_bytes_per_gpu + mirror[0].ib_bytes_per_gpu
     assert sent.tolist() == pytest.approx([shard * 4] * 2)
     assert shard < sum(b.num_params for b in buckets) / 2
+
+
+def test_a_pipeline_stage_split_unevenly_over_nodes_is_rejected():
+    """Found by tests/test_fuzz.py: 12 GPUs on nodes of 4 at PP 2 put a 6-GPU stage's data-parallel
+    ring on 2 GPUs of one node and 4 of the next, which no ring layout serves."""
+    with pytest.raises(ScenarioError) as exc:
+        make_scenario(hardware={"nodes": 3, "gpus_per_node": 4}, parallel={"ep_size": 1, "pp_size": 2})
+    assert exc.value.key == "parallel.pp_size" and "whole nodes" in exc.value.rule

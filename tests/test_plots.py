@@ -6,7 +6,7 @@ from reports.plots import pick_x_axis, scaling_plots
 from reports.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PLOTS = {"mfu", "step_breakdown", "bandwidth", "collectives", "tokens_per_s", "load_imbalance"}
+PLOTS = {"mfu", "step_breakdown", "bandwidth", "collectives", "tokens_per_s", "load_imbalance", "max_link_load", "step_time"}
 
 
 def sweep_rows(ep_sizes=(8, 16, 32, 64), failed=(8,)) -> pd.DataFrame:
@@ -62,3 +62,11 @@ def test_report_embeds_the_plots_the_table_the_failures_and_the_scenario(tmp_pat
     assert "| 16 | ok | 410.00 | 69.0 |" in md  # ep_size, status, step (ms), MFU (%)
     html = files["report_html"].read_text()
     assert html.count("<img ") == len(PLOTS) and "<table" in html
+
+
+def test_per_step_figure_draws_one_line_per_run(tmp_path):
+    from reports.steps_plot import per_step_figure
+    runs = {f"alpha {a}": [{"step": i, "load_imbalance": 2.0 - a * i, "step_time_s": 0.1 - 0.01 * a * i}
+                           for i in range(5)] for a in (0.1, 0.3)}
+    path = per_step_figure(runs, tmp_path / "per_step.png", "adaptive gating")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -272,9 +272,11 @@ def test_a_run_without_a_trace_removes_the_old_trace_with_the_old_summary(tmp_pa
     out = tmp_path / "out"
     old_set(out)
     (out / "notes.txt").write_text("the user's own file\n")
-    code, _, err = cli(capsys, write_yaml(tmp_path / "t.yaml", TINY), "--out", out, "--no-trace")
+    # --force: the old set is not this scenario's run (tests/test_run_folder.py: refused without it)
+    code, _, err = cli(capsys, write_yaml(tmp_path / "t.yaml", TINY), "--out", out, "--no-trace", "--force")
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["expert_load.csv", "metrics_per_layer_gpu.csv", "notes.txt", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["expert_load.csv", "metrics_per_layer_gpu.csv", "notes.txt",
+                                                     "scenario.resolved.yaml", "scenario.yaml", "summary.json"]
     assert json.loads((out / "summary.json").read_text())["scenario"] == "rel-tiny"
 
 
@@ -403,7 +405,7 @@ def test_a_calibration_with_too_few_clean_rounds_is_refused(monkeypatch):
 
 # -- 8. Ctrl-C ------------------------------------------------------------------------------------------
 def test_ctrl_c_during_a_run_ends_with_one_line_and_status_130(tmp_path, capsys, monkeypatch):
-    def interrupted(scenario):
+    def interrupted(scenario, budget=None, save_routing=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("simulator.api.simulate_scenario", interrupted)
@@ -551,6 +553,17 @@ def test_a_peak_override_on_a_calibrated_preset_is_rejected_naming_the_rule():
                   "hardware.peak_bf16_tflops", "h100-sxm.json", "change MFU but not the step", "hardware.calibration: null")
     assert err.value == 100.0
     rejects(tiny_dict(hardware={"preset": "h800", "peak_fp8_tflops": 3000.0}), "hardware.peak_fp8_tflops")
+
+
+@pytest.mark.parametrize("key, value", [("matmul_efficiency", 0.5), ("memory_efficiency", 0.5),
+                                        ("hbm_tb_per_s", 8.0)])
+def test_a_rate_override_a_calibration_replaces_is_rejected_instead_of_ignored(key, value):
+    """Under h100-sxm's published calibration these changed nothing at all: its file's rates time
+    every kernel."""
+    err = rejects(tiny_dict(hardware={"preset": "h100-sxm", key: value}), f"hardware.{key}", "h100-sxm.json",
+                  "its rates replace this one", "hardware.calibration: null")
+    assert err.value == value
+    build_scenario(tiny_dict(hardware={"preset": "h100-sxm", "calibration": None, key: value}))
 
 
 def test_without_the_calibration_a_peak_override_moves_the_step_and_mfu_together():

@@ -19,10 +19,15 @@ def test_the_default_scenario_exists():
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.stem)
 def test_scenario_loads_and_runs_with_a_short_horizon(path):
-    par = load_scenario(path).parallel
+    full = load_scenario(path)
+    par, w = full.parallel, full.workload
     short = SHORT
     if par.pp_schedule == "dualpipe":  # DualPipe's shortest step: 2 x pp_size micro-batches
         short = [*SHORT[:2], ("workload.micro_batches", 2 * par.pp_size), *SHORT[3:]]
+    if w.mode == "decode":  # the batch is derived from the sequences per GPU
+        short = [("workload.batch_per_gpu", 8)]
+    elif w.two_batch_overlap:  # two micro-batches by definition
+        short = [key_value for key_value in SHORT if key_value[0] != "workload.micro_batches"]
     summary = summarize(simulate(load_scenario(path, short)))
     assert summary["step_time_s"] > 0
     assert 0 < summary["mfu"] < 1

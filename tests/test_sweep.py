@@ -63,6 +63,18 @@ def test_the_key_is_the_resolved_scenario_not_how_it_was_written(tmp_path):
     assert not set(keys[0]) & {p.key for p in other}
 
 
+def test_a_re_recorded_trace_under_the_same_name_gets_a_new_key(tmp_path):
+    trace = tmp_path / "trace.csv"
+    rows = "step,layer,expert,tokens\n" + "".join(f"0,{layer},{e},{1 + e % 2}\n" for layer in range(2) for e in range(16))
+    trace.write_text(rows)
+    fixed = [("routing.distribution", "trace"), ("routing.trace", str(trace))]
+    _, axes = sweep.parse_sweep_sets(["parallel.ep_size=8"])
+    first = sweep.expand_grid(write_scenario(tmp_path), fixed, axes)[0]
+    assert first.error is None
+    trace.write_text(rows.replace(",1\n", ",3\n"))
+    assert sweep.expand_grid(write_scenario(tmp_path), fixed, axes)[0].key != first.key
+
+
 def test_an_invalid_point_carries_its_scenario_error_and_a_key(tmp_path):
     _, axes = sweep.parse_sweep_sets(["parallel.ep_size=3,8"])
     bad, good = sweep.expand_grid(write_scenario(tmp_path), [], axes)
@@ -110,7 +122,8 @@ def test_sweep_writes_a_folder_per_point_a_table_plots_and_a_report(swept):
     for name in ("sweep.csv", "sweep.parquet", "report.md", "report.html"):
         assert (out / name).is_file()
     assert {p.name for p in (out / "plots").iterdir()} == {
-        "mfu.png", "step_breakdown.png", "bandwidth.png", "collectives.png", "tokens_per_s.png", "load_imbalance.png"}
+        "mfu.png", "step_breakdown.png", "bandwidth.png", "collectives.png", "tokens_per_s.png", "load_imbalance.png",
+        "max_link_load.png", "step_time.png"}
     report = (out / "report.md").read_text()
     assert "cli-tiny" in report and "plots/mfu.png" in report and "must divide the 8 GPUs" in report
     assert "4 points: 3 simulated, 1 invalid" in proc.stdout
@@ -221,3 +234,21 @@ def test_run_sweep_writes_each_point_and_a_rerun_resumes_only_what_is_missing(tm
     assert again.counts == {"ok": 0, "invalid": 0, "failed": 0} and again.num_skipped == 3
     assert again.table.drop(columns=["wall_s"], errors="ignore").equals(
         result.table.drop(columns=["wall_s"], errors="ignore"))
+
+
+def test_the_html_report_escapes_the_users_text(tmp_path):
+    import pandas as pd
+
+    from reports.report import write_report
+
+    table = pd.DataFrame([{"index": 0, "label": "ep_size=8", "status": "ok", "parallel.ep_size": 8, "error": None,
+                           "step_time_s": 0.1, "mfu": 0.5},
+                          {"index": 1, "label": "<b>x</b>", "status": "invalid", "parallel.ep_size": 3,
+                           "error": "<script>alert(1)</script>", "step_time_s": None, "mfu": None}])
+    paths = write_report(tmp_path, "<i>name</i>", "a&b.yaml", "name: <i>name</i>\n",
+                         {"axes": {"parallel.ep_size": [8, 3]}, "fixed": {}, "combine": "product"}, table,
+                         ["parallel.ep_size"], {})
+    page = paths["report_html"].read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<i>name</i>" not in page and "&lt;i&gt;name&lt;/i&gt;" in page and "a&amp;b.yaml" in page
+    assert page.count("<tr>") == 3  # the header and both points

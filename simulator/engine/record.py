@@ -79,6 +79,7 @@ class RunRecord:
     placements: dict | None = None
     dropped_copies: int = 0  # routed (token, expert) copies dropped over expert capacity
     placement_reports: dict | None = None  # topology_aware: (ep group, moe layer) -> the solver's report
+    ungated_copies: int = 0  # routing.threshold / trace: (token, expert) places left without an expert
 
     @property
     def num_gpus(self) -> int:

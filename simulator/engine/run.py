@@ -33,12 +33,15 @@ from simulator.scenario import Scenario
 from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
 from simulator.wire import ELEMENT_BYTES, algorithm, token_bytes
 from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_kernels, ffn_split, op_seconds
+from simulator.workload.serving import context_spread
 
 
 class Run:
-    def __init__(self, scenario: Scenario, gate_scale: dict | None = None, step: int = 0, keep_paths: bool = False):
+    def __init__(self, scenario: Scenario, gate_scale: dict | None = None, step: int = 0,
+                 placements: dict | None = None, keep_routing: bool = False, keep_paths: bool = False):
         """gate_scale, step: the adaptive gate's expert scales and the step index (workload.steps);
-        keep_paths: every collective keeps its paths after launch (Collective._paths, for tests)."""
+        placements, keep_routing: build_workload's placements_in and keep_routing; keep_paths: every
+        collective keeps its paths after launch (Collective._paths, for tests)."""
         s = scenario
         self.s = s
         self.ranks = s.ranks
@@ -48,10 +51,11 @@ class Run:
         self.compute_model = compute_model(s.cluster.gpu, s.workload.gemm_dtype, s.calibration_path)
         overlap = s.pipeline.overlap == "three_stream"
         self.gpus = [GPU(self.env, g, s.cluster.gpu.num_sms, overlap) for g in range(s.num_gpus)]
-        self.workload = build_workload(s, self.compute_model, gate_scale, step)
+        self.workload = build_workload(s, self.compute_model, gate_scale, step, placements, keep_routing)
         # per chunk size: each op's kernels by class (kernel_classes reads them) and their sum
         self.dense_kernels = [dense_kernels(s, self.compute_model, n) for n in self.workload.chunk_tokens]
         self.dense = [op_seconds(kernels) for kernels in self.dense_kernels]
+        self.attention_scale = context_spread(s)  # decode: (GPU, micro-batch) -> its KV over the mean's
         self.ep_groups = [self.ranks.ep_group(i) for i in range(self.ranks.num_ep_groups)]
         self.group_of = [self.ranks.ep_group_of(g) for g in range(s.num_gpus)]  # GPU -> EP group
         self.ep_rank = self.ranks.ep_rank.tolist()  # GPU -> its rank in that group
@@ -270,6 +274,9 @@ class Run:
             if op.backward and op.name in dense:
                 return dense[op.name]
             fwd = dense[op.op]
+            if self.attention_scale and op.op in ("attention", "attention_window"):
+                gpu = int(self.ranks.ep_groups[group][local])
+                fwd += (self.attention_scale[gpu, mb] - 1.0) * self.dense_kernels[chunk][op.op].get("attention", 0.0)
         return fwd * (BACKWARD_FACTOR if op.backward else 1.0)
 
     def run_chain(self, gpu: GPU, mb: int, chunk: int):
@@ -471,7 +478,8 @@ class Run:
                          w.expert_gpu, w.num_chunks, w.tokens_per_batch_limit, w.rounds,
                          self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves,
                          self.task_spans if self.pp else None, self.kernel_classes(), placements=w.placements,
-                         dropped_copies=w.dropped_copies, placement_reports=w.placement_reports or None)
+                         dropped_copies=w.dropped_copies, placement_reports=w.placement_reports or None,
+                         ungated_copies=w.ungated_copies)
 
     def kernel_classes(self) -> dict[str, dict[str, float]]:
         """Per op name, the fraction of its time each kernel class takes: the dense ops' own split

@@ -42,6 +42,8 @@ EVENT_S_PER_GPU = 0.033e-6  # per event and GPU of the EP group: the fair-share 
 # freezes what exists before it and collects the young generation less often (engine/run.py)
 EVENT_S_PER_EVENT = 3.2e-12
 COPY_S = {"uniform": 0.03e-6, "balanced": 0.03e-6, "zipf": 0.15e-6}  # seconds per routed copy, and traffic
+# dirichlet and trace have no fitted cost: charged as zipf (a CDF search per draw; a trace's indexing is cheaper)
+GATE_VALUE_S = 92e-9  # routing.threshold: per (token, expert) gate value drawn, 256 experts, this VM (gating.py)
 DRAW_S = 0.037e-6  # per further draw a copy needs: the sampler draws 2 x top_k candidates per round in bulk
 LIMITED_COPY_S = 0.04e-6  # extra per copy with max_nodes_per_token (the node bookkeeping)
 CALL_S = 4e-3  # per routing call (one EP group, layer, micro-batch): routers, traffic matrices
@@ -123,7 +125,9 @@ def estimate(s: Scenario) -> Estimate:
                             f"too little mass to be sampled (about {min(draws, 1e300):.3g} draws per routed copy); "
                             f"lower zipf_alpha or top_k")
     collectives = calls * chunks * 2 * phases  # dispatch and combine; the rings of TP and DP come on top
-    copy_s = COPY_S[s.routing.distribution] + (LIMITED_COPY_S if s.routing.max_nodes_per_token else 0.0)
+    copy_s = (COPY_S.get(s.routing.distribution, COPY_S["zipf"])
+              + (LIMITED_COPY_S if s.routing.max_nodes_per_token else 0.0)
+              + (GATE_VALUE_S * m.num_experts / m.top_k if s.routing.threshold is not None else 0.0))
     per_run = events / len(runs)
     wall = (events * (EVENT_S + EVENT_S_PER_GPU * par.ep_size + EVENT_S_PER_EVENT * per_run)
             + copies * (copy_s + DRAW_S * (draws - 1)) + calls * CALL_S)

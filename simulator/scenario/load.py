@@ -5,6 +5,7 @@ Every error is a ScenarioError naming the key path, the value and the rule.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -17,25 +18,40 @@ from hardware.safe_yaml import MAX_DEPTH, clip, parse_yaml
 from hardware.spec import cluster_from_fields
 from simulator.errors import ScenarioError
 from simulator.model import AttentionSpec, ModelSpec
+from simulator.scenario.hf_config import hf_model_fields
 from simulator.scenario.rules import check_layout
 from simulator.scenario.schema import NOT_YET, SECTIONS, TOP_LEVEL_KEYS, HardwareSection, ModelSection, Scenario
+from simulator.scenario.serving import derive_serving
 
 MODEL_PRESET_DIR = Path(__file__).parent.parent / "models"
 
 
-def _raise_from_pydantic(exc: ValidationError, prefix: str, model_cls) -> None:
-    err = exc.errors()[0]
+def _one_error(err: dict, prefix: str, model_cls) -> tuple[str, object, str]:
+    """(key path, value, rule) of one pydantic error."""
     loc = [str(p) for p in err["loc"]]
     key = ".".join([prefix, *loc]) if prefix else ".".join(loc)
     if err["type"] == "extra_forbidden":
         owner = model_cls
         for part in loc[:-1]:
             owner = owner.model_fields[part].annotation
-        valid = ", ".join(owner.model_fields)
-        raise ScenarioError(key, err["input"], f"unknown key; valid keys here: {valid}") from None
+        return key, err["input"], f"unknown key; valid keys here: {', '.join(owner.model_fields)}"
     if err["type"] == "missing":
-        raise ScenarioError(key, None, "required key is missing") from None
-    raise ScenarioError(key, err.get("input"), err["msg"]) from None
+        return key, None, "required key is missing"
+    return key, err.get("input"), err["msg"]
+
+
+MAX_ERRORS_SHOWN = 8
+
+
+def _raise_from_pydantic(exc: ValidationError, prefix: str, model_cls) -> None:
+    """One ScenarioError naming the first bad key, its value and rule, and listing the others."""
+    errors = [_one_error(err, prefix, model_cls) for err in exc.errors()]
+    key, value, rule = errors[0]
+    if len(errors) > 1:
+        others = [f"{k} = {clip(repr(v))}: {r}" for k, v, r in errors[1:MAX_ERRORS_SHOWN]]
+        more = len(errors) - MAX_ERRORS_SHOWN
+        rule += f"; also {'; '.join(others)}" + (f"; and {more} more" if more > 0 else "")
+    raise ScenarioError(key, value, rule) from None
 
 
 def _validate(model_cls, data, prefix: str):
@@ -74,17 +90,25 @@ def _with_preset(section: str, user: dict, default: str, preset_dir: Path, model
     """Merge a section's preset file (YAML data) with the user's field-by-field overrides and validate.
 
     An error in a key that came from the preset file names the key but never quotes the file's
-    values: `preset:` may be any path, a symlink to a file the user could not read otherwise."""
+    values: `preset:` may be any path, a symlink to a file the user could not read otherwise.
+    The model section may name a Hugging Face config.json (`hf_config`) instead of a preset."""
     if not isinstance(user, dict):
         raise ScenarioError(section, user, "must be a mapping of keys")
     name = user.get("preset", default)
-    if not isinstance(name, str):
-        raise ScenarioError(f"{section}.preset", name, "must be a preset name or a path to a .yaml file")
-    try:
-        path = preset_path(name, preset_dir)
-        base = load_yaml_mapping(path)
-    except (KeyError, ValueError) as exc:
-        raise ScenarioError(f"{section}.preset", clip(name), str(exc).strip("\"'")) from None
+    hf = user.get("hf_config") if section == "model" else None
+    if hf is not None:
+        if name is not None and "preset" in user:
+            raise ScenarioError("model.preset", clip(str(name)), "give model.preset or model.hf_config, not both "
+                                "(--model-config sets model.preset to null)")
+        base, name, key = hf_model_fields(hf), None, "model.hf_config"
+    else:
+        if not isinstance(name, str):
+            raise ScenarioError(f"{section}.preset", name, "must be a preset name or a path to a .yaml file")
+        try:
+            base = load_yaml_mapping(preset_path(name, preset_dir))
+        except (KeyError, ValueError) as exc:
+            raise ScenarioError(f"{section}.preset", clip(name), str(exc).strip("\"'")) from None
+        key = f"{section}.preset"
     merged = _deep_merge(base, user)
     merged["preset"] = name
     try:
@@ -92,10 +116,10 @@ def _with_preset(section: str, user: dict, default: str, preset_dir: Path, model
     except ValidationError as exc:
         err = exc.errors()[0]
         if err["type"] != "missing" and not _written_in(user, err["loc"]):
-            key = ".".join([section, *map(str, err["loc"])])
+            field = ".".join([section, *map(str, err["loc"])])
             rule = "is an unknown key" if err["type"] == "extra_forbidden" else f"is not valid ({err['msg']})"
-            raise ScenarioError(f"{section}.preset", clip(name),
-                                f"the preset file's key {clip(key)} {rule}; its value is not shown") from None
+            raise ScenarioError(key, clip(name or hf),
+                                f"the preset file's key {clip(field)} {rule}; its value is not shown") from None
         _raise_from_pydantic(exc, section, model_cls)
 
 
@@ -200,7 +224,22 @@ def build_scenario(data: dict) -> Scenario:
     msec = _with_preset("model", data.get("model", {}), "deepseek-v3", MODEL_PRESET_DIR, ModelSection)
     if "parallel" not in data:
         raise ScenarioError("parallel.ep_size", None, "required key is missing")
-    sections = {key: _validate(cls, data.get(key, {}), key) for key, cls in SECTIONS.items()}
+    routing_data = data.get("routing")
+    group_limit = isinstance(routing_data, dict) and routing_data.get("max_nodes_per_token") == "model"
+    if group_limit:  # resolved by with_model_group_limit once the layout is known to be valid
+        data = {**data, "routing": {**routing_data, "max_nodes_per_token": None}}
+    sections, errors = {}, []
+    for key, cls in SECTIONS.items():  # every section checked, so one message lists every bad key
+        try:
+            sections[key] = _validate(cls, data.get(key, {}), key)
+        except ScenarioError as exc:
+            errors.append(exc)
+    if errors:
+        first = errors[0]
+        if len(errors) == 1:
+            raise first
+        rest = "; ".join(f"{e.key} = {clip(repr(e.value))}: {e.rule}" for e in errors[1:])
+        raise ScenarioError(first.key, first.value, f"{first.rule}; also {rest}")
 
     for (key, value), supported in NOT_YET.items():
         section, field = key.split(".")
@@ -210,16 +249,42 @@ def build_scenario(data: dict) -> Scenario:
     calibration = resolve_calibration(hw.calibration, sections["workload"].gemm_dtype)
     cluster = cluster_from_fields(hw.preset, hw.nodes, hw.model_dump())
     sections["workload"] = derive_batch(sections, data.get("workload") or {}, cluster.num_gpus)
+    sections["workload"], sections["pipeline"] = derive_serving(sections, data.get("workload") or {},
+                                                                data.get("pipeline") or {})
+    model_name = msec.preset or f"hf_config {msec.hf_config}"
     model = ModelSpec(
-        name=msec.preset, hidden_size=msec.hidden_size, moe_intermediate_size=msec.moe_intermediate_size,
+        name=model_name, hidden_size=msec.hidden_size, moe_intermediate_size=msec.moe_intermediate_size,
         num_experts=msec.num_experts, top_k=msec.top_k, num_shared_experts=msec.num_shared_experts,
         num_layers=msec.num_layers, num_dense_layers=msec.num_dense_layers,
         dense_intermediate_size=msec.dense_intermediate_size, vocab_size=msec.vocab_size,
         attention=AttentionSpec(**msec.attention.model_dump()),
+        num_expert_groups=msec.num_expert_groups, num_groups_per_token=msec.num_groups_per_token,
     )
     resolved = {"name": name, "hardware": hw.model_dump(), "model": msec.model_dump(),
                 **{k: v.model_dump() for k, v in sections.items()}}
-    scenario = Scenario(name=name, cluster=cluster, model=model, hardware_preset=hw.preset,
-                        model_preset=msec.preset, resolved=resolved, calibration_path=calibration, **sections)
+    scenario = Scenario(name=name, cluster=cluster, model=model, hardware_preset=hw.preset, model_preset=model_name,
+                        resolved=resolved, calibration_path=calibration, **sections)
     check_layout(scenario)
+    if group_limit:
+        scenario = with_model_group_limit(scenario)
+        check_layout(scenario)
     return scenario
+
+
+def with_model_group_limit(s: Scenario) -> Scenario:
+    """routing.max_nodes_per_token: model -> the model's group limit (num_groups_per_token) as a node
+    limit, which it is where each node of the EP group holds one expert group: DeepSeek-V3's 8 groups,
+    top 4, on the 8 nodes of EP 64 (tech report 2.1.2: each token to at most 4 nodes)."""
+    m = s.model
+    limit = None
+    if m.num_expert_groups > 1:
+        nodes = s.ranks.ep_group(0).num_nodes
+        if nodes != m.num_expert_groups:
+            raise ScenarioError("routing.max_nodes_per_token", "model",
+                                f"takes model.num_groups_per_token={m.num_groups_per_token} as a node limit where each "
+                                f"node of the EP group holds one of the model's {m.num_expert_groups} expert groups; "
+                                f"this EP group spans {nodes} node(s): give the limit as a number (or null)")
+        limit = m.num_groups_per_token
+    routing = s.routing.model_copy(update={"max_nodes_per_token": limit})
+    resolved = {**s.resolved, "routing": {**s.resolved["routing"], "max_nodes_per_token": limit}}
+    return replace(s, routing=routing, resolved=resolved)

@@ -11,7 +11,8 @@ Dense parameters shard over dense DP, expert parameters over expert DP.
 Activations: the tensors a layer saves for its backward, per token, counted tensor by tensor
 (saved_tensors: BF16, FP8 for FP8 GEMM inputs, less what selective recompute re-runs), times the tokens of every micro-batch in flight under the
 schedule; with full recompute only each layer's BF16 input, plus one layer's whole activations
-while it is re-run. Prefill saves nothing: one layer's working set.
+while it is re-run. Serving saves nothing: one layer's working set; it holds the GEMM dtype's
+weights and the KV cache (simulator/scenario/serving.py).
 
 Buffers: the all-to-all receive buffers, sized by the batch limit (seed 2.2). Other: a fixed
 allowance for the CUDA context, library workspaces, NCCL channel buffers and allocator
@@ -23,8 +24,9 @@ import math
 from dataclasses import dataclass, replace
 
 from simulator.scenario.schema import Scenario
+from simulator.scenario.serving import kv_cache_bytes, kv_cache_bytes_per_sequence
 from simulator.stages import peak_in_flight, rank_layers, schedule
-from simulator.wire import ELEMENT_BYTES
+from simulator.wire import ELEMENT_BYTES, token_bytes
 
 WEIGHT_BYTES = 2
 GRAD_BYTES = ELEMENT_BYTES  # the main-grad buffer holds grads in training.grad_reduce_dtype
@@ -35,7 +37,11 @@ def optimizer_bytes(s: Scenario) -> int:
     """Optimizer state per parameter: the FP32 master weight and Adam's two moments (12 B; 8 B with
     BF16 moments, as DeepSeek-V3 trains)."""
     return MASTER_BYTES + 2 * ELEMENT_BYTES[s.training.adam_moments_dtype]
-PREFILL_WEIGHT_BYTES = 2  # serving holds BF16 weights only
+def serving_weight_bytes(s: Scenario) -> float:
+    """Bytes per parameter a serving GPU holds: the GEMM dtype's weights only (FP8 with DeepSeek's
+    FP32 scale per 128 x 128 block, as its released checkpoint; BF16 otherwise). Norms and the router
+    kept in BF16 are counted at the same rate (a fraction of a percent of the parameters)."""
+    return 1 + 4 / (128 * 128) if s.workload.gemm_dtype == "fp8" else 2
 RESERVED_BYTES = 3e9  # assumption: CUDA context ~0.5 GB, cuBLAS/NCCL workspaces and buffers, fragmentation
 ACT_BYTES = 2  # BF16 activations
 
@@ -176,12 +182,13 @@ class Memory:
     other: float
     capacity: float
     buffers: float = 0.0
+    kv_cache: float = 0.0  # decode: the KV cache of the GPU's sequences (simulator/scenario/serving.py)
 
-    TERMS = ("weights", "gradients", "optimizer", "activations", "buffers", "other")
+    TERMS = ("weights", "gradients", "optimizer", "activations", "kv_cache", "buffers", "other")
 
     @property
     def before_buffers(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.other
+        return self.weights + self.gradients + self.optimizer + self.activations + self.kv_cache + self.other
 
     @property
     def peak(self) -> float:
@@ -236,7 +243,8 @@ def _state_memory(s: Scenario, params: dict[str, int], activations: float, buffe
     total = sum(params.values())
     capacity = s.cluster.gpu.hbm_bytes
     if s.workload.mode != "train":
-        return Memory(total * PREFILL_WEIGHT_BYTES, 0.0, 0.0, activations, RESERVED_BYTES, capacity, buffers)
+        return Memory(total * serving_weight_bytes(s), 0.0, 0.0, activations, RESERVED_BYTES, capacity, buffers,
+                      kv_cache_bytes(s))
     shards = optimizer_shards(s)
     optimizer = sum(optimizer_bytes(s) * n / shards[family] for family, n in params.items())
     return Memory(total * WEIGHT_BYTES, total * GRAD_BYTES[s.training.grad_reduce_dtype], optimizer, activations,
@@ -306,3 +314,27 @@ def auto_expert_tp(s: Scenario) -> dict:
     # nothing left at all: no split helps, and the memory rule names the biggest term instead
     split = max(1, math.ceil(one_expert / left)) if left > 0 else 1
     return {"expert_tp_size": split, "expert_bytes": one_expert, "available_bytes": left}
+
+
+def decode_bytes_per_sequence(s: Scenario) -> dict[str, float]:
+    """What one more sequence of batch_per_gpu costs a decode GPU: its KV cache, its tokens' share
+    of a layer's working set and of the all-to-all receive buffers (a chunk's tokens from every GPU
+    of the EP group, dispatch and combine, as workload.build.batch_limit sizes them)."""
+    w, n = s.workload, s.network
+    tokens = (1 + w.mtp_draft_tokens) / w.micro_batches  # of one micro-batch, per sequence
+    wire = token_bytes(n.dispatch_dtype, s.model.hidden_size, n.all_to_all) + token_bytes(
+        n.combine_dtype, s.model.hidden_size, n.all_to_all)
+    return {"kv_cache": kv_cache_bytes_per_sequence(s),
+            "activations": activation_bytes_per_token(s, moe_layers_in_scope(s) > 0) * tokens,
+            "buffers": tokens / s.pipeline.chunks * s.parallel.ep_size * wire}
+
+
+def max_batch_per_gpu(s: Scenario) -> int:
+    """The most sequences a decode GPU can hold at the scenario's context length: HBM less its
+    weights and the allowance, over each sequence's KV cache, working set and buffers (even with
+    two-batch overlap); 0 when the weights alone do not fit."""
+    mem = memory_per_gpu(s)
+    fixed = mem.weights + mem.other
+    per_sequence = sum(decode_bytes_per_sequence(s).values())
+    batch = int(max(mem.capacity - fixed, 0.0) // per_sequence)
+    return batch - batch % s.workload.micro_batches

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from hardware.units import GIB
 from simulator.errors import ScenarioError
-from simulator.scenario.memory import Memory, auto_expert_tp, key_to_change, memory_per_gpu
+from simulator.scenario.balance_rules import check_load_balancing
+from simulator.scenario.memory import Memory, auto_expert_tp, key_to_change, max_batch_per_gpu, memory_per_gpu
 from simulator.scenario.schema import Scenario
+from simulator.scenario.serving import check_serving, kv_bytes_per_token_layer, kv_cache_bytes_per_sequence
 
 
 def check_tensor_parallel(s: Scenario) -> None:
@@ -53,6 +55,11 @@ def check_pipeline(s: Scenario) -> None:
         raise ScenarioError("parallel.vpp_size", v, "more than one model chunk per rank needs parallel.pp_schedule=interleaved")
     if p == 1:
         return
+    stage, gpn = s.num_gpus // p, s.cluster.gpus_per_node
+    if stage % gpn and gpn % stage:
+        raise ScenarioError("parallel.pp_size", p, f"a pipeline stage ({stage} GPUs = GPUs / pp_size) must be whole "
+                            f"nodes or part of one node of gpus_per_node={gpn}: its data-parallel rings need the same "
+                            f"GPUs on every node they span")
     if s.workload.scope != "model":
         raise ScenarioError("parallel.pp_size", p, "a pipeline splits the model's layers: needs workload.scope=model")
     if m.num_layers < p * v:
@@ -102,7 +109,7 @@ def check_placement(s: Scenario) -> None:
     if slots < ep or slots % ep:
         raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
                             f"model.num_experts={m.num_experts} + redundant experts must fill every GPU of "
-                            f"parallel.ep_size={ep} equally (a multiple of it, e.g. {-(-m.num_experts // ep) * ep - m.num_experts})")
+                            f"parallel.ep_size={ep} equally (a multiple of it, e.g. {max(-(-slots // ep), 1) * ep - m.num_experts})")
     if pl.redundant_experts and s.workload.mode == "train":
         raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
                             "replicas in training would need their gradients summed, which is not simulated; "
@@ -114,6 +121,18 @@ def check_placement(s: Scenario) -> None:
         raise ScenarioError("placement.strategy", "eplb", f"hierarchical EPLB (group-limited routing) packs one expert "
                             f"group per node: model.num_experts={m.num_experts} and its {slots} slots must divide "
                             f"over the EP group's {nodes} nodes")
+
+
+def check_expert_groups(m) -> None:
+    """Group-limited routing (model.num_expert_groups / num_groups_per_token) must be satisfiable."""
+    groups, per_token = m.num_expert_groups, m.num_groups_per_token
+    if m.num_experts % groups:
+        raise ScenarioError("model.num_expert_groups", groups, f"must divide model.num_experts={m.num_experts}")
+    if per_token > groups:
+        raise ScenarioError("model.num_groups_per_token", per_token, f"must be <= model.num_expert_groups={groups}")
+    if per_token * (m.num_experts // groups) < m.top_k:
+        raise ScenarioError("model.num_groups_per_token", per_token, f"{per_token} group(s) of "
+                            f"{m.num_experts // groups} experts cannot hold top_k={m.top_k} experts")
 
 
 def check_layout(s: Scenario) -> None:
@@ -141,6 +160,7 @@ def check_layout(s: Scenario) -> None:
                             f"gpus_per_node={gpn} so that every node holding experts holds the same number")
     if m.top_k > m.num_experts:
         raise ScenarioError("model.top_k", m.top_k, f"must be <= model.num_experts={m.num_experts}")
+    check_expert_groups(m)
     if m.num_dense_layers > m.num_layers:
         raise ScenarioError("model.num_dense_layers", m.num_dense_layers, f"must be <= model.num_layers={m.num_layers}")
     if m.num_moe_layers < 1:
@@ -171,6 +191,7 @@ def check_layout(s: Scenario) -> None:
         raise ScenarioError("routing.adaptive_alpha", s.routing.adaptive_alpha,
                             "adjusts each step's gate from the previous step's loads: needs workload.steps >= 2")
     check_placement(s)
+    check_load_balancing(s)
     if s.routing.distribution == "balanced" and m.num_experts % m.top_k:
         raise ScenarioError("routing.distribution", "balanced",
                             f"needs model.num_experts={m.num_experts} to be a multiple of model.top_k={m.top_k}")
@@ -190,7 +211,20 @@ def check_layout(s: Scenario) -> None:
         if limit * experts_per_node < m.top_k:
             raise ScenarioError("routing.max_nodes_per_token", limit,
                                 f"{limit} node(s) x {experts_per_node} experts per node cannot hold top_k={m.top_k} experts")
+    check_serving(s)
     mem = memory_per_gpu(s)
+    decode = s.workload.mode == "decode"
+    if decode and mem.before_buffers > mem.capacity and mem.weights + mem.other < mem.capacity:
+        w = s.workload
+        per_seq = kv_cache_bytes_per_sequence(s)
+        raise ScenarioError(
+            "workload.batch_per_gpu", w.batch_per_gpu,
+            f"does not fit memory: the KV cache takes {per_seq / GIB * 1024:.1f} MiB per sequence "
+            f"({w.context_len} tokens x {s.model.num_layers} layers x {kv_bytes_per_token_layer(s):g} B, "
+            f"{w.kv_cache_dtype}), {mem.kv_cache / GIB:.1f} GiB for {w.batch_per_gpu} sequences, beside "
+            f"{mem.weights / GIB:.1f} GiB of weights, {mem.activations / GIB:.2f} GiB of working set and "
+            f"{mem.other / GIB:g} GiB allowance, over hardware.hbm_gb={mem.capacity / GIB:g} (GiB); rule: memory "
+            f"per GPU <= HBM; at most {max_batch_per_gpu(s)} sequences fit at workload.context_len={w.context_len}")
     if mem.before_buffers > mem.capacity:
         key, value = key_to_change(s, mem)
         terms = ", ".join(f"{t} {getattr(mem, t) / GIB:.1f}" for t in Memory.TERMS if t != "buffers")

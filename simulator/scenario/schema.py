@@ -111,7 +111,8 @@ class AttentionSection(_Section):
 
 
 class ModelSection(_Section):
-    preset: str = "deepseek-v3"
+    preset: Optional[str] = "deepseek-v3"  # null with hf_config
+    hf_config: Optional[str] = None  # a Hugging Face config.json (or a shipped one's name) instead of a preset
     hidden_size: int = Field(gt=0, le=MAX_WIDTH)
     moe_intermediate_size: int = Field(gt=0, le=MAX_WIDTH)
     num_experts: int = Field(gt=0, le=MAX_EXPERTS)
@@ -121,6 +122,11 @@ class ModelSection(_Section):
     num_dense_layers: int = Field(ge=0, le=MAX_LAYERS)
     dense_intermediate_size: int = Field(gt=0, le=MAX_WIDTH)
     vocab_size: int = Field(gt=0, le=1 << 22)  # 4M: 16x Gemma's 256k, the largest published
+    # Group-limited routing as the router has it (HF n_group / topk_group; DeepSeek-V3: 8 and 4): the
+    # experts form equal groups and a token's top_k lie in at most num_groups_per_token of them. A fact
+    # of the model; the simulation routes by routing.max_nodes_per_token (DeepSeek deploys one group per node).
+    num_expert_groups: int = Field(default=1, gt=0, le=MAX_EXPERTS)
+    num_groups_per_token: int = Field(default=1, gt=0, le=MAX_EXPERTS)
     attention: AttentionSection
 
 
@@ -150,6 +156,24 @@ class WorkloadSection(_Section):
     extend_micro_batches: Literal["auto", "always", "never"] = "auto"
     # consecutive steps of fresh tokens, for per-expert load monitoring and adaptive gating (seed 2.3)
     steps: int = Field(default=1, gt=0, le=1000)
+    # Serving (simulator/scenario/serving.py). decode: each GPU holds batch_per_gpu sequences whose
+    # KV caches are context_len tokens long (fixed, or drawn uniformly on [1, 2 x context_len - 1]
+    # per sequence: requests at different points of their generation); a step decodes one token of
+    # each (1 + mtp_draft_tokens with multi-token prediction, of which accepted_tokens_per_step are
+    # kept on average). SGLang's decode runs up to a few hundred sequences per GPU (LMSYS: 256).
+    batch_per_gpu: int = Field(default=128, gt=0, le=1 << 16)
+    context_len: int = Field(default=4096, gt=0, le=MAX_TOKENS)
+    context_len_distribution: Literal["fixed", "uniform"] = "fixed"
+    kv_cache_dtype: Literal["bf16", "fp8"] = "bf16"  # FlashMLA's dense decode kernel reads a BF16 cache
+    # DeepSeek-V3 predicts one extra token (report 2.2) and accepts it 85-90 % of the time (report 5.4.3)
+    mtp_draft_tokens: int = Field(default=0, ge=0, le=16)
+    accepted_tokens_per_step: float = Field(default=1.0, ge=1, le=17)
+    # two-batch overlap (SGLang TBO, DeepSeek's serving schedule): the GPU's batch runs as two
+    # micro-batches, the attention / shared experts of one beside the dispatch / combine of the other
+    two_batch_overlap: bool = False
+    # prefill serving: each forward pass takes this many tokens per GPU of longer prompts (SGLang's
+    # --chunked-prefill-size); null: whole prompts (seq_len) in one pass
+    chunked_prefill_tokens: Optional[int] = Field(default=None, gt=0, le=MAX_TOKENS)
 
 
 class RoutingSection(_Section):
@@ -159,6 +183,7 @@ class RoutingSection(_Section):
     # steeper law makes it draw ~1/p of the k-th expert's mass per token: budget.py estimates those draws.
     zipf_alpha: float = Field(default=1.0, gt=0, le=4)
     seed: int = Field(default=0, ge=0, le=2**64 - 1)  # numpy seeds are 64-bit words
+    # or `model`: the model's group limit where the EP group has one node per expert group (load.py)
     max_nodes_per_token: Optional[int] = Field(default=None, gt=0, le=MAX_NODES)
     adaptive_alpha: float = Field(default=0.0, ge=0, lt=1)  # seed 2.3's balancing factor, in [0, 1)
     # dirichlet: each layer's expert probabilities drawn from Dirichlet(concentration x 1): large is
@@ -170,11 +195,19 @@ class RoutingSection(_Section):
     # ceil(capacity_factor x tokens x top_k / E) copies per expert and drops the rest (position
     # policy: later tokens first); null = dropless
     capacity_factor: Optional[float] = Field(default=None, gt=0, le=1e3)
+    # seed 2.1's threshold form: keep the experts whose softmax gate is >= threshold, at most top_k
+    # (simulator/workload/gating.py); null = plain top-k
+    threshold: Optional[float] = Field(default=None, gt=0, le=1)
+    # distribution: trace replays this file (simulator/workload/routing_trace.py: CSV, NPZ, Parquet)
+    trace: Optional[str] = Field(default=None, min_length=1, max_length=4096)
 
 
 class PlacementSection(_Section):
     strategy: Literal["round_robin", "topology_aware", "eplb"] = "round_robin"
     redundant_experts: int = Field(default=0, ge=0)
+    # eplb with workload.steps > 1: re-solve the placement from the loads observed over the last K
+    # steps, every K steps, and migrate the moved experts' weights over the network (simulator/rebalance.py)
+    rebalance_every_steps: Optional[int] = Field(default=None, gt=0, le=1000)
 
 
 class NetworkSection(_Section):
@@ -228,10 +261,7 @@ SECTIONS = {
 TOP_LEVEL_KEYS = ("name", "hardware", "model", *SECTIONS)
 
 # Values the schema knows but this version does not simulate yet: (key, value) -> what is supported.
-NOT_YET = {
-    ("workload.mode", "decode"): "supported today: train, prefill",
-    ("routing.distribution", "trace"): "supported today: uniform, balanced, zipf",
-}
+NOT_YET: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)
@@ -281,8 +311,12 @@ class Scenario:
 
 # A calibration times every kernel from its own measured or published rates, so on a calibrated
 # preset an override of a peak would move MFU (its denominator) but not the step: mfu 7.27 with
-# peak_bf16_tflops lowered (issue 16). Such an override is rejected rather than applied to half the numbers.
+# peak_bf16_tflops lowered (issue 16); an override of the roofline's other rates would reach only
+# the kernels outside a measured fit's range, or none under a published one. Such an override is
+# rejected rather than applied to half the numbers.
 CALIBRATED_PEAKS = ("peak_bf16_tflops", "peak_fp8_tflops")
+# (kernel_launch_us is not among them: the collectives' launch cost reads it too, simulator/wire.py)
+CALIBRATED_RATES = ("matmul_efficiency", "memory_efficiency", "hbm_tb_per_s")
 
 
 def check_calibrated_peaks(s: Scenario) -> None:
@@ -291,12 +325,13 @@ def check_calibrated_peaks(s: Scenario) -> None:
     from hardware.presets import PRESET_DIR, load_yaml_mapping, preset_path
     from simulator.errors import ScenarioError
     preset = load_yaml_mapping(preset_path(s.hardware_preset, PRESET_DIR))
-    for key in CALIBRATED_PEAKS:
+    for key in (*CALIBRATED_PEAKS, *CALIBRATED_RATES):
         value = s.resolved["hardware"][key]
         if key in preset and value != preset[key]:
+            effect = ("a different peak would change MFU but not the step" if key in CALIBRATED_PEAKS else
+                      "its rates replace this one (a measured fit's roofline fallback alone would read it)")
             raise ScenarioError(
                 f"hardware.{key}", value,
-                f"the calibration {s.calibration_path.name} times the kernels, so a different peak would change "
-                f"MFU but not the step; rule: with hardware.calibration set, {key} keeps the preset's value; "
-                f"for other rates set hardware.calibration: null (the roofline of the given fields) or give a "
-                f"calibration of that GPU")
+                f"the calibration {s.calibration_path.name} times the kernels, so {effect}; rule: with "
+                f"hardware.calibration set, {key} keeps the preset's value; for other rates set "
+                f"hardware.calibration: null (the roofline of the given fields) or give a calibration of that GPU")

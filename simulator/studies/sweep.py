@@ -108,10 +108,14 @@ def parse_sweep_sets(texts: list[str]) -> tuple[list[tuple[str, object]], list[A
 
 def scenario_key(resolved: dict, calibration: Path | None = None) -> str:
     """sha256 of the resolved scenario (preset values included), the epsim version and the bytes of
-    the calibration file: a file recalibrated under the same name must not reuse old points."""
+    the calibration file and of a routing trace: a file recalibrated or re-recorded under the same
+    name must not reuse old points."""
     doc = {"scenario": resolved, "epsim_version": __version__}
     if calibration is not None:
         doc["calibration_sha256"] = hashlib.sha256(Path(calibration).read_bytes()).hexdigest()
+    trace = (resolved.get("routing") or {}).get("trace")
+    if trace and (resolved.get("routing") or {}).get("distribution") == "trace":
+        doc["trace_sha256"] = hashlib.sha256(Path(trace).read_bytes()).hexdigest()
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -124,9 +128,14 @@ def expand_grid(path: str | Path, fixed: list[tuple[str, object]], axes: list[Ax
         lengths = ", ".join(f"{a.key}: {len(a.values)}" for a in axes)
         raise ScenarioError("--zip", lengths, "zipped axes need the same number of values")
     combos = zip(*(a.values for a in axes)) if zipped else itertools.product(*(a.values for a in axes))
+    return make_points(base, fixed, [tuple((a.key, v) for a, v in zip(axes, combo)) for combo in combos])
+
+
+def make_points(base: dict, fixed: list[tuple[str, object]], coords_list: list[tuple]) -> list[Point]:
+    """A point per coords (((key, value), ...)) over the YAML-level `base`, resolved or with its
+    ScenarioError (a point the rules reject)."""
     points = []
-    for index, combo in enumerate(combos):
-        coords = tuple((a.key, v) for a, v in zip(axes, combo))
+    for index, coords in enumerate(coords_list):
         data = apply_overrides(base, [*fixed, *coords])
         try:
             scenario = build_scenario(data)

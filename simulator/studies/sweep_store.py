@@ -62,7 +62,11 @@ def flatten(record: dict, summary: dict | None) -> dict:
             "nvlink_util_step": step_util.get("nvlink", 0.0),
             "ib_util_step": step_util.get("ib", 0.0),
             "load_imbalance": summary["load_imbalance"],
+            "memory_peak_bytes": summary["memory_per_gpu"]["peak"],
+            "max_link_load_s": summary.get("max_link_load", {}).get("all_to_all_busy_s", float("nan")),
+            "max_link_load_step_s": summary.get("max_link_load", {}).get("busy_s", float("nan")),
         })
+        row.update({key: summary[key] for key in ("itl_s", "ttft_s", "tokens_per_s_per_node") if key in summary})
         for kind, c in summary["collectives"].items():
             row.update({
                 f"{kind}_count": c["count"],

@@ -12,9 +12,12 @@ import numpy as np
 
 from hardware.compute import RooflineCompute, ffn_parts
 from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope, stage_layers
+from simulator.scenario.serving import KV_BYTES
 from simulator.wire import token_bytes
+from simulator.workload.gating import ThresholdRouter
 from simulator.workload.placement import Placement, eplb_placement, round_robin_placement, slot_layout
 from simulator.workload.routing import Router, drift_order, drop_over_capacity
+from simulator.workload.routing_trace import TraceRouter, load_trace
 from simulator.workload.traffic import chunk_bounds, micro_batch_traffic
 
 
@@ -33,6 +36,8 @@ class Workload:
     placements: dict  # (group, moe_layer) -> Placement; traffic's expert_tokens count tokens per slot
     dropped_copies: int = 0  # (token, expert) copies over capacity (routing.capacity_factor), not sent
     placement_reports: dict | None = None  # topology_aware: (group, moe_layer) -> the solver's report
+    ungated_copies: int = 0  # routing.threshold: (token, expert) places the gate left empty (below the threshold)
+    routed: dict | None = None  # keep_routing: (group, moe_layer, mb) -> [P x T, top_k] the router's expert ids
 
 
 def buffer_bytes_per_token(s) -> float:
@@ -86,9 +91,12 @@ def topology_aware(s, probabilities: np.ndarray, group: int) -> tuple[Placement,
                                                                 s.network.all_to_all))
 
 
-def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, step: int = 0) -> Workload:
+def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, step: int = 0,
+                   placements_in: dict | None = None, keep_routing: bool = False) -> Workload:
     """The workload of step `step` (0: the first; later steps draw fresh tokens) with the adaptive
-    gate's per-(EP group, MoE layer) expert scales (None: the router's own law)."""
+    gate's per-(EP group, MoE layer) expert scales (None: the router's own law); placements_in:
+    (group, moe_layer) -> the Placement to use (EPLB rebalanced from observed loads) instead of one
+    solved from the law; keep_routing: keep the router's expert ids (run --save-routing)."""
     p = s.parallel.ep_size
     m = s.model
     batch, rounds, num_chunks = batch_limit(s, s.pipeline.chunks)
@@ -101,7 +109,10 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     solved, reports = {}, {}  # topology_aware: one solve per (group, law), its report per layer
     cf = s.routing.capacity_factor  # per source GPU and expert, as Megatron's moe_expert_capacity_factor
     capacity = None if cf is None else math.ceil(cf * s.workload.tokens_per_gpu * m.top_k / m.num_experts)
-    dropped = 0
+    dropped = ungated = 0
+    trace = load_trace(s.routing.trace) if s.routing.distribution == "trace" else None
+    trace_routers: dict = {}  # moe_layer -> TraceRouter: the EP groups take a layer's recorded tokens in turn
+    routed = {} if keep_routing else None
     for group in range(s.ranks.num_ep_groups):
         member_node = s.ranks.ep_group(group).node
         for layer, mbs in stage_moe_work(s, int(s.ranks.pp_rank[s.ranks.ep_groups[group][0]])):
@@ -109,14 +120,22 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
 
             drift = drift_order(m.num_experts, s.routing.drift, step, np.random.default_rng([s.routing.seed, group, layer, 3]))
 
-            def router_for(place: Placement) -> Router:
-                return Router(m.num_experts, m.top_k, s.routing.distribution, s.routing.zipf_alpha,
-                              member_node[place.expert_gpu()], s.routing.max_nodes_per_token,
-                              np.random.default_rng([s.routing.seed, group, layer]), scale,
-                              s.routing.dirichlet_concentration, drift)
+            def router_for(place: Placement):
+                if trace is not None:
+                    if layer not in trace_routers:
+                        trace_routers[layer] = TraceRouter(trace, step, layer, m.top_k, m.num_experts)
+                    return trace_routers[layer]
+                router = Router(m.num_experts, m.top_k, s.routing.distribution, s.routing.zipf_alpha,
+                                member_node[place.expert_gpu()], s.routing.max_nodes_per_token,
+                                np.random.default_rng([s.routing.seed, group, layer]), scale,
+                                s.routing.dirichlet_concentration, drift)
+                return router if s.routing.threshold is None else ThresholdRouter(router, s.routing.threshold)
 
             router, place = router_for(base), base
-            if s.placement.strategy == "eplb":  # balance the router's expected loads, then route over them
+            if placements_in is not None:  # EPLB rebalanced from the loads observed so far
+                place = placements_in[group, layer]
+                router = router_for(place)
+            elif s.placement.strategy == "eplb":  # balance the router's expected loads, then route over them
                 place = eplb_placement(router.probabilities, len(slot_gpu), p, int(member_node.max()) + 1,
                                        hierarchical=s.routing.max_nodes_per_token is not None)
                 router = router_for(place)
@@ -132,9 +151,13 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
                 key = [s.routing.seed, group, layer, mb, 1] + ([step] if step else [])
                 rng = np.random.default_rng(key)
                 experts = router.route(p * s.workload.tokens_per_gpu, rng)
+                if routed is not None:
+                    routed[group, layer, mb] = experts
+                empty = int((experts < 0).sum()) if s.routing.threshold is not None or trace is not None else 0
+                ungated += empty
                 if capacity is not None:
                     experts = drop_over_capacity(experts, s.workload.tokens_per_gpu, capacity)
-                    dropped += int((experts < 0).sum())
+                    dropped += int((experts < 0).sum()) - empty
                 slots = place.slots_of(experts, np.random.default_rng([s.routing.seed, group, layer, mb, 2, step]))
                 chunks = micro_batch_traffic(slots, s.workload.tokens_per_gpu, num_chunks, place.slot_gpu,
                                              member_node, place.num_slots)
@@ -155,7 +178,8 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
             rerun[group, layer, mb, c] = np.array([swiglu_rerun_s(s, compute, int(rows[on_gpu[g]].sum()), width)
                                                    for g in local])
     sizes = [hi - lo for lo, hi in chunk_bounds(s.workload.tokens_per_gpu, num_chunks)]
-    return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, rerun, placements, dropped, reports)
+    return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, rerun, placements, dropped, reports,
+                    ungated, routed)
 
 
 BACKWARD_FACTOR = 2.0  # backward GEMMs: input gradient + weight gradient
@@ -246,9 +270,13 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     mlp_around = norm + residual  # pre-MLP norm and the residual after the MLP
     quant_attention = compute.memory_s(gemm_inputs * QUANT_BYTES) if fp8 else 0.0
     # the core's FLOPs and bytes per GPU: t x the tokens, 1/t of the heads
-    core = compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len), n * a.core_bytes_per_token())
-    window = (compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len, sliding=True),
-                                       n * a.core_bytes_per_token()) if a.sliding_window else core)
+    if s.workload.mode == "decode":  # over the KV cache
+        core = decode_attention_s(s, compute, n)
+        window = decode_attention_s(s, compute, n, sliding=True) if a.sliding_window else core
+    else:
+        core = compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len), n * a.core_bytes_per_token())
+        window = (compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len, sliding=True),
+                                           n * a.core_bytes_per_token()) if a.sliding_window else core)
     rerun = recompute_modules(s)
     # selective recompute re-runs in the backward: an RMSNorm before the attention's and before the
     # MLP's backward; MLA's up-projection GEMMs; the shared experts' SwiGLU
@@ -308,6 +336,32 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
         "lm_head_bwd": {"gemm": BACKWARD_FACTOR * compute.gemm_s(n, m.vocab_size, h), "elementwise": 2 * norm},
     }
     return {op: {cls: v for cls, v in parts.items() if v} for op, parts in kernels.items()}
+
+
+def decode_attention_s(s, compute: RooflineCompute, num_tokens: int, sliding: bool = False) -> float:
+    """One decode attention kernel on a GPU over the KV cache of the sequences whose num_tokens
+    (1 + MTP drafts each) it attends for (with TP-attention: its TP group's t x as many sequences,
+    1/t of the heads), each context_len long (capped at a sliding window).
+
+    MLA runs absorbed (FlashMLA): every head attends over the shared latent, d_k = kv_lora + rope
+    keys and d_v = kv_lora values, FLOPs 2 h s_q s_k (d_k + d_v), bytes the latents read once per
+    sequence plus Q and O (BF16). GQA (FlashAttention decode): 4 h s_q s_k d FLOPs, the rank's K and V
+    heads read once. The rates are the compute model's (decode_attention_s)."""
+    a, w, t = s.model.attention, s.workload, s.parallel.tp_size
+    q = 1 + w.mtp_draft_tokens
+    sequences = num_tokens / q * t
+    heads = a.num_heads // t
+    ctx = min(w.context_len, a.sliding_window) if sliding and a.sliding_window else w.context_len
+    kv = KV_BYTES[w.kv_cache_dtype]
+    if a.kind == "mla":
+        dk, dv = a.kv_lora_rank + a.qk_rope_head_dim, a.kv_lora_rank
+        flop = sequences * q * heads * 2.0 * ctx * (dk + dv)
+        num_bytes = sequences * ctx * dk * kv + sequences * q * heads * (dk + dv) * 2
+    else:
+        d = a.head_dim
+        flop = sequences * q * heads * 4.0 * d * ctx
+        num_bytes = sequences * ctx * 2 * (a.num_kv_heads // t) * d * kv + sequences * q * heads * 2 * d * 2
+    return compute.decode_attention_s(a.kind, flop, num_bytes)
 
 
 def op_seconds(kernels: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -97,8 +97,12 @@ class Router:
         self.expert_node = np.asarray(expert_node).astype(self.ids)
         num_nodes = int(self.expert_node.max()) + 1
         self.max_nodes = max_nodes if max_nodes is not None and max_nodes < num_nodes else None
-        # For tokens whose node set is full: draw a node by its probability mass, then an expert
-        # inside it. Same law as drawing from all experts and skipping other nodes, without the skips.
+        if self.max_nodes is not None:  # (group-limited routing holds the same experts on every node)
+            self._node_tables(num_nodes)
+
+    def _node_tables(self, num_nodes: int) -> None:
+        """For tokens whose node set is full: draw a node by its probability mass, then an expert
+        inside it. Same law as drawing from all experts and skipping other nodes, without the skips."""
         by_node = np.argsort(self.expert_node, kind="stable").reshape(num_nodes, -1)
         p_by_node = self.probabilities[by_node]
         self.node_mass = p_by_node.sum(axis=1)

@@ -118,10 +118,11 @@ QUANTITIES = {
     "compute_busy_fraction": chunk_busy_fraction,
     "model_tflops_per_gpu": lambda r, m, summary: summary["model_tflops_per_gpu"],
     "tokens_per_s_per_gpu": lambda r, m, summary: summary["tokens_per_s_per_gpu"],
+    "tokens_per_s_per_node": lambda r, m, summary: summary["tokens_per_s_per_node"],
 }
 
 
-SUMMARY_QUANTITIES = ("model_tflops_per_gpu", "tokens_per_s_per_gpu")  # read from the (maybe extended) summary
+SUMMARY_QUANTITIES = ("model_tflops_per_gpu", "tokens_per_s_per_gpu", "tokens_per_s_per_node")  # read from the (maybe extended) summary
 
 
 def run_case(case: dict) -> list[Row]:
