@@ -1,25 +1,34 @@
 #!/usr/bin/env python3
-"""Scale benchmark: wall time, peak memory and simulated events per second of the DeepSeek-V3
-training step (scenarios/default.yaml) at growing EP sizes, next to raw SimPy's own event rate.
+"""Scale benchmark: wall time by phase, events, simulated ops and peak memory of the DeepSeek-V3
+training step at growing EP sizes, next to raw SimPy's own time per event measured in the same run.
 
-Each point runs in its own process so its peak RSS is its own. Prints a table; asserts nothing.
-    python benchmarks/scale.py [--ep 8 16 32 64 128 256 512 1024]
+Two workloads (issue 14):
+  stage  scenarios/default.yaml: one 4-layer pipeline stage (4 MoE layers), 2 micro-batches
+  model  the whole 61-layer model (3 dense + 58 MoE layers), 2 micro-batches, without the token
+         embedding and LM head (workload.embedding_and_head stays false, as in default.yaml)
+Both with the memory rule relaxed (hardware.hbm_gb=1000) where the step does not fit the seed's
+64 GB: the whole model needs PP to fit, and this benchmark times one process.
+
+Each point runs in its own process so its peak memory (VmHWM) is its own. Prints a table; asserts
+nothing. `--layers N` times the model with N layers (3 dense + N-3 MoE) to extrapolate a point too
+slow to run whole; cost is linear in the MoE layers.
+    python benchmarks/scale.py [--workload stage model] [--ep 64 256 1024] [--layers N]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+MODEL_LAYERS, MODEL_DENSE_LAYERS = 61, 3  # DeepSeek-V3 (simulator/models/deepseek-v3.yaml)
 
 
-def raw_simpy_events_per_s(num_events: int = 300_000) -> float:
-    """Events/s of bare SimPy on this machine: processes that only wait on timeouts."""
+def raw_simpy_event_s(num_events: int = 300_000) -> float:
+    """Seconds per event of bare SimPy on this machine: processes that only wait on timeouts."""
     import simpy
 
     env = simpy.Environment()
@@ -32,66 +41,123 @@ def raw_simpy_events_per_s(num_events: int = 300_000) -> float:
         env.process(ticker(num_events // 100))
     t0 = time.perf_counter()
     env.run()
-    return num_events / (time.perf_counter() - t0)
+    return (time.perf_counter() - t0) / num_events
 
 
-def one_point(ep: int) -> dict:
+def peak_memory_mb() -> float:
+    # VmHWM, not ru_maxrss: a forked child inherits its parent's maxrss across exec (Linux), VmHWM is its own
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024
+
+
+def overrides_for(workload: str, ep: int, layers: int | None) -> list[tuple[str, object]]:
+    out = [("hardware.nodes", max(1, ep // 8)), ("parallel.ep_size", ep)]
+    if workload == "model":
+        out += [("model.num_layers", layers or MODEL_LAYERS), ("model.num_dense_layers", MODEL_DENSE_LAYERS)]
+    return out
+
+
+def one_point(workload: str, ep: int, layers: int | None, phases: bool) -> dict:
     sys.path.insert(0, str(ROOT))
+    from benchmarks.phases import PHASES, measured_phases
     from simulator.engine import Run
+    from simulator.errors import ScenarioError
     from simulator.metrics import summarize
     from simulator.scenario import load_scenario
+    from simulator.scenario.budget import estimate
 
-    from simulator.errors import ScenarioError
-
+    raw_event_s = raw_simpy_event_s()  # in this process, just before the point: the same load on the CPUs
     t0 = time.perf_counter()
-    overrides = [("hardware.nodes", max(1, ep // 8)), ("parallel.ep_size", ep)]
+    overrides = overrides_for(workload, ep, layers)
     relaxed = False
     try:
         scenario = load_scenario(ROOT / "scenarios" / "default.yaml", overrides)
     except ScenarioError as exc:
         if "does not fit memory" not in exc.rule:
             raise
-        # At small EP the 4-layer training stage needs more than the seed's 64 GB: time it anyway
-        # with the memory rule relaxed, and say so in the table.
         relaxed = True
         scenario = load_scenario(ROOT / "scenarios" / "default.yaml", overrides + [("hardware.hbm_gb", 1000)])
-    run = Run(scenario)
-    t1 = time.perf_counter()
-    result = run.simulate()
-    t2 = time.perf_counter()
+    with measured_phases() if phases else _no_phases(PHASES) as split:
+        run = Run(scenario)
+        t1 = time.perf_counter()
+        result = run.simulate()
+        t2 = time.perf_counter()
     summary = summarize(result)
     t3 = time.perf_counter()
-    return {"ep": ep, "wall_s": t3 - t0, "elaborate_s": t1 - t0, "simulate_s": t2 - t1, "metrics_s": t3 - t2,
-            "events": result.num_events, "solves": result.network_solves,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    ops = sum(len(g) for g in result.intervals)
+    split = dict(split)
+    if phases:  # what the accumulators did not claim: elaboration (programs, compute model) and SimPy + engine
+        split["engine"] = (t2 - t1) - split["solves"] - split["bookkeeping"]
+        split["elaborate_other"] = (t1 - t0) - split["routing"] - split["traffic"]
+    return {"workload": workload, "ep": ep, "layers": scenario.model.num_layers, "wall_s": t3 - t0,
+            "elaborate_s": t1 - t0, "simulate_s": t2 - t1, "metrics_s": t3 - t2, "phases": split,
+            "events": result.num_events, "ops": ops, "solves": result.network_solves,
+            "raw_event_s": raw_event_s, "peak_mb": peak_memory_mb(), "estimate_s": estimate(scenario).wall_s,
+            "estimate_mb": estimate(scenario).peak_memory_bytes / 2**20,
             "step_time_ms": summary["step_time_s"] * 1e3, "mfu": summary["mfu"], "relaxed": relaxed}
+
+
+class _no_phases:
+    def __init__(self, names):
+        self.split = dict.fromkeys(names, float("nan"))
+
+    def __enter__(self):
+        return self.split
+
+    def __exit__(self, *exc):
+        return False
+
+
+def row(r: dict) -> str:
+    ph = r["phases"]
+    us = 1e6
+    return (f"{r['workload']:>6} {r['layers']:>3} {r['ep']:>5} {r['wall_s']:>7.1f} "
+            f"{ph['routing']:>6.1f} {ph['traffic']:>6.1f} {ph['solves']:>6.1f} {ph['bookkeeping']:>6.1f} "
+            f"{ph.get('engine', float('nan')):>6.1f} {ph.get('elaborate_other', float('nan')):>6.1f} "
+            f"{r['metrics_s']:>6.1f} {r['events']:>10,} {r['ops']:>9,} {r['events'] / r['ops']:>5.1f} "
+            f"{r['simulate_s'] / r['ops'] * us:>7.1f} {r['raw_event_s'] * us:>6.2f} {r['solves']:>7,} "
+            f"{r['peak_mb']:>7.0f} {r['step_time_ms']:>9.3f} {r['estimate_s'] / r['wall_s']:>5.2f} "
+            f"{r['estimate_mb'] / r['peak_mb']:>5.2f}{'  (*)' if r['relaxed'] else ''}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--ep", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256, 512, 1024])
-    parser.add_argument("--point", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--workload", nargs="+", choices=["stage", "model"], default=["stage", "model"])
+    parser.add_argument("--ep", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
+    parser.add_argument("--layers", type=int, help="model workload: this many layers (3 dense) instead of 61")
+    parser.add_argument("--no-phases", action="store_true", help="time without the phase accumulators")
+    parser.add_argument("--json", help="also write the points as JSON lines to this file")
+    parser.add_argument("--point", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
-        print(json.dumps(one_point(args.point)))
+        workload, ep = args.point[0], int(args.point[1])
+        print(json.dumps(one_point(workload, ep, args.layers, not args.no_phases)))
         return
-    raw = raw_simpy_events_per_s()
-    print(f"raw SimPy: {raw:,.0f} events/s (timeouts only, this machine)\n")
-    head = f"{'EP':>5} {'GPUs':>5} {'wall s':>8} {'elab s':>7} {'sim s':>7} {'metr s':>7} {'events':>9} " \
-           f"{'ev/s (sim)':>11} {'solves':>7} {'peak MB':>8} {'step ms':>9} {'MFU':>6}"
+    head = (f"{'work':>6} {'lay':>3} {'EP':>5} {'wall s':>7} {'route':>6} {'traff':>6} {'solve':>6} {'books':>6} "
+            f"{'engine':>6} {'elab':>6} {'metr':>6} {'events':>10} {'ops':>9} {'ev/op':>5} {'us/op':>7} "
+            f"{'us/ev':>6} {'solves':>7} {'peak MB':>7} {'step ms':>9} {'est/t':>5} {'est/m':>5}")
     print(head)
     print("-" * len(head))
-    for ep in args.ep:
-        out = subprocess.run([sys.executable, __file__, "--point", str(ep)], capture_output=True, text=True)
-        if out.returncode:
-            print(f"{ep:>5} failed: {out.stderr.strip().splitlines()[-1]}")
-            continue
-        r = json.loads(out.stdout)
-        print(f"{ep:>5} {ep:>5} {r['wall_s']:>8.1f} {r['elaborate_s']:>7.1f} {r['simulate_s']:>7.1f} "
-              f"{r['metrics_s']:>7.1f} {r['events']:>9,} {r['events'] / r['simulate_s']:>11,.0f} {r['solves']:>7,} "
-              f"{r['peak_rss_mb']:>8.0f} {r['step_time_ms']:>9.1f} {r['mfu'] * 100:>5.1f}%"
-              f"{'  (*)' if r['relaxed'] else ''}", flush=True)
-    print("\n(*) does not fit the seed's 64 GB at this EP size; timed with hardware.hbm_gb=1000.")
+    for workload in args.workload:
+        for ep in args.ep:
+            cmd = [sys.executable, __file__, "--point", workload, str(ep)]
+            cmd += ["--layers", str(args.layers)] if args.layers else []
+            cmd += ["--no-phases"] if args.no_phases else []
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                print(f"{workload:>6} {ep:>5} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+                continue
+            r = json.loads(out.stdout)
+            print(row(r), flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+    print("\nphases (s): route = routing (gating samples, replica slots), traff = traffic counting, solve = "
+          "fair-share solves, books = network and collective bookkeeping (paths, flow state), engine = SimPy and "
+          "the engine's processes, elab = the rest of elaboration, metr = metrics.")
+    print("us/op: simulate seconds per simulated op (a kernel or a GPU's part of a collective); us/ev: raw "
+          "SimPy's seconds per event (timeouts only), measured in the same process just before the point.")
+    print("est/t, est/m: simulator/scenario/budget.py's estimate of the wall time and peak memory over the measured.")
+    print("(*) does not fit the seed's 64 GB at this EP size; timed with hardware.hbm_gb=1000.")
     print("EP > 256 puts DeepSeek-V3's 256 experts on GPUs 0..255 and none on the rest (seed 1.1, E <= G).")
 
 

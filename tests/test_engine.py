@@ -52,7 +52,7 @@ def kernel_seconds(run: Run, gpu: int) -> list[float]:
 
 def test_balanced_single_node_all_to_all_takes_busiest_port_bytes_over_rate():
     s = make_scenario(**SINGLE_NODE_BALANCED)
-    run = Run(s)
+    run = Run(s, keep_paths=True)
     run.simulate()
     nvl = s.cluster.nvlink
     for kind in ("dispatch", "combine"):
@@ -96,8 +96,20 @@ def test_three_stream_is_bounded_by_serial_time_and_by_the_busiest_resource(rout
     assert r3.step_time_s >= max(compute, busiest_port) * (1 - 1e-9)
 
 
+def test_a_finished_run_holds_no_paths_and_keeping_them_changes_nothing():
+    s = make_scenario(routing={"distribution": "zipf"})
+    run = Run(s)
+    record = run.simulate()
+    assert run.collectives and all(c._paths is None for c in run.collectives.values())
+    assert run.network._batches and all(b is None for b in run.network._batches)
+    kept = Run(s, keep_paths=True)
+    again = kept.simulate()
+    assert all(c._paths is not None for c in kept.collectives.values())
+    assert json.dumps(summarize(again), sort_keys=True) == json.dumps(summarize(record), sort_keys=True)
+
+
 def test_bytes_sent_equal_bytes_received_in_every_collective():
-    run = Run(make_scenario(routing={"distribution": "zipf"}))
+    run = Run(make_scenario(routing={"distribution": "zipf"}), keep_paths=True)
     r = run.simulate()
     topo = run.topology
     g = topo.num_gpus

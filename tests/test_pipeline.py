@@ -143,7 +143,7 @@ def test_every_collective_kind_of_a_tp_pp_dp_layout_conserves_bytes_and_the_run_
     from simulator.scenario import load_scenario
     path = Path(__file__).parents[1] / "scenarios" / "mixtral-8x7b-tp2-pp2.yaml"
     short = [("training.global_batch_size", 16)]  # 4 micro-batches per replica
-    run = Run(load_scenario(path, short))
+    run = Run(load_scenario(path, short), keep_paths=True)
     record = run.simulate()
     topo = run.topology
     g = topo.num_gpus

@@ -104,8 +104,12 @@ class Collective:
     """
 
     def __init__(self, env: simpy.Environment, network: Network, group: np.ndarray, build, owner_is_sender: bool,
-                 setup_s: float, protocol_efficiency: float = 1.0):
+                 setup_s: float, protocol_efficiency: float = 1.0, keep_paths: bool = False):
+        """keep_paths: keep the flows' paths after launch for inspection (tests); else the network
+        holds them only while their flows run (at EP 1024 the kept paths were most of the memory)."""
         self.env, self.network, self.group = env, network, group  # group: EP rank -> global GPU
+        self.keep_paths = keep_paths
+        self._paths: Paths | None = None
         self._build = build  # () -> Paths in the direction of the flows, built at start
         self.owner_is_sender = owner_is_sender
         self.setup_s = setup_s
@@ -137,7 +141,9 @@ class Collective:
 
     def _launch(self) -> None:
         paths: Paths = self._build()
-        self._paths = paths
+        self._build = None  # built once; its closure (the traffic) is not needed again
+        if self.keep_paths:
+            self._paths = paths
         p = len(self.group)
         ports = paths.entry_port
         cls = self.network.topology.port_class()[ports]
@@ -152,6 +158,11 @@ class Collective:
         for cls_index, per_gpu in ((0, self.nvlink_bytes_per_gpu), (1, self.ib_bytes_per_gpu)):
             sel = (cls == cls_index) & outgoing
             per_gpu += np.bincount(egress_rank[sel], paths.entry_bytes[sel], minlength=p)
+        # the (owner, peer) pairs grouped by owner, so a finished flow finds its pairs by slicing;
+        # the paths themselves are the network's until their flows end, then nobody's
+        order = np.argsort(paths.pair_owner, kind="stable")
+        self._pair_peer, self._pair_latency_s = paths.pair_peer[order], paths.pair_latency_s[order]
+        self._pair_start = np.searchsorted(paths.pair_owner[order], np.arange(p + 1))
         self._peer_pending = np.bincount(paths.pair_peer, minlength=p)
         self._peer_latest = np.full(p, self.env.now)
         has_flow = np.zeros(p, dtype=bool)
@@ -166,13 +177,12 @@ class Collective:
                                    self.protocol_efficiency))
 
     def _flows_done(self, owners: np.ndarray, now: float) -> None:
-        paths = self._paths
         # The last byte is received one path latency after it is sent: on the peers in dispatch
         # (owner scatters), on the owner in combine (owner gathers).
         self.owner_done_s[owners] = now + (0.0 if self.owner_is_sender else self._owner_latency[owners])
-        sel = np.isin(paths.pair_owner, owners)
-        peers = paths.pair_peer[sel]
-        np.maximum.at(self._peer_latest, peers, now + (paths.pair_latency_s[sel] if self.owner_is_sender else 0.0))
+        sel = owner_slices(self._pair_start, owners)
+        peers = self._pair_peer[sel]
+        np.maximum.at(self._peer_latest, peers, now + (self._pair_latency_s[sel] if self.owner_is_sender else 0.0))
         self._peer_pending -= np.bincount(peers, minlength=len(self.group))
         newly_peer = np.unique(peers[self._peer_pending[peers] == 0])
         self.peer_done_s[newly_peer] = self._peer_latest[newly_peer]
@@ -194,3 +204,12 @@ class Collective:
     @property
     def recv_done_s(self) -> np.ndarray:
         return self.peer_done_s if self.owner_is_sender else self.owner_done_s
+
+
+def owner_slices(start: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """Indices of the pairs of `owners` in pairs grouped by owner (owner i's are start[i]:start[i+1])."""
+    first, count = start[owners], start[owners + 1] - start[owners]
+    total = int(count.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(first - np.cumsum(count) + count, count) + np.arange(total)

@@ -56,7 +56,8 @@ class Network:
         self.num_solves = 0
         self.num_updates = 0
         self.num_flows_admitted = 0
-        self._batches: list[FlowBatch] = []
+        self._batches: list[FlowBatch | None] = []  # None once all its flows have finished
+        self._flows_left: list[int] = []  # per batch, its admitted flows still running
         self._pending: list[FlowBatch] = []
         # active flow state, concatenated over batches
         self._remaining = np.zeros(0)
@@ -155,7 +156,12 @@ class Network:
         self._batch_of = self._batch_of[keep]
         self._local = self._local[keep]
         for b in np.unique(done_batches):
-            self._batches[b].on_done(done_local[done_batches == b], now)
+            batch = self._batches[b]
+            mine = done_local[done_batches == b]
+            self._flows_left[b] -= len(mine)
+            if self._flows_left[b] == 0:
+                self._batches[b] = None  # its entry arrays are the largest thing a finished collective held
+            batch.on_done(mine, now)
 
     def _admit(self, now: float) -> None:
         offset = len(self._remaining)
@@ -165,6 +171,7 @@ class Network:
             self._batches.append(batch)
             # Flows that carry no bytes are never admitted: their owner knows they are done.
             present = np.nonzero(batch.flow_size > 0)[0]
+            self._flows_left.append(len(present))
             index = np.full(batch.num_flows, -1)
             index[present] = np.arange(len(present)) + offset
             keep = batch.entry_bytes > 0

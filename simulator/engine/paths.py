@@ -51,22 +51,20 @@ class _Entries:
                      np.concatenate(self.nbytes), owners, peers, latency_s)
 
 
-def _start(pair: np.ndarray, group: EPGroup, topo: Topology):
-    """The (owner, peer) pairs that carry bytes, and the entries every route begins with: each
-    owner's NVLink out-port carrying what it sends inside its node."""
-    owners, peers = np.nonzero(pair)
-    pb = pair[owners, peers]
+def _start(owners: np.ndarray, peers: np.ndarray, pb: np.ndarray, group: EPGroup, topo: Topology):
+    """The entries every route begins with: each owner's NVLink out-port carrying what it sends
+    inside its node; and which pairs are inside a node."""
     intra = group.node[owners] == group.node[peers]
     e = _Entries()
     e.put_per_owner(owners[intra], pb[intra], group.size, lambda r: topo.nvl_out(group.gpus[r]))
-    return e, owners, peers, pb, intra
+    return e, intra
 
 
-def direct_route(pair: np.ndarray, traffic: ChunkTraffic, num_bytes: float, group: EPGroup,
-                 topo: Topology) -> Paths:
+def direct_route(owners: np.ndarray, peers: np.ndarray, pb: np.ndarray, traffic: ChunkTraffic, num_bytes: float,
+                 group: EPGroup, topo: Topology) -> Paths:
     """Each copy over its own links: NVLink inside a node; NIC out, (spine,) NIC in outside."""
     p, gpn, gpus, rail = group.size, topo.spec.gpus_per_node, group.gpus, group.rail
-    e, owners, peers, pb, intra = _start(pair, group, topo)
+    e, intra = _start(owners, peers, pb, group, topo)
     e.put(owners[intra], topo.nvl_in(gpus[peers[intra]]), pb[intra])
     inter = ~intra
     e.put_per_owner(owners[inter], pb[inter], p, lambda r: topo.nic_out(gpus[r]))
@@ -80,13 +78,13 @@ def direct_route(pair: np.ndarray, traffic: ChunkTraffic, num_bytes: float, grou
     return e.paths(owners, peers, topo.pair_latency_s(gpus[owners], gpus[peers]))
 
 
-def hierarchical_route(pair: np.ndarray, traffic: ChunkTraffic, num_bytes: float, group: EPGroup,
-                       topo: Topology) -> Paths:
+def hierarchical_route(owners: np.ndarray, peers: np.ndarray, pb: np.ndarray, traffic: ChunkTraffic,
+                       num_bytes: float, group: EPGroup, topo: Topology) -> Paths:
     """DeepEP normal: once per destination node over IB to the owner's rail there (the forwarder),
     then over NVLink once per destination GPU; inside the owner's node over NVLink directly."""
     p, gpus, rail = group.size, group.gpus, group.rail
     local = np.arange(p)
-    e, owners, peers, pb, intra = _start(pair, group, topo)
+    e, intra = _start(owners, peers, pb, group, topo)
     fwd = ~intra  # arrives at the forwarder over IB, then passes its NVLink buffer stage
     e.put(owners, topo.nvl_in(gpus[peers]), pb)  # every copy enters its GPU over NVLink
     num_nodes = traffic.node_tokens.shape[1]
@@ -112,11 +110,12 @@ ROUTES = {"direct": direct_route, "hierarchical": hierarchical_route}
 
 def build_paths(a2a: AllToAll, traffic: ChunkTraffic, num_bytes: float, group: EPGroup, topo: Topology) -> Paths:
     """Port loads of every owner's flow, dispatch direction."""
-    counts = traffic.pair_copies if a2a.per_expert_copy else traffic.pair_tokens
-    pair = counts.astype(np.float64) * num_bytes
+    owners, peers, counts = traffic.pairs(copies=a2a.per_expert_copy)  # row-major (owner, peer) pairs
+    pb = counts.astype(np.float64) * num_bytes
+    carry = pb != 0
     if not a2a.own_copies_cross_ports:
-        np.fill_diagonal(pair, 0.0)  # a GPU's tokens for its own experts cross no port
-    return ROUTES[a2a.route](pair, traffic, num_bytes, group, topo)
+        carry &= owners != peers  # a GPU's tokens for its own experts cross no port
+    return ROUTES[a2a.route](owners[carry], peers[carry], pb[carry], traffic, num_bytes, group, topo)
 
 
 def mirrored(paths: Paths, topo: Topology) -> Paths:

@@ -25,19 +25,27 @@ from simulator.scenario.schema import Scenario
 DEFAULT_MAX_MEMORY_GB = 4.0  # GiB of the simulator's own memory (this VM has 8 GB, two runs may share it)
 DEFAULT_MAX_MINUTES = 10.0  # wall-clock minutes on the 2-core development VM
 
-# Fitted on this VM (benchmarks/budget_check.py).
+# Fitted on this VM (benchmarks/budget_check.py). The time constants were rescaled by issue 14's
+# exact speed-ups, each term by the phase it stands for: SimPy and the per-op engine x 0.8 (simulate
+# CPU time of the 4-layer stage at EP 256 and the 61-layer step at EP 64, old and new run side by
+# side: 9.2 -> 7.1 s, 22.8 -> 18.8 s); the per-GPU solve and bookkeeping x 0.55 and the collector's
+# growth x 0.46 (the 61-layer step at EP 256 back to back at about the same load, raw SimPy 1.72 and
+# 1.98 us per event: solves + bookkeeping 218 -> 121 s, engine 193 -> 89 s); node-limited routing
+# x 0.56 (327 -> 183 s there); the zipf sampler x 0.82 (the sampler alone, 0.98 -> 0.80 s). Unlimited
+# uniform routing did not change.
 EVENTS_PER_OP = 41.0  # simulated events per (GPU, layer, micro-batch, chunk, phase): 39-42 measured
 EVENTS_PER_TP_OP = 24.0  # extra per such unit with tensor parallelism (gather / scatter rings)
-EVENT_S = 20e-6  # seconds per event at small EP (SimPy plus the per-op engine work)
-EVENT_S_PER_GPU = 0.06e-6  # per event and GPU of the EP group: the fair-share solve covers the group
-# per event and event already kept: the collector walks every live record (measured 49 us per event at
-# 3.6 M events, 24 us below 0.6 M; the README's 1024-GPU run: 6.7 M events in 16.5 min)
-EVENT_S_PER_EVENT = 7e-12
-COPY_S = {"uniform": 0.03e-6, "balanced": 0.03e-6, "zipf": 0.18e-6}  # seconds per routed copy, and traffic
+EVENT_S = 16e-6  # seconds per event at small EP (SimPy plus the per-op engine work); 20e-6 before issue 14
+EVENT_S_PER_GPU = 0.033e-6  # per event and GPU of the EP group: the fair-share solve covers the group
+# per event and event already kept: the collector walked every live record (measured 49 us per event at
+# 3.6 M events, 24 us below 0.6 M; the README's 1024-GPU run: 6.7 M events in 16.5 min); the run now
+# freezes what exists before it and collects the young generation less often (engine/run.py)
+EVENT_S_PER_EVENT = 3.2e-12
+COPY_S = {"uniform": 0.03e-6, "balanced": 0.03e-6, "zipf": 0.15e-6}  # seconds per routed copy, and traffic
 # dirichlet and trace have no fitted cost: charged as zipf (a CDF search per draw; a trace's indexing is cheaper)
 GATE_VALUE_S = 92e-9  # routing.threshold: per (token, expert) gate value drawn, 256 experts, this VM (gating.py)
-DRAW_S = 0.045e-6  # per further draw a copy needs: the sampler draws 2 x top_k candidates per round in bulk
-LIMITED_COPY_S = 0.07e-6  # extra per copy with max_nodes_per_token (the node bookkeeping)
+DRAW_S = 0.037e-6  # per further draw a copy needs: the sampler draws 2 x top_k candidates per round in bulk
+LIMITED_COPY_S = 0.04e-6  # extra per copy with max_nodes_per_token (the node bookkeeping)
 CALL_S = 4e-3  # per routing call (one EP group, layer, micro-batch): routers, traffic matrices
 BASE_BYTES = 60e6  # the interpreter with numpy, simpy and pydantic imported
 COPY_BYTES = 32.0  # transient bytes per routed copy of the largest routing call

@@ -129,17 +129,25 @@ class Router:
         u = rng.random(shape, dtype=np.float32)
         return np.searchsorted(self.cdf, u, side="right").astype(self.ids)
 
-    def _draw_within(self, nodes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """One draw per column of `nodes` [limit, n], restricted to the experts on those nodes."""
-        n = nodes.shape[1]
+    def _within_draws(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The random numbers of n draws restricted to a token's nodes, in the order the law takes
+        them: all n node choices, then all n choices inside the node (_pick_within maps them)."""
         if self.distribution == "uniform":  # every node and expert equally likely: no CDFs needed
-            node = nodes[rng.integers(0, nodes.shape[0], n), np.arange(n)].astype(np.int64)
-            return self.experts_by_node[node * self.experts_per_node + rng.integers(0, self.experts_per_node, n)]
+            return rng.integers(0, self.max_nodes, n), rng.integers(0, self.experts_per_node, n)
+        return rng.random(n), rng.random(n)
+
+    def _pick_within(self, nodes: np.ndarray, cols: np.ndarray, draws: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """One expert for each column `cols` of `nodes` [limit, n] from that column's draws,
+        restricted to the experts on its nodes."""
+        if self.distribution == "uniform":
+            node = nodes[draws[0], cols].astype(np.int64)
+            return self.experts_by_node[node * self.experts_per_node + draws[1]]
+        nodes = nodes.take(cols, axis=1)
         mass = np.cumsum(self.node_mass[nodes], axis=0)
-        u = rng.random(nodes.shape[1]) * mass[-1]
+        u = draws[0] * mass[-1]
         pick = np.minimum((mass < u).sum(axis=0), nodes.shape[0] - 1)
-        node = nodes[pick, np.arange(nodes.shape[1])].astype(np.int64)
-        idx = np.searchsorted(self.node_cdf, node + rng.random(nodes.shape[1]), side="right")
+        node = nodes[pick, np.arange(len(cols))].astype(np.int64)
+        idx = np.searchsorted(self.node_cdf, node + draws[1], side="right")
         idx = np.clip(idx, node * self.experts_per_node, (node + 1) * self.experts_per_node - 1)
         return self.experts_by_node[idx]
 
@@ -152,27 +160,54 @@ class Router:
         num_nodes = np.zeros(n, dtype=np.int64)
         todo = np.arange(n)
         while todo.size:
-            # Dense copies of the unfinished rows: one gather and one scatter per round.
+            m = todo.size
+            # Every token whose node set is full takes a restricted draw for every candidate, done or
+            # not (the stream's order), but only the tokens still filling are worked on: dense copies
+            # of the state of a working set `act` (positions in 0..m-1), compacted once half is done.
+            full = num_nodes[todo] == limit if limit else np.zeros(m, dtype=bool)
+            num_full = int(full.sum())
+            rank_of, ranked = None, -1  # position among the full tokens, for the count it was taken at
+            act = np.arange(m)
             c, f, nd, nn = chosen.take(todo, axis=1), filled[todo], nodes.take(todo, axis=1), num_nodes[todo]
-            rows = np.arange(todo.size)
-            for cand in self._draw((2 * k, todo.size), rng):
-                if limit:
-                    full = nn == limit
-                    if full.any():
-                        cand = cand.copy()
-                        cand[full] = self._draw_within(nd[:, full], rng)
-                ok = (f < k) & (c != cand).all(axis=0)
+            num_done = 0
+            for cand in self._draw((2 * k, m), rng):
+                if len(act) < m:
+                    cand = cand[act]
+                live = f < k
+                if num_full:
+                    draws = self._within_draws(num_full, rng)
+                    fa = np.nonzero(full[act] & live if len(act) < m else full & live)[0]
+                    if fa.size:
+                        if ranked != num_full:
+                            rank_of, ranked = np.cumsum(full) - 1, num_full
+                        rank = rank_of[act[fa]]
+                        cand[fa] = self._pick_within(nd, fa, (draws[0][rank], draws[1][rank]))
+                ok = live & (c != cand).all(axis=0)
                 if limit:
                     node = self.expert_node[cand]
                     known = (nd == node).any(axis=0)
                     ok &= known | (nn < limit)
-                    new_node = ok & ~known
-                    nd[nn[new_node], rows[new_node]] = node[new_node]
-                    nn += new_node
-                c[f[ok], rows[ok]] = cand[ok]
-                f += ok
-            chosen[:, todo], filled[todo], nodes[:, todo], num_nodes[todo] = c, f, nd, nn
-            todo = todo[f < k]
+                    new_node = np.nonzero(ok & ~known)[0]
+                    nd[nn[new_node], new_node] = node[new_node]
+                    nn[new_node] += 1
+                    now_full = new_node[nn[new_node] == limit]
+                    full[act[now_full]] = True
+                    num_full += len(now_full)
+                hit = np.nonzero(ok)[0]
+                c[f[hit], hit] = cand[hit]
+                f[hit] += 1
+                num_done += int((f[hit] == k).sum())
+                if 2 * num_done > len(act):  # write the finished tokens back and drop them
+                    done = f == k
+                    chosen[:, todo[act[done]]] = c[:, done]
+                    filled[todo[act[done]]] = k
+                    keep = ~done
+                    act, c, f, nd, nn = act[keep], c[:, keep], f[keep], nd[:, keep], nn[keep]
+                    num_done = 0
+            # write the working set back; the tokens still short of k experts go to the next round
+            at = todo[act]
+            chosen[:, at], filled[at], nodes[:, at], num_nodes[at] = c, f, nd, nn
+            todo = at[f < k]
         return chosen.T.astype(np.int32)
 
     def _balanced(self, num_tokens: int, rng: np.random.Generator) -> np.ndarray:
