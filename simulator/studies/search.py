@@ -124,6 +124,8 @@ def layout_name(coords) -> str:
             continue
         if key == "workload.two_batch_overlap":
             value = "on" if value else "off"
+        elif isinstance(value, float) and value.is_integer():  # a table column with gaps holds floats
+            value = int(value)
         parts.append(f"{SHORT.get(key, key + '=')}{value}")
     return " ".join(parts)
 
