@@ -41,3 +41,30 @@ def test_no_port_is_overloaded_and_every_flow_has_a_saturated_port():
     saturated = load >= cap * (1 - 1e-9)
     for flow in range(num_flows):
         assert saturated[p[f == flow].astype(int)].any()  # max-min: each flow is bottlenecked somewhere
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_flow_has_the_highest_rate_at_one_of_its_saturated_ports(seed):
+    """The max-min characterisation: a flow's rate can only rise by lowering a smaller one, so it is
+    the largest among the flows of some saturated port it crosses; entries in shuffled order."""
+    rng = np.random.default_rng(seed)
+    num_flows, num_ports = 300, 60
+    entries = [(f, p, 1.0) for f in range(num_flows) for p in rng.choice(num_ports, size=4, replace=False)]
+    entries = [entries[i] for i in rng.permutation(len(entries))]
+    cap = rng.uniform(1, 10, num_ports)
+    r = rates(entries, cap, num_flows)
+    f, p = (np.array(x, dtype=int) for x in list(zip(*entries))[:2])
+    load = np.bincount(p, r[f], minlength=num_ports)
+    saturated = load >= cap * (1 - 1e-9)
+    top = np.zeros(num_ports)
+    np.maximum.at(top, p, r[f])
+    for flow in range(num_flows):
+        ports = p[f == flow]
+        assert any(saturated[q] and r[flow] >= top[q] * (1 - 1e-9) for q in ports)
+
+
+def test_a_non_finite_capacity_stalls_the_solver_instead_of_spinning():
+    from simulator.engine.fairshare import SolverStalled
+
+    with pytest.raises(SolverStalled, match="non-finite capacities"):
+        rates([(0, 0, 1.0), (1, 1, 1.0)], [np.nan, 1.0], 2)
