@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -99,7 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:
             return fail(f"--save-routing = {str(routing)!r}: cannot create its folder ({exc.strerror})")
     try:
-        summary, rows, result = simulate_scenario(scenario, save_routing=routing)
+        with run_progress(scenario) as progress:
+            summary, rows, result = simulate_scenario(scenario, save_routing=routing, progress=progress)
     except ScenarioError as exc:
         return fail(str(exc))
     num_slices = estimate_slices(result, args.trace_gpus)
@@ -117,6 +119,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         files["routing"] = str(routing)
     print_summary(summary, files)
     return 0
+
+
+PROGRESS_MIN_EVENTS = 500_000  # runs estimated shorter than this (a few seconds) show no progress
+
+
+@contextlib.contextmanager
+def run_progress(scenario, force: bool | None = None):
+    """A progress bar on stderr over the simulated events (the budget's estimate as the total) for a
+    long run on a terminal; None (no bar) when stderr is piped or the run is short. force: show or
+    hide it regardless of the terminal (tests)."""
+    from simulator.scenario.budget import estimate
+
+    total = estimate(scenario).num_events
+    show = sys.stderr.isatty() if force is None else force
+    if not show or (force is None and total < PROGRESS_MIN_EVENTS):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True, markup=False, force_terminal=force)
+    columns = (TextColumn("simulating {task.fields[name]}", markup=False), BarColumn(),
+               TextColumn("{task.completed:,.0f} of ~{task.total:,.0f} events"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("simulate", total=total, name=scenario.name)
+        yield lambda n: bar.advance(task, n)
 
 
 # -- sweep ----------------------------------------------------------------------------------------

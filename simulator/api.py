@@ -18,13 +18,14 @@ from simulator.steps import MIN_FACTOR, adapt, expert_loads, expert_tokens, load
 from simulator.workload.routing_trace import save_routing as save_routing_trace
 
 
-def simulate_scenario(scenario: Scenario, budget: Budget | None = None,
-                      save_routing: Path | None = None) -> tuple[dict, list[dict], RunRecord]:
+def simulate_scenario(scenario: Scenario, budget: Budget | None = None, save_routing: Path | None = None,
+                      progress=None) -> tuple[dict, list[dict], RunRecord]:
     """Simulate and measure: (summary, per-layer/per-GPU rows, the RunRecord for traces). A
     pipeline step too long to simulate whole is extended from two shorter ones (the record and
     rows are then those of the longer of the two). With a budget, a run estimated past it is
     refused (ScenarioError) before any work is done. save_routing: write every step's expert ids
-    there as an NPZ trace (simulator/workload/routing_trace.py) that routing.distribution=trace replays."""
+    there as an NPZ trace (simulator/workload/routing_trace.py) that routing.distribution=trace replays.
+    progress(n): told the simulated events as they happen, n at a time, over every step and run."""
     if budget is not None:
         check_budget(scenario, budget)
     if save_routing is not None and sample_micro_batches(scenario) is not None:
@@ -36,7 +37,8 @@ def simulate_scenario(scenario: Scenario, budget: Budget | None = None,
     scale, per_step, loads_out, routed = None, [], [], []
     placements, observed, rebalances = None, {}, []
     for step in range(steps):
-        summary, rows, record, run = _simulate_step(scenario, scale, step, placements, save_routing is not None)
+        summary, rows, record, run = _simulate_step(scenario, scale, step, placements, save_routing is not None,
+                                                    progress)
         if save_routing is not None:
             routed.append(run.workload.routed)
         tokens = expert_tokens(record.counts, record.placements)
@@ -79,15 +81,15 @@ def simulate_scenario(scenario: Scenario, budget: Budget | None = None,
 
 
 def _simulate_step(scenario: Scenario, gate_scale: dict | None, step: int, placements: dict | None = None,
-                   keep_routing: bool = False) -> tuple[dict, list[dict], RunRecord, Run]:
+                   keep_routing: bool = False, progress=None) -> tuple[dict, list[dict], RunRecord, Run]:
     """One step: whole, or extended from two shorter pipeline steps."""
     sample = sample_micro_batches(scenario)
     if sample is None:
-        record, run = _simulate(scenario, gate_scale, step, placements, keep_routing)
+        record, run = _simulate(scenario, gate_scale, step, placements, keep_routing, progress)
         return summarize(record), per_layer_gpu_rows(record), record, run
     m1, m2 = sample
-    one, _ = _simulate(with_micro_batches(scenario, m1), gate_scale, step, placements)
-    record, run = _simulate(with_micro_batches(scenario, m2), gate_scale, step, placements)
+    one, _ = _simulate(with_micro_batches(scenario, m1), gate_scale, step, placements, progress=progress)
+    record, run = _simulate(with_micro_batches(scenario, m2), gate_scale, step, placements, progress=progress)
     return extend_summary(scenario, summarize(one), summarize(record), m1, m2), per_layer_gpu_rows(record), record, run
 
 
@@ -97,11 +99,11 @@ def run_scenario(scenario: Scenario, budget: Budget | None = None) -> tuple[dict
 
 
 def _simulate(scenario: Scenario, gate_scale: dict | None = None, step: int = 0, placements: dict | None = None,
-              keep_routing: bool = False) -> tuple[RunRecord, Run]:
+              keep_routing: bool = False, progress=None) -> tuple[RunRecord, Run]:
     """engine.simulate, with a stalled solver's error naming the collectives in flight by their ids."""
     run = Run(scenario, gate_scale, step, placements, keep_routing)
     try:
-        return run.simulate(), run
+        return run.simulate(progress), run
     except SolverStalled as exc:
         stuck = {id(getattr(b.on_done, "__self__", None)) for b in exc.batches}
         names = [f"{cid.kind} (group {cid.group}, index {cid.index}, micro-batch {cid.micro_batch}, chunk {cid.chunk})"

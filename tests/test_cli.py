@@ -192,3 +192,29 @@ def test_unknown_option_exits_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "--bogus" in proc.stderr
+
+
+def test_progress_is_told_every_simulated_event_and_changes_nothing(monkeypatch):
+    import simulator.engine.run as engine
+    from simulator.api import simulate_scenario
+    from simulator.scenario import build_scenario
+
+    monkeypatch.setattr(engine, "PROGRESS_EVENTS", 1000)
+    told = []
+    with_bar = simulate_scenario(build_scenario(TINY), progress=told.append)
+    without = simulate_scenario(build_scenario(TINY))
+    assert sum(told) == with_bar[2].num_events and len(told) > 2 and set(told[:-1]) == {1000}
+    assert json.dumps(with_bar[0], sort_keys=True) == json.dumps(without[0], sort_keys=True)
+
+
+def test_the_progress_bar_shows_only_on_a_terminal_or_when_forced(capsys):
+    import run_sim
+    from simulator.scenario import build_scenario
+
+    s = build_scenario(TINY)
+    with run_sim.run_progress(s) as progress:  # stderr is not a terminal under pytest
+        assert progress is None
+    with run_sim.run_progress(s, force=True) as progress:
+        progress(10)
+    err = capsys.readouterr().err
+    assert f"simulating {s.name}" in err and "10 of ~" in err

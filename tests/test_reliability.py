@@ -405,7 +405,7 @@ def test_a_calibration_with_too_few_clean_rounds_is_refused(monkeypatch):
 
 # -- 8. Ctrl-C ------------------------------------------------------------------------------------------
 def test_ctrl_c_during_a_run_ends_with_one_line_and_status_130(tmp_path, capsys, monkeypatch):
-    def interrupted(scenario, budget=None, save_routing=None):
+    def interrupted(scenario, budget=None, save_routing=None, progress=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("simulator.api.simulate_scenario", interrupted)

@@ -35,6 +35,8 @@ from simulator.wire import ELEMENT_BYTES, algorithm, token_bytes
 from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_kernels, ffn_split, op_seconds
 from simulator.workload.serving import context_spread
 
+PROGRESS_EVENTS = 20_000  # events between two progress reports (a few per second of simulation)
+
 
 class Run:
     def __init__(self, scenario: Scenario, gate_scale: dict | None = None, step: int = 0,
@@ -425,7 +427,8 @@ class Run:
         for mb, chunk in self.programs[gpu.index].chains:
             yield from self.run_chain(gpu, mb, chunk)
 
-    def simulate(self) -> RunRecord:
+    def simulate(self, progress=None) -> RunRecord:
+        """Run every GPU's program to its end; progress(n) is told every PROGRESS_EVENTS events."""
         three_stream = self.s.pipeline.overlap == "three_stream"
         orders = {id(p): self.stream_order(p) for p in self._programs.values()} if three_stream else {}
         self.stream_seq = [orders[id(p)] for p in self.programs] if three_stream else None
@@ -448,6 +451,10 @@ class Run:
                 except simpy.core.EmptySchedule:
                     break
                 self.num_events += 1
+                if progress is not None and self.num_events % PROGRESS_EVENTS == 0:
+                    progress(PROGRESS_EVENTS)
+        if progress is not None:
+            progress(self.num_events % PROGRESS_EVENTS)
         stuck = [gpu for gpu, p in processes if not p.triggered]
         if stuck:  # an engine bug, never a property of the input: say so rather than report a short step
             raise RuntimeError(f"simulation ended with GPU {stuck[0]}'s program unfinished ({len(stuck)} processes)")
