@@ -25,7 +25,6 @@ import math
 
 from simulator.errors import ScenarioError
 
-SERVING_MODES = ("prefill", "decode")
 DECODE_KEYS = ("batch_per_gpu", "context_len", "context_len_distribution", "kv_cache_dtype", "mtp_draft_tokens",
                "accepted_tokens_per_step")
 KV_BYTES = {"bf16": 2, "fp8": 1}
@@ -111,12 +110,6 @@ def kv_bytes_per_token_layer(s) -> float:
     if a.kind == "mla":
         return (a.kv_lora_rank + a.qk_rope_head_dim) * nbytes
     return 2 * (a.num_kv_heads // t) * a.head_dim * nbytes
-
-
-def sequences_held(s, batch_per_gpu: int | None = None) -> int:
-    """Sequences whose KV a GPU holds: its own, or with TP-attention its whole TP group's."""
-    b = s.workload.batch_per_gpu if batch_per_gpu is None else batch_per_gpu
-    return b * s.parallel.tp_size
 
 
 def kv_cache_bytes_per_sequence(s) -> float:
