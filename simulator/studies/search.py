@@ -44,6 +44,7 @@ def powers_of_two_up_to(n: int) -> list[int]:
 class Candidates:
     axes: dict[str, list]  # scenario key -> the values searched
     combos: list[tuple[tuple[str, object], ...]]  # every candidate's overrides
+    gpus_per_node: int  # of the scenario's hardware: num_gpus // this is the nodes of every candidate
 
 
 def candidates(base: dict, num_gpus: int, pinned: frozenset = frozenset()) -> Candidates:
@@ -84,7 +85,7 @@ def candidates(base: dict, num_gpus: int, pinned: frozenset = frozenset()) -> Ca
             else:  # one model chunk per rank: the base's schedule, 1F1B in place of interleaved
                 extra = {"parallel.vpp_size": 1, "parallel.pp_schedule": "1f1b" if schedule == "interleaved" else schedule}
             combos.append(tuple({**combo, **extra}.items()))
-    return Candidates(axes, combos)
+    return Candidates(axes, combos, gpn)
 
 
 @dataclass
@@ -99,9 +100,7 @@ def layout_points(path: str | Path, num_gpus: int, fixed: list[tuple[str, object
     """(the candidates that pass the scenario rules, the pruned ones with their rule)."""
     base = apply_overrides(read_scenario_file(path), fixed)
     cands = candidates(base, num_gpus, frozenset(key for key, _ in fixed))
-    gpn = build_scenario(apply_overrides(base, [("hardware.nodes", 1), ("parallel.ep_size", 1), ("parallel.tp_size", 1),
-                                                ("parallel.pp_size", 1), ("hardware.hbm_gb", 1e5)])).cluster.gpus_per_node
-    points = make_points(base, [("hardware.nodes", max(1, num_gpus // gpn))], cands.combos)
+    points = make_points(base, [("hardware.nodes", max(1, num_gpus // cands.gpus_per_node))], cands.combos)
     keep = [p for p in points if not p.error]
     pruned = [(p.label, p.error) for p in points if p.error]
     return keep, pruned
@@ -181,18 +180,19 @@ def run_search(path: str | Path, num_gpus: int, objective: str, fixed: list[tupl
     if objective not in OBJECTIVES:
         raise ScenarioError("--objective", objective, f"valid: {', '.join(OBJECTIVES)}")
     points, pruned = layout_points(path, num_gpus, fixed)
-    if objective == "itl" and points and build_scenario(points[0].data).workload.mode != "decode":
+    scenarios = [build_scenario(p.data) for p in points]  # once per layout, for every check below
+    if objective == "itl" and scenarios and scenarios[0].workload.mode != "decode":
         raise ScenarioError("--objective", objective, "inter-token latency needs workload.mode=decode")
     if max_gpu_memory_gb is not None:
         limit = max_gpu_memory_gb * GIB
         kept = []
-        for p in points:
-            peak = memory_per_gpu(build_scenario(p.data)).before_buffers
+        for p, scenario in zip(points, scenarios):
+            peak = memory_per_gpu(scenario).before_buffers
             if peak > limit:
                 pruned.append((p.label, f"--max-gpu-memory-gb: {peak / GIB:.1f} GiB before buffers > {max_gpu_memory_gb:g}"))
             else:
-                kept.append(p)
-        points = kept
+                kept.append((p, scenario))
+        points, scenarios = [p for p, _ in kept], [sc for _, sc in kept]
     if not points:
         raise ScenarioError("--gpus", num_gpus, f"no layout of the scenario fits {num_gpus} GPUs; the first rejection: "
                             f"{pruned[0][1] if pruned else 'none'}")
@@ -200,8 +200,8 @@ def run_search(path: str | Path, num_gpus: int, objective: str, fixed: list[tupl
         raise ScenarioError("--max-points", max_points, f"{len(points)} layouts pass the rules; raise --max-points "
                             "or fix more of the layout with --set")
     if check is not None:
-        for p in points:
-            check(build_scenario(p.data))
+        for scenario in scenarios:
+            check(scenario)
     points = [Point(i, p.coords, p.data, p.key, p.resolved, p.error) for i, p in enumerate(points)]
     result = run_sweep(points, out_dir, "local", jobs)
     ranked = rank(result.table, objective)
