@@ -585,3 +585,9 @@ def test_expert_tp_auto_with_an_ep_group_past_the_stage_is_a_scenario_error_not_
     rejects(tiny_dict(hardware={"nodes": 1, "gpus_per_node": 4}, parallel={"ep_size": 1, "pp_size": 4, "tp_size": 2,
                                                                          "expert_tp_size": "auto"},
                       model={"num_layers": 4}), "parallel.tp_size", "parallel.pp_size=4 must divide the 4 GPUs")
+
+
+def test_tp_groups_that_do_not_fit_a_pipeline_stage_are_a_scenario_error_not_a_crash():
+    # found by CI's fuzz test: 2 GPUs at tp 2 x pp 2 built the rank layout and raised a bare ValueError
+    rejects(tiny_dict(hardware={"nodes": 1, "gpus_per_node": 2}, parallel={"ep_size": 1, "tp_size": 2, "pp_size": 2},
+                      model={"num_layers": 4}), "parallel.tp_size", "a pipeline stage (1 GPUs) holds whole TP groups")

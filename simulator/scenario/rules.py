@@ -51,6 +51,9 @@ def check_pipeline(s: Scenario) -> None:
     p, v = par.pp_size, par.vpp_size
     if s.num_gpus % p:
         raise ScenarioError("parallel.pp_size", p, f"must divide the {s.num_gpus} GPUs")
+    if (s.num_gpus // p) % par.tp_size:
+        raise ScenarioError("parallel.tp_size", par.tp_size, f"x parallel.pp_size={p} must divide the {s.num_gpus} "
+                            f"GPUs: a pipeline stage ({s.num_gpus // p} GPUs) holds whole TP groups")
     if v > 1 and par.pp_schedule != "interleaved":
         raise ScenarioError("parallel.vpp_size", v, "more than one model chunk per rank needs parallel.pp_schedule=interleaved")
     if p == 1:
