@@ -249,7 +249,9 @@ def load_imbalance(r: RunRecord) -> float:
     for (group, layer, mb, _chunk), counts in r.counts.items():
         key = (group, layer, mb)
         recv[key] = recv[key] + counts.recv_copies if key in recv else counts.recv_copies
-    return float(np.mean([v.max() / v.mean() for v in recv.values()]))
+    # a layer whose tokens all went nowhere (threshold gating, capacity) has no imbalance to report
+    ratios = [v.max() / v.mean() for v in recv.values() if v.sum() > 0]
+    return float(np.mean(ratios)) if ratios else 1.0
 
 
 def expert_tp(s) -> dict:

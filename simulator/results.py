@@ -64,7 +64,9 @@ def other_run_in(out_dir: Path, resolved_text: str) -> str | None:
 
 
 def summary_json(summary: dict) -> str:
-    return json.dumps(summary, indent=2) + "\n"
+    """summary.json's text; a NaN or infinity is a model error and fails here rather than writing
+    a file that is not JSON."""
+    return json.dumps(summary, indent=2, allow_nan=False) + "\n"
 
 
 def run_file_contents(summary: dict, rows: list[dict], loads: list[dict] | None = None) -> dict[str, str]:

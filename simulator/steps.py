@@ -38,8 +38,11 @@ def expert_tokens(counts: dict, placements: dict | None) -> dict[tuple[int, int]
 
 
 def expert_loads(tokens: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, int], np.ndarray]:
-    """(EP group, MoE layer) -> Load_e (sums to 1) from expert_tokens' totals."""
-    return {key: per_expert / per_expert.sum() for key, per_expert in tokens.items()}
+    """(EP group, MoE layer) -> Load_e (sums to 1) from expert_tokens' totals. A layer whose tokens
+    reached no expert (threshold gating) tells nothing about its experts: it counts as balanced, so
+    the adaptive gate leaves its scales alone."""
+    return {key: per_expert / per_expert.sum() if per_expert.sum() > 0 else np.full(len(per_expert), 1 / len(per_expert))
+            for key, per_expert in tokens.items()}
 
 
 def max_over_mean(loads: dict[tuple[int, int], np.ndarray]) -> float:

@@ -591,3 +591,13 @@ def test_tp_groups_that_do_not_fit_a_pipeline_stage_are_a_scenario_error_not_a_c
     # found by CI's fuzz test: 2 GPUs at tp 2 x pp 2 built the rank layout and raised a bare ValueError
     rejects(tiny_dict(hardware={"nodes": 1, "gpus_per_node": 2}, parallel={"ep_size": 1, "tp_size": 2, "pp_size": 2},
                       model={"num_layers": 4}), "parallel.tp_size", "a pipeline stage (1 GPUs) holds whole TP groups")
+
+
+def test_a_step_whose_tokens_reach_no_expert_reports_a_finite_load_imbalance():
+    # found by benchmarks/fuzz.py: threshold 1 keeps no expert, every GPU receives nothing, max/mean was 0/0
+    import json
+
+    from simulator.api import run_scenario
+    summary = run_scenario(build_scenario(tiny_dict(routing={"distribution": "uniform", "seed": 0, "threshold": 1.0})))[0]
+    assert summary["load_imbalance"] == 1.0
+    json.dumps(summary, allow_nan=False)
