@@ -70,6 +70,32 @@ def test_traffic_counts_distinct_tokens_per_gpu_pair_and_copies_without_dedupe()
     assert t.node_tokens.tolist() == [[1], [1]]
 
 
+def test_traffic_counts_match_a_set_per_token_reference_with_dropped_copies_and_chunks():
+    # the compiled counter against the definition, token by token: 4 nodes x 2 GPUs, 16 slots, -1 dropped
+    rng = np.random.default_rng(0)
+    p, per_gpu, k, slots = 8, 37, 4, 16
+    slot_gpu, member_node = rng.integers(0, p, slots), np.arange(p) // 2
+    experts = np.stack([rng.permutation(slots)[:k] for _ in range(p * per_gpu)])
+    experts[rng.random(experts.shape) < 0.2] = -1
+    chunks = micro_batch_traffic(experts, per_gpu, 3, slot_gpu, member_node, slots)
+    for c, (lo, hi) in enumerate([(0, 12), (12, 25), (25, 37)]):
+        tokens, copies = np.zeros((p, p), int), np.zeros((p, p), int)
+        nodes, per_slot = np.zeros((p, 4), int), np.zeros(slots, int)
+        for src in range(p):
+            for row in experts[src * per_gpu + lo: src * per_gpu + hi]:
+                kept = [e for e in row if e >= 0]
+                for e in kept:
+                    copies[src, slot_gpu[e]] += 1
+                    per_slot[e] += 1
+                for g in {slot_gpu[e] for e in kept}:
+                    tokens[src, g] += 1
+                for n in {member_node[slot_gpu[e]] for e in kept}:
+                    nodes[src, n] += 1
+        t = chunks[c]
+        assert (t.pair_tokens == tokens).all() and (t.pair_copies == copies).all()
+        assert (t.node_tokens == nodes).all() and (t.expert_tokens == per_slot).all()
+
+
 def test_same_seed_routes_the_same_tokens():
     a = router(seed=3).route(1000, np.random.default_rng(9))
     b = router(seed=3).route(1000, np.random.default_rng(9))

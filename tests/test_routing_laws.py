@@ -99,3 +99,44 @@ def test_per_layer_zipf_exponents_need_the_zipf_law():
     with pytest.raises(ScenarioError) as exc:
         make_scenario(routing={"distribution": "zipf", "zipf_alpha_per_layer": [1.0, 5.0]})
     assert exc.value.key.startswith("routing.zipf_alpha_per_layer")
+
+
+def _ordered_outcome_probabilities(p, expert_node, k, limit):
+    """Exact probability of every ordered choice of k experts under the routing law: each draw picks
+    an allowed expert (not yet chosen; on one of the token's nodes once it spans `limit`) with
+    probability proportional to p among the allowed."""
+    out = {}
+
+    def walk(chosen, prob):
+        if len(chosen) == k:
+            out[tuple(chosen)] = prob
+            return
+        nodes = {expert_node[e] for e in chosen}
+        allowed = [e for e in range(len(p)) if e not in chosen and (len(nodes) < limit or expert_node[e] in nodes)]
+        mass = sum(p[e] for e in allowed)
+        for e in allowed:
+            walk(chosen + [e], prob * p[e] / mass)
+
+    walk([], 1.0)
+    return out
+
+
+@pytest.mark.parametrize("distribution, limit", [("zipf", 2), ("zipf", None), ("uniform", 2)])
+def test_the_sampler_draws_every_ordered_choice_with_its_exact_plackett_luce_probability(distribution, limit):
+    # 8 experts on 4 nodes, top 3: every one of the ordered outcomes against its enumerated probability
+    from scipy.stats import chisquare
+
+    from simulator.workload.routing import Router
+    expert_node = np.arange(8) // 2
+    router = Router(8, 3, distribution, 1.3, expert_node, limit, np.random.default_rng(7))
+    exact = _ordered_outcome_probabilities(router.probabilities, expert_node, 3, limit or 4)
+    n = 400_000
+    drawn = router.route(n, np.random.default_rng(11))
+    codes = (drawn[:, 0] * 64 + drawn[:, 1] * 8 + drawn[:, 2]).astype(np.int64)
+    seen = np.bincount(codes, minlength=512)
+    outcomes = sorted(exact)
+    index = [a * 64 + b * 8 + c for a, b, c in outcomes]
+    assert seen.sum() == seen[index].sum()  # nothing outside the law's support (repeats, a third node)
+    assert sum(exact.values()) == pytest.approx(1.0)
+    expected = np.array([exact[o] for o in outcomes]) * n
+    assert chisquare(seen[index], expected).pvalue > 1e-3

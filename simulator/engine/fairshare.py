@@ -41,37 +41,14 @@ def max_min_rates(entry_flow: np.ndarray, entry_port: np.ndarray, entry_weight: 
 def max_min_levels(entry_flow: np.ndarray, entry_port: np.ndarray, entry_weight: np.ndarray,
                    capacity: np.ndarray, num_flows: int) -> tuple[np.ndarray, int]:
     """(rates, bottleneck levels the solve took); raises SolverStalled past level_bound(num_flows)."""
-    num_ports = len(capacity)
-    rates = np.zeros(num_flows)
-    residual = np.asarray(capacity, dtype=np.float64).copy()
-    # A frozen flow's entries keep their place with weight 0: every level's port demands are then
-    # the same sums in the same order as over the live entries alone (x + 0.0 == x), without
-    # compacting the entry arrays.
-    weight = np.array(entry_weight, dtype=np.float64)
-    live = np.ones(len(entry_flow), dtype=bool)
-    newly = np.zeros(num_flows, dtype=bool)
-    level = 0.0
-    num_levels = 0
-    num_live = len(entry_flow)
-    while num_live:
-        num_levels += 1
-        if num_levels > level_bound(num_flows):
-            raise SolverStalled(f"max-min fair share took {num_levels} levels for {num_flows} flows over "
-                                f"{num_ports} ports (each level freezes >= 1 flow); non-finite capacities: "
-                                f"{int((~np.isfinite(residual)).sum())}")
-        demand = np.bincount(entry_port, weight, minlength=num_ports)
-        used = demand > 0
-        headroom = np.full(num_ports, np.inf)
-        headroom[used] = np.maximum(residual[used], 0.0) / demand[used]
-        step = headroom.min()
-        level += step
-        residual -= step * demand
-        saturated = used & (headroom <= step + LEVEL_RTOL * level)
-        newly[:] = False
-        newly[entry_flow[saturated[entry_port] & live]] = True
-        rates[newly] = level
-        dead = newly[entry_flow]
-        weight[dead] = 0.0
-        live &= ~dead
-        num_live -= int(np.count_nonzero(dead))
+    from simulator.engine.fairshare_kernel import progressive_filling
+
+    residual = np.array(capacity, dtype=np.float64)
+    rates, num_levels = progressive_filling(np.asarray(entry_flow, dtype=np.int64), np.asarray(entry_port, dtype=np.int64),
+                                            np.asarray(entry_weight, dtype=np.float64), residual, num_flows,
+                                            level_bound(num_flows), LEVEL_RTOL)
+    if num_levels < 0:
+        raise SolverStalled(f"max-min fair share took {-num_levels} levels for {num_flows} flows over "
+                            f"{len(residual)} ports (each level freezes >= 1 flow); non-finite capacities: "
+                            f"{int((~np.isfinite(np.asarray(capacity, dtype=np.float64))).sum())}")
     return rates, num_levels

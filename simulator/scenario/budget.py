@@ -32,25 +32,29 @@ DEFAULT_MAX_MINUTES = 10.0  # wall-clock minutes on the 2-core development VM
 # growth x 0.46 (the 61-layer step at EP 256 back to back at about the same load, raw SimPy 1.72 and
 # 1.98 us per event: solves + bookkeeping 218 -> 121 s, engine 193 -> 89 s); node-limited routing
 # x 0.56 (327 -> 183 s there); the zipf sampler x 0.82 (the sampler alone, 0.98 -> 0.80 s). Unlimited
-# uniform routing did not change.
+# uniform routing did not change. Then the compiled routing sampler, traffic counter and solver
+# (simulator/workload/kernels.py, engine/fairshare_kernel.py; benchmarks/budget_check.py before and
+# after): node-limited routing and its counting 0.07 -> 0.035 us per copy, zipf 0.15 -> 0.05, a
+# further draw 0.037 -> 0.005 us, the per-GPU solve x 0.75 (2.0 -> 1.2 s of solves at EP 256), and
+# the process itself holds numba's LLVM (about 125 MB more resident).
 EVENTS_PER_OP = 41.0  # simulated events per (GPU, layer, micro-batch, chunk, phase): 39-42 measured
 EVENTS_PER_TP_OP = 24.0  # extra per such unit with tensor parallelism (gather / scatter rings)
 EVENT_S = 16e-6  # seconds per event at small EP (SimPy plus the per-op engine work); 20e-6 before issue 14
-EVENT_S_PER_GPU = 0.033e-6  # per event and GPU of the EP group: the fair-share solve covers the group
+EVENT_S_PER_GPU = 0.025e-6  # per event and GPU of the EP group: the fair-share solve covers the group
 # per event and event already kept: the collector walked every live record (measured 49 us per event at
 # 3.6 M events, 24 us below 0.6 M; the README's 1024-GPU run: 6.7 M events in 16.5 min); the run now
 # freezes what exists before it and collects the young generation less often (engine/run.py)
 EVENT_S_PER_EVENT = 3.2e-12
-COPY_S = {"uniform": 0.03e-6, "balanced": 0.03e-6, "zipf": 0.15e-6}  # seconds per routed copy, and traffic
+COPY_S = {"uniform": 0.03e-6, "balanced": 0.03e-6, "zipf": 0.05e-6}  # seconds per routed copy, and traffic
 # dirichlet and trace have no fitted cost: charged as zipf (a CDF search per draw; a trace's indexing is cheaper)
 GATE_VALUE_S = 92e-9  # routing.threshold: per (token, expert) gate value drawn, 256 experts, this VM (gating.py)
-DRAW_S = 0.037e-6  # per further draw a copy needs: the sampler draws 2 x top_k candidates per round in bulk
-LIMITED_COPY_S = 0.04e-6  # extra per copy with max_nodes_per_token (the node bookkeeping)
+DRAW_S = 0.005e-6  # per further draw a copy needs (a repeat the sampler skips)
+LIMITED_COPY_S = 0.005e-6  # extra per copy with max_nodes_per_token (the node bookkeeping)
 CALL_S = 4e-3  # per routing call (one EP group, layer, micro-batch): routers, traffic matrices
-BASE_BYTES = 60e6  # the interpreter with numpy, simpy and pydantic imported
-COPY_BYTES = 32.0  # transient bytes per routed copy of the largest routing call
+BASE_BYTES = 185e6  # the interpreter with numpy, simpy, pydantic and numba (its LLVM) imported
+COPY_BYTES = 10.0  # bytes per routed copy of the largest routing call (expert ids, their slots; 8.8 measured)
 EVENT_BYTES = 260.0  # kept per event: intervals, records
-FLOAT32_STEP = 2.0 ** -24  # the sampler's uniform draws are float32: an expert with less mass may never be drawn
+UNIFORM_STEP = 2.0 ** -53  # the sampler's uniform draws are float64: an expert with less mass may never be drawn
 MAX_DRAWS_PER_COPY = 1e4  # past this the sampler's rejection loop is hopeless at any budget
 
 
@@ -88,10 +92,10 @@ def draws_per_copy(s: Scenario) -> float:
         p /= p.sum()
     else:
         p = np.full(e, 1.0 / e)
-    if p[k - 1] < FLOAT32_STEP:
+    if p[k - 1] < UNIFORM_STEP:
         return math.inf
     left = 1.0 - np.concatenate([[0.0], np.cumsum(p[: k - 1])])
-    return float(np.sum(1.0 / np.maximum(left, FLOAT32_STEP)) / k)
+    return float(np.sum(1.0 / np.maximum(left, UNIFORM_STEP)) / k)
 
 
 def _micro_batch_runs(s: Scenario) -> list[int]:
@@ -133,7 +137,7 @@ def estimate(s: Scenario) -> Estimate:
     per_run = events / len(runs)
     wall = (events * (EVENT_S + EVENT_S_PER_GPU * par.ep_size + EVENT_S_PER_EVENT * per_run)
             + copies * (copy_s + DRAW_S * (draws - 1)) + calls * CALL_S)
-    largest_call = par.ep_size * w.tokens_per_gpu * m.top_k  # copies; a sampling round holds 2 x top_k per token
+    largest_call = par.ep_size * w.tokens_per_gpu * m.top_k  # copies
     memory = BASE_BYTES + COPY_BYTES * largest_call + EVENT_BYTES * per_run
     return Estimate(len(runs), int(copies), draws, int(collectives), int(events), memory, wall)
 

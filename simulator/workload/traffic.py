@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 
-BLOCK_SOURCES = 16  # source GPUs whose tokens are counted at once
-
 
 class ChunkTraffic:
     """Token counts of one chunk. The pair counts are kept sparse: only the (src, dst) pairs that
@@ -81,38 +79,6 @@ def _wide(dtype) -> type:
     return np.int64 if np.issubdtype(dtype, np.integer) else dtype
 
 
-def _distinct_per_row(ids: np.ndarray) -> np.ndarray:
-    """Boolean mask of the first occurrence of each value in each row."""
-    s = np.sort(ids, axis=1)
-    first = np.ones_like(s, dtype=bool)
-    first[:, 1:] = s[:, 1:] != s[:, :-1]
-    return s, first
-
-
-def count_chunk(experts: np.ndarray, src: np.ndarray, expert_gpu: np.ndarray, member_node: np.ndarray,
-                num_experts: int) -> tuple[np.ndarray, ...]:
-    """Counts for tokens `experts` [n, k] sent from GPUs `src` [n] (EP ranks). member_node[r] is the
-    node of EP rank r, numbered inside the group. A copy of -1 was dropped (expert capacity): it goes
-    to a phantom GPU p on a phantom node, which the counts leave out."""
-    p = len(member_node)
-    num_nodes = int(member_node.max()) + 1
-    gpu = np.append(expert_gpu, p)[experts]  # -1 indexes the phantom
-    copies = np.bincount((src[:, None] * (p + 1) + gpu).ravel(), minlength=p * (p + 1)).reshape(p, p + 1)[:, :p]
-    sorted_gpu, first = _distinct_per_row(gpu)
-    src_k = np.broadcast_to(src[:, None], gpu.shape)
-    tokens = np.bincount((src_k * (p + 1) + sorted_gpu)[first], minlength=p * (p + 1)).reshape(p, p + 1)[:, :p]
-    node_of = np.append(member_node, num_nodes)[sorted_gpu]
-    if (np.diff(member_node) >= 0).all():  # ranks numbered node by node: the GPUs' order is their nodes'
-        sorted_node, first_node = node_of, np.ones_like(node_of, dtype=bool)
-        first_node[:, 1:] = node_of[:, 1:] != node_of[:, :-1]
-    else:
-        sorted_node, first_node = _distinct_per_row(node_of)
-    nodes = np.bincount((src_k * (num_nodes + 1) + sorted_node)[first_node],
-                        minlength=p * (num_nodes + 1)).reshape(p, num_nodes + 1)[:, :num_nodes]
-    per_expert = np.bincount(experts[experts >= 0], minlength=num_experts)
-    return tokens, copies, nodes, per_expert
-
-
 def chunk_bounds(num_tokens: int, num_chunks: int) -> list[tuple[int, int]]:
     """Split a GPU's tokens into num_chunks contiguous, as-equal-as-possible slices."""
     edges = np.linspace(0, num_tokens, num_chunks + 1).round().astype(int)
@@ -121,18 +87,19 @@ def chunk_bounds(num_tokens: int, num_chunks: int) -> list[tuple[int, int]]:
 
 def micro_batch_traffic(experts: np.ndarray, tokens_per_gpu: int, num_chunks: int, expert_gpu: np.ndarray,
                         member_node: np.ndarray, num_experts: int) -> list[ChunkTraffic]:
-    """Per-chunk traffic of one micro-batch: `experts` is [P * tokens_per_gpu, k], EP-rank-major."""
+    """Per-chunk traffic of one micro-batch: `experts` is [P * tokens_per_gpu, k], EP-rank-major, and
+    expert_gpu [num_experts] their EP ranks; member_node[r] is the node of EP rank r, numbered inside
+    the group. A copy of -1 was dropped (expert capacity) or ungated and counts nowhere."""
+    from simulator.workload.kernels import count_chunk_into
+
     p = len(member_node)
     num_nodes = int(member_node.max()) + 1
+    experts = np.ascontiguousarray(experts)
+    expert_gpu, member_node = np.asarray(expert_gpu, dtype=np.int64), np.asarray(member_node, dtype=np.int64)
     out = []
     for lo, hi in chunk_bounds(tokens_per_gpu, num_chunks):
-        acc = [np.zeros((p, p), np.int64), np.zeros((p, p), np.int64),
-               np.zeros((p, num_nodes), np.int64), np.zeros(num_experts, np.int64)]
-        for first_src in range(0, p, BLOCK_SOURCES):
-            srcs = np.arange(first_src, min(p, first_src + BLOCK_SOURCES))
-            rows = (srcs[:, None] * tokens_per_gpu + np.arange(lo, hi)).ravel()
-            counts = count_chunk(experts[rows], np.repeat(srcs, hi - lo), expert_gpu, member_node, num_experts)
-            for a, c in zip(acc, counts):
-                a += c
-        out.append(ChunkTraffic(pair_tokens=acc[0], pair_copies=acc[1], node_tokens=acc[2], expert_tokens=acc[3]))
+        tokens, copies = np.zeros((p, p), np.int64), np.zeros((p, p), np.int64)
+        nodes, per_expert = np.zeros((p, num_nodes), np.int64), np.zeros(num_experts, np.int64)
+        count_chunk_into(experts, tokens_per_gpu, lo, hi, expert_gpu, member_node, tokens, copies, nodes, per_expert)
+        out.append(ChunkTraffic(pair_tokens=tokens, pair_copies=copies, node_tokens=nodes, expert_tokens=per_expert))
     return out
