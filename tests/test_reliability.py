@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -601,3 +602,27 @@ def test_a_step_whose_tokens_reach_no_expert_reports_a_finite_load_imbalance():
     summary = run_scenario(build_scenario(tiny_dict(routing={"distribution": "uniform", "seed": 0, "threshold": 1.0})))[0]
     assert summary["load_imbalance"] == 1.0
     json.dumps(summary, allow_nan=False)
+
+
+def test_a_law_with_too_few_experts_to_draw_is_refused_instead_of_hanging():
+    # Dirichlet(1e-6) puts all the mass on one expert: top 2 distinct experts can never be drawn, and
+    # the sampler's loop (compiled, so Ctrl-C could not stop it) would spin forever
+    from simulator.api import run_scenario
+    s = build_scenario(tiny_dict(routing={"seed": 0, "distribution": "dirichlet", "dirichlet_concentration": 1e-6}))
+    with pytest.raises(ScenarioError) as info:
+        run_scenario(s)
+    assert info.value.key == "routing.dirichlet_concentration" and "cannot be sampled" in str(info.value)
+
+
+def test_a_token_whose_nodes_hold_too_few_experts_with_mass_stops_the_sampler_with_a_reason():
+    # one node holds 3 experts with mass, the other 8; limited to 1 node, a token that starts on the
+    # first can never find its 4: the per-token draw cap ends the loop and says why
+    from simulator.workload.routing import Router, UnsampleableLaw
+    scale = np.r_[np.ones(3), np.zeros(5), np.ones(8)]
+    router = Router(16, 4, "uniform", 1.0, np.arange(16) // 8, 1, np.random.default_rng(0), gate_scale=scale)
+    with pytest.raises(UnsampleableLaw, match="max_nodes_per_token=1"):
+        router.route(1000, np.random.default_rng(1))
+    scale[3] = 1.0  # 4 experts with mass on the first node: every token finds its 4
+    ok = Router(16, 4, "uniform", 1.0, np.arange(16) // 8, 1, np.random.default_rng(0), gate_scale=scale)
+    drawn = np.sort(ok.route(1000, np.random.default_rng(1)), axis=1)
+    assert (drawn[:, 1:] > drawn[:, :-1]).all() and np.isin(drawn, np.nonzero(scale)[0]).all()

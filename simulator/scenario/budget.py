@@ -21,6 +21,7 @@ import numpy as np
 from hardware.units import GIB
 from simulator.errors import ScenarioError
 from simulator.scenario.schema import Scenario
+from simulator.workload.routing import MAX_DRAWS_PER_COPY, expected_draws_per_copy
 
 DEFAULT_MAX_MEMORY_GB = 4.0  # GiB of the simulator's own memory (this VM has 8 GB, two runs may share it)
 DEFAULT_MAX_MINUTES = 10.0  # wall-clock minutes on the 2-core development VM
@@ -54,8 +55,6 @@ CALL_S = 4e-3  # per routing call (one EP group, layer, micro-batch): routers, t
 BASE_BYTES = 185e6  # the interpreter with numpy, simpy, pydantic and numba (its LLVM) imported
 COPY_BYTES = 10.0  # bytes per routed copy of the largest routing call (expert ids, their slots; 8.8 measured)
 EVENT_BYTES = 260.0  # kept per event: intervals, records
-UNIFORM_STEP = 2.0 ** -53  # the sampler's uniform draws are float64: an expert with less mass may never be drawn
-MAX_DRAWS_PER_COPY = 1e4  # past this the sampler's rejection loop is hopeless at any budget
 
 
 @dataclass(frozen=True)
@@ -82,20 +81,16 @@ class Estimate:
 
 
 def draws_per_copy(s: Scenario) -> float:
-    """Expected sampler draws per kept expert: drawing with replacement and skipping repeats needs
-    1 / (1 - mass already chosen) draws for the next distinct expert, the likeliest taken first."""
+    """Expected sampler draws per kept expert of the scenario's law (routing.expected_draws_per_copy);
+    zipf at its steepest layer, dirichlet and trace charged as uniform (their law is drawn later)."""
     e, k = s.model.num_experts, s.model.top_k
     if s.routing.distribution == "balanced":
         return 1.0
     if s.routing.distribution == "zipf":
         p = np.arange(1, e + 1, dtype=np.float64) ** -max((s.routing.zipf_alpha, *s.routing.zipf_alpha_per_layer))
-        p /= p.sum()
     else:
         p = np.full(e, 1.0 / e)
-    if p[k - 1] < UNIFORM_STEP:
-        return math.inf
-    left = 1.0 - np.concatenate([[0.0], np.cumsum(p[: k - 1])])
-    return float(np.sum(1.0 / np.maximum(left, UNIFORM_STEP)) / k)
+    return expected_draws_per_copy(p, k)
 
 
 def _micro_batch_runs(s: Scenario) -> list[int]:

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from hardware.compute import RooflineCompute, ffn_parts
+from simulator.errors import ScenarioError
 from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope, stage_layers
 from simulator.scenario.serving import KV_BYTES
 from simulator.wire import token_bytes
 from simulator.workload.gating import ThresholdRouter
 from simulator.workload.placement import Placement, eplb_placement, round_robin_placement, slot_layout
-from simulator.workload.routing import Router, drift_order, drop_over_capacity
+from simulator.workload.routing import Router, UnsampleableLaw, drift_order, drop_over_capacity
 from simulator.workload.routing_trace import TraceRouter, load_trace
 from simulator.workload.traffic import chunk_bounds, micro_batch_traffic
 
@@ -156,7 +157,10 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
                 # step 0 keeps the single-step key: one step is today's run, bit for bit
                 key = [s.routing.seed, group, layer, mb, 1] + ([step] if step else [])
                 rng = np.random.default_rng(key)
-                experts = router.route(p * s.workload.tokens_per_gpu, rng)
+                try:
+                    experts = router.route(p * s.workload.tokens_per_gpu, rng)
+                except UnsampleableLaw as exc:
+                    raise unsampleable(s, layer, exc) from None
                 if routed is not None:
                     routed[group, layer, mb] = experts
                 empty = int((experts < 0).sum()) if s.routing.threshold is not None or trace is not None else 0
@@ -186,6 +190,20 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     sizes = [hi - lo for lo, hi in chunk_bounds(s.workload.tokens_per_gpu, num_chunks)]
     return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, rerun, placements, dropped, reports,
                     ungated, routed)
+
+
+def unsampleable(s, layer: int, exc: UnsampleableLaw) -> ScenarioError:
+    """The scenario key whose law a router could not sample (its own parameter, else the node limit)."""
+    r = s.routing
+    if "max_nodes_per_token" in str(exc):
+        key, value = "routing.max_nodes_per_token", r.max_nodes_per_token
+    elif r.distribution == "dirichlet":
+        key, value = "routing.dirichlet_concentration", r.dirichlet_concentration
+    elif r.distribution == "zipf":
+        key, value = "routing.zipf_alpha", layer_zipf_alpha(r, layer)
+    else:
+        key, value = "routing.distribution", r.distribution
+    return ScenarioError(key, value, f"MoE layer {layer}'s router cannot be sampled: {exc}")
 
 
 BACKWARD_FACTOR = 2.0  # backward GEMMs: input gradient + weight gradient

@@ -66,12 +66,13 @@ def _alias_draw(u, keep, alias, offset, n):
 
 @njit(cache=True)
 def route_tokens(rng, out, uniform, keep, alias, expert_node, limit, node_mass, within_keep, within_alias,
-                 experts_by_node):
+                 experts_by_node, max_draws):
     """Fill out [n, k] with each token's experts in order of preference. uniform: every expert equally
     likely (no tables); keep / alias [E]: the routing probabilities' alias table (alias_table); limit:
     the node limit (0: none), with node_mass [N] and, per node, the alias table of its experts'
     probabilities (within_keep / within_alias [N x experts per node], indices local to the node) over
-    experts_by_node [N x experts per node]."""
+    experts_by_node [N x experts per node]. Returns -1, or the first token that took max_draws draws
+    without finding k distinct experts (the rest of out is then undefined)."""
     n, k = out.shape
     num_experts = expert_node.shape[0]
     per_node = experts_by_node.shape[0] // node_mass.shape[0]
@@ -79,7 +80,11 @@ def route_tokens(rng, out, uniform, keep, alias, expert_node, limit, node_mass, 
     for t in range(n):
         filled = 0
         num_nodes = 0
+        draws = 0
         while filled < k:
+            draws += 1
+            if draws > max_draws:
+                return t
             if limit > 0 and num_nodes == limit:
                 if uniform:  # every node and expert equally likely
                     node = nodes[int(rng.random() * limit)]
@@ -119,6 +124,7 @@ def route_tokens(rng, out, uniform, keep, alias, expert_node, limit, node_mass, 
                     num_nodes += 1
             out[t, filled] = e
             filled += 1
+    return -1
 
 
 @njit(cache=True)

@@ -22,6 +22,8 @@ so every expert receives exactly the same number of tokens (needs E % k == 0).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -60,6 +62,30 @@ def zipf_probabilities(num_experts: int, alpha: float, rng: np.random.Generator)
     """p_e proportional to rank^-alpha, ranks shuffled over experts by the seed."""
     p = np.arange(1, num_experts + 1, dtype=np.float64) ** -alpha
     return (p / p.sum())[rng.permutation(num_experts)]
+
+
+MAX_DRAWS_PER_COPY = 1e4  # past this the sampler's rejection loop is hopeless at any budget
+MAX_DRAWS_PER_TOKEN = 10_000_000  # a token that needs more is stuck (its nodes hold < top_k experts with mass)
+
+
+class UnsampleableLaw(ValueError):
+    """The router's law cannot give a token top_k distinct experts in reasonable time (too few
+    experts with mass, or a k-th choice too rare); the caller names the scenario key."""
+
+
+def expected_draws_per_copy(probabilities: np.ndarray, top_k: int) -> float:
+    """Expected draws per kept expert: drawing with replacement and skipping repeats needs
+    1 / (1 - mass already chosen) draws for the next distinct expert, the likeliest taken first
+    (the expected case; a node limit can only add draws). inf when fewer than top_k experts have
+    mass or the k-th has less than the sampler's float64 draws resolve."""
+    p = np.sort(np.asarray(probabilities, dtype=np.float64))[::-1] / np.sum(probabilities)
+    if p[top_k - 1] < UNIFORM_STEP:
+        return math.inf
+    left = 1.0 - np.concatenate([[0.0], np.cumsum(p[: top_k - 1])])
+    return float(np.sum(1.0 / np.maximum(left, UNIFORM_STEP)) / top_k)
+
+
+UNIFORM_STEP = 2.0 ** -53  # the sampler's uniform draws are float64: an expert with less mass may never be drawn
 
 
 class Router:
@@ -116,9 +142,18 @@ class Router:
             return self._balanced(num_tokens, rng)
         from simulator.workload.kernels import route_tokens
 
+        draws = expected_draws_per_copy(self.probabilities, self.top_k)
+        if draws > MAX_DRAWS_PER_COPY:
+            raise UnsampleableLaw(f"{int((self.probabilities > 0).sum())} of {self.num_experts} experts have mass, "
+                                  f"so a token's top_k={self.top_k} distinct experts take about {min(draws, 1e300):.3g} "
+                                  f"draws per expert (more than {MAX_DRAWS_PER_COPY:.0e})")
         out = np.empty((num_tokens, self.top_k), dtype=np.int32)
-        route_tokens(rng, out, self.distribution == "uniform", self.keep, self.alias, self.expert_node,
-                     self.max_nodes or 0, self.node_mass, self.within_keep, self.within_alias, self.experts_by_node)
+        stuck = route_tokens(rng, out, self.distribution == "uniform", self.keep, self.alias, self.expert_node,
+                             self.max_nodes or 0, self.node_mass, self.within_keep, self.within_alias,
+                             self.experts_by_node, MAX_DRAWS_PER_TOKEN)
+        if stuck >= 0:
+            raise UnsampleableLaw(f"a token took {MAX_DRAWS_PER_TOKEN:,} draws without finding top_k={self.top_k} "
+                                  f"distinct experts on its max_nodes_per_token={self.max_nodes} nodes")
         return out
 
     def _balanced(self, num_tokens: int, rng: np.random.Generator) -> np.ndarray:
