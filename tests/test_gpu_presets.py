@@ -1,4 +1,4 @@
-"""The GPU presets of current hardware (H200, B200, GB200 NVL72): each loads, runs on the roofline,
+"""The GPU presets of current hardware (H200, B200, GB200 NVL72, B300, GB300 NVL72): each loads, runs on the roofline,
 says where each number comes from, and a GB200 rack is one NVLink domain."""
 import pytest
 
@@ -6,7 +6,7 @@ from hardware.presets import PRESET_DIR
 from simulator.api import simulate_scenario
 from tests.conftest import make_scenario
 
-NEW_PRESETS = ("h200", "b200", "gb200-nvl72")
+NEW_PRESETS = ("h200", "b200", "gb200-nvl72", "b300", "gb300-nvl72")
 IB_KEY = "mean_ib_bytes_per_gpu"
 
 
@@ -25,7 +25,8 @@ def test_every_number_of_a_new_preset_has_its_source_beside_it(preset):
             assert "#" in line, f"{preset}: {line!r} has no source comment"
 
 
-@pytest.mark.parametrize("preset, gpus_per_node", [("h200", 8), ("b200", 8), ("gb200-nvl72", 72)])
+@pytest.mark.parametrize("preset, gpus_per_node", [("h200", 8), ("b200", 8), ("gb200-nvl72", 72), ("b300", 8),
+                                                    ("gb300-nvl72", 72)])
 def test_new_presets_run_on_the_roofline(preset, gpus_per_node):
     s = make_scenario(hardware={"preset": preset, "nodes": 1, "gpus_per_node": gpus_per_node},
                       parallel={"ep_size": 8})
