@@ -65,7 +65,8 @@ SECTIONS = {
         seq_len=st.sampled_from([64, 256, 1024, 4096]), gemm_dtype=st.sampled_from(["bf16", "fp8"]),
         embedding_and_head=st.booleans(), extend_micro_batches=st.sampled_from(["auto", "always", "never"])),
     "routing": _some(
-        distribution=st.sampled_from(["uniform", "balanced", "zipf"]), zipf_alpha=st.floats(0.05, 4),
+        distribution=st.sampled_from(["uniform", "balanced", "zipf", "dirichlet"]), zipf_alpha=st.floats(0.05, 4),
+        dirichlet_concentration=st.floats(1e-9, 1e3),
         seed=st.integers(0, 2**32), max_nodes_per_token=st.none() | st.integers(1, 4),
         threshold=st.none() | st.floats(0.01, 1.0)),
     "network": _some(
@@ -84,7 +85,7 @@ HOSTILE_KEYS = {
     "parallel": ["ep_size", "pp_size", "tp_size", "expert_tp_size"],
     "training": ["global_batch_size", "recompute", "micro_batch_size"],
     "workload": ["tokens_per_gpu", "seq_len", "micro_batches", "mode"],
-    "routing": ["zipf_alpha", "seed", "max_nodes_per_token", "distribution"],
+    "routing": ["zipf_alpha", "seed", "max_nodes_per_token", "distribution", "dirichlet_concentration"],
     "network": ["comm_sms", "all_to_all"],
     "pipeline": ["chunks", "overlap"],
 }
