@@ -160,7 +160,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from simulator.errors import ScenarioError
     from simulator.scenario import build_scenario, read_scenario_file
     from simulator.scenario.budget import check_budget
-    from simulator.studies import sweep
+    from simulator.studies import ray_cluster, sweep
 
     t0 = time.perf_counter()
     try:
@@ -187,7 +187,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_out(name)
     if out.exists() and not out.is_dir():
         return fail(f"--out = {str(out)!r}: must be a folder, not an existing file")
+    if args.executor == "ray" and any(sweep.finished_record(out, p) is None for p in points):
+        try:  # before the progress bar: a cluster that is not there is one line, within 30 s
+            ray_cluster.connect(args.address)
+        except ScenarioError as exc:
+            return fail(str(exc))
 
+    where = f"ray {args.address or ''}".strip() if args.executor == "ray" else f"local, jobs {args.jobs}"
     axis_keys = [a.key for a in axes]
     console = Console(stderr=True, markup=False)  # names and values are the user's text, not markup
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -196,7 +202,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         def on_start(num_done: int, num_todo: int) -> None:
             console.print(f"sweep {name}: {len(points)} points, {num_done} already done, "
-                          f"{num_todo} to run ({args.executor}, jobs {args.jobs}) -> {out}")
+                          f"{num_todo} to run ({where}) -> {out}")
             progress.update(task, total=num_todo)
 
         def on_point(point, outcome: dict) -> None:
@@ -461,7 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="pair the axes' values in order instead of their product "
                             "(e.g. ep_size=8,16,32 with hardware.nodes=1,2,4)")
     sweep.add_argument("--executor", default="local", help="local (default) or ray (optional extra)")
-    sweep.add_argument("--address", default=None, help="Ray cluster address (executor ray)")
+    sweep.add_argument("--address", default=None,
+                       help="executor ray: auto, HOST:PORT (the head's GCS) or ray://HOST:PORT (Ray Client); "
+                            "default RAY_ADDRESS, else a Ray started on this machine")
     sweep.set_defaults(handler=cmd_sweep)
     find = sub.add_parser("search", help="which layout should I use? enumerate, prune, simulate and rank the layouts")
     add_scenario_args(find, scenario_required=True)

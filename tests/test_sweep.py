@@ -1,12 +1,13 @@
 """Sweeps: grid expansion, resolved-scenario keys, resume, failures recorded, the files left behind."""
 import json
 import shutil
+import sys
 
 import pandas as pd
 import pytest
 
 from simulator.errors import ScenarioError
-from simulator.studies import sweep
+from simulator.studies import ray_cluster, sweep
 from tests.test_cli import TINY, run_sim, write_scenario
 
 
@@ -90,14 +91,65 @@ def test_run_point_records_an_unexpected_exception_as_failed(monkeypatch):
     assert outcome["status"] == sweep.FAILED and "RuntimeError: solver diverged" in outcome["error"]
 
 
-def test_ray_executor_without_ray_is_an_input_error_with_the_install_command():
-    try:
-        import ray  # noqa: F401
-        pytest.skip("ray is installed")
-    except ImportError:
-        pass
+def test_ray_executor_without_ray_is_an_input_error_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, installed or not
     with pytest.raises(ScenarioError, match=r"pip install 'epsim\[ray\]'"):
         sweep.check_executor("ray", 1)
+
+
+@pytest.mark.parametrize("address, rule", [
+    ("bogus", "HOST:PORT"),
+    ("head:port", "HOST:PORT"),
+    ("head:70000", "HOST:PORT"),
+    ("http://head:8265", "dashboard"),
+    ("s3://bucket", "not a Ray address"),
+])
+def test_a_malformed_ray_address_is_an_input_error_listing_the_forms(address, rule):
+    with pytest.raises(ScenarioError) as exc:
+        ray_cluster.parse_address("--address", address)
+    assert str(exc.value).startswith(f"--address = {address!r}") and rule in str(exc.value)
+
+
+def test_ray_addresses_are_host_and_port_to_check_and_auto_is_left_to_ray():
+    assert ray_cluster.parse_address("--address", "10.0.0.1:6379") == ("10.0.0.1", 6379)
+    assert ray_cluster.parse_address("--address", "ray://head:10001") == ("head", 10001)
+    assert ray_cluster.parse_address("--address", "[::1]:6379") == ("::1", 6379)
+    assert ray_cluster.parse_address("--address", "auto") is None
+
+
+class FakeRayError(Exception):
+    pass
+
+
+class FakeRay:
+    """ray.get and ray.exceptions.RayError, enough for sweep.ray_outcome."""
+    class exceptions:
+        RayError = FakeRayError
+
+    def __init__(self, result):
+        self.result = result
+
+    def get(self, ref):
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+
+def test_a_point_valid_here_but_rejected_on_a_ray_node_is_failed_and_retried_not_invalid(tmp_path):
+    _, axes = sweep.parse_sweep_sets(list(SETS[1:]))
+    valid, invalid = [p for p in sweep.expand_grid(write_scenario(tmp_path), [], axes) if p.index in (0, 1)]
+    rejected = {"status": sweep.INVALID, "summary": None, "rows": None, "error": "routing.trace = 'x': no such file",
+                "wall_s": 0.1, "ray_node_id": "n1"}
+    outcome = sweep.ray_outcome(FakeRay(rejected), None, valid)
+    assert outcome["status"] == sweep.FAILED and "no such file" in outcome["error"] and "n1" in outcome["error"]
+    assert sweep.ray_outcome(FakeRay(rejected), None, invalid)["status"] == sweep.INVALID  # rejected here too
+
+
+def test_a_ray_failure_is_a_failed_point_with_one_line():
+    outcome = sweep.ray_outcome(FakeRay(FakeRayError("Traceback ...\n  File x\nModuleNotFoundError: simpy")), None,
+                                None)
+    assert outcome["status"] == sweep.FAILED
+    assert outcome["error"] == "on the Ray cluster: FakeRayError: ModuleNotFoundError: simpy"
 
 
 # -- the command ----------------------------------------------------------------------------------

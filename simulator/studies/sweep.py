@@ -4,8 +4,9 @@
 its resolved scenario (every preset field filled in), its calibration file's bytes and the epsim
 version, so a rerun of the same sweep skips the points whose results are on disk and a sweep
 killed half-way loses nothing.
-Points run in worker processes (`local`) or on a Ray cluster (`ray`, an optional extra); results
-come back to the caller's `on_done` one by one, as they finish, and the caller writes them.
+Points run in worker processes (`local`) or on a Ray cluster (`ray`, an optional extra; connection
+and shipping in ray_cluster.py); results come back to the caller's `on_done` one by one, as they
+finish, and the caller writes them.
 
 A point whose scenario is rejected (ScenarioError: e.g. EP 8 of a model that does not fit memory)
 is `invalid`: the rejection is a property of the scenario, so resuming does not retry it. A point
@@ -34,6 +35,8 @@ from simulator import __version__
 from simulator.api import run_scenario
 from simulator.errors import ScenarioError
 from simulator.scenario import apply_overrides, build_scenario, parse_override, read_scenario_file
+from simulator.studies import ray_cluster
+from simulator.studies.ray_cluster import RAY_HINT, require_ray  # noqa: F401 - RAY_HINT: the hint's one home
 from simulator.studies.sweep_store import (
     POINT_FILE,
     flatten,
@@ -46,7 +49,6 @@ from simulator.studies.sweep_store import (
 
 OK, INVALID, FAILED = "ok", "invalid", "failed"
 POINTS_DIR = "points"
-RAY_HINT = "Ray is an optional extra; install it with: pip install 'epsim[ray]'  (or: pip install ray)"
 
 
 @dataclass(frozen=True)
@@ -214,23 +216,54 @@ def run_local(points: list[Point], on_done: OnDone, jobs: int) -> None:
             raise
 
 
-def require_ray():
+def run_point_on_ray(data: dict) -> dict:
+    """run_point on a Ray worker, which also says on which node it ran."""
+    import ray
+
+    outcome = run_point(data)
+    outcome["ray_node_id"] = ray.get_runtime_context().get_node_id()
+    return outcome
+
+
+def ray_outcome(ray, ref, point: Point) -> dict:
+    """A finished task's outcome. Ray's own failures (a worker that died, a package a node lacks)
+    and a point valid here but rejected there (a file the scenario names is missing on that node)
+    are `failed`, retried on resume: they say nothing about the scenario."""
     try:
-        import ray
-    except ImportError:
-        raise ScenarioError("--executor", "ray", RAY_HINT) from None
-    return ray
+        outcome = ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        return {"status": FAILED, "summary": None, "rows": None, "wall_s": None,
+                "error": f"on the Ray cluster: {type(exc).__name__}: {lines[-1] if lines else ''}"}
+    if outcome["status"] == INVALID and point.error is None:
+        outcome = {**outcome, "status": FAILED, "error": f"rejected on Ray node {outcome.get('ray_node_id')}, "
+                                                         f"valid here: {outcome['error']}"}
+    return outcome
 
 
 def run_ray(points: list[Point], on_done: OnDone, address: str | None) -> None:
+    """One Ray task per point, spread over the nodes (independent, CPU-bound, small in and out).
+    Connects (ray_cluster.connect) unless this process already is; a connection made here is
+    closed at the end."""
     ray = require_ray()
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(run_point)
-    pending = {remote.remote(p.data): p for p in points}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            on_done(pending.pop(ref), ray.get(ref))
+    connected_here = not ray.is_initialized()
+    ray_cluster.connect(address)
+    try:
+        remote = ray.remote(run_point_on_ray).options(scheduling_strategy="SPREAD")
+        pending = {remote.remote(p.data): p for p in points}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    point = pending.pop(ref)
+                    on_done(point, ray_outcome(ray, ref, point))
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref)
+            raise
+    finally:
+        if connected_here:
+            ray.shutdown()
 
 
 EXECUTORS = {"local": "worker processes on this machine (--jobs N)", "ray": "a Ray cluster (--address)"}
@@ -288,7 +321,8 @@ def run_sweep(points: list[Point], out_dir: Path, executor: str = "local", jobs:
     counts = {OK: 0, INVALID: 0, FAILED: 0}
 
     def on_done(point: Point, outcome: dict) -> None:
-        record = point_json_record(point, outcome["status"], outcome["error"], outcome["wall_s"])
+        record = point_json_record(point, outcome["status"], outcome["error"], outcome["wall_s"],
+                                   outcome.get("ray_node_id"))
         resolved = dump_yaml(point.resolved) if point.resolved else None
         write_point(point_dir(out_dir, point), record, outcome["summary"], outcome["rows"], resolved)
         rows[point.index] = flatten(record, outcome["summary"])

@@ -103,9 +103,14 @@ def write_sweep_table(out_dir: Path, table: pd.DataFrame) -> dict[str, Path]:
     return paths
 
 
-def point_json_record(point, status: str, error: str | None, wall_s: float | None) -> dict:
-    """What point.json holds: enough to key, label and place the point without re-resolving it."""
-    return {"key": point.key, "index": point.index, "label": point.label, "folder": point.folder,
-            "coords": [[k, v] for k, v in point.coords], "status": status, "error": error,
-            "wall_s": wall_s}
+def point_json_record(point, status: str, error: str | None, wall_s: float | None,
+                      ray_node_id: str | None = None) -> dict:
+    """What point.json holds: enough to key, label and place the point without re-resolving it,
+    and, for a point run on Ray, the node that ran it."""
+    record = {"key": point.key, "index": point.index, "label": point.label, "folder": point.folder,
+              "coords": [[k, v] for k, v in point.coords], "status": status, "error": error,
+              "wall_s": wall_s}
+    if ray_node_id is not None:
+        record["ray_node_id"] = ray_node_id
+    return record
 
