@@ -1,6 +1,7 @@
 """Scaling plots and the sweep report, from a sweep table (no simulation)."""
 import matplotlib.pyplot as plt
 import pandas as pd
+import pytest
 
 from reports.plots import pick_x_axis, scaling_plots
 from reports.report import write_report
@@ -70,3 +71,140 @@ def test_per_step_figure_draws_one_line_per_run(tmp_path):
                            for i in range(5)] for a in (0.1, 0.3)}
     path = per_step_figure(runs, tmp_path / "per_step.png", "adaptive gating")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- what the figures show (structure, not pixels) ------------------------------------------------
+def figures_of(table, axes, **kwargs):
+    from reports.plots import scaling_figures
+    figures = scaling_figures(table, axes, "dsv3", **kwargs)
+    for fig in figures.values():
+        fig.canvas.draw()  # the constrained layout places axes and legends at draw time
+    return figures
+
+
+@pytest.fixture
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def zipped_rows() -> pd.DataFrame:
+    table = sweep_rows(ep_sizes=(8, 16, 32), failed=())
+    table["hardware.nodes"] = [1, 2, 4]
+    table["label"] = [f"ep_size={e} nodes={n}" for e, n in zip(table["parallel.ep_size"], table["hardware.nodes"])]
+    return table
+
+
+def tick_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_zipped_axes_label_every_tick_with_both_values_and_name_both_keys(close_figures):
+    figures = figures_of(zipped_rows(), ["parallel.ep_size", "hardware.nodes"], zipped=True)
+    for name in ("mfu", "step_breakdown", "collectives"):
+        ax = figures[name].axes[0]
+        assert tick_texts(ax) == ["8 / 1", "16 / 2", "32 / 4"], name
+        assert "parallel.ep_size / hardware.nodes" in ax.get_xlabel()
+    assert len(figures["mfu"].axes[0].lines) == 1  # one line through the zipped points, not one per node count
+
+
+def test_the_same_two_axes_unzipped_draw_a_line_per_value_of_the_second(close_figures):
+    figures = figures_of(zipped_rows(), ["parallel.ep_size", "hardware.nodes"])
+    ax = figures["mfu"].axes[0]
+    assert len(ax.lines) == 3 and tick_texts(ax) == ["8", "16", "32"]
+
+
+def categorical_rows(overlaps=("three_stream",)) -> pd.DataFrame:
+    parts = []
+    for overlap in overlaps:
+        table = sweep_rows(ep_sizes=(8, 16, 32), failed=()).drop(columns="parallel.ep_size")
+        parts.append(table.assign(**{"network.all_to_all": ["direct", "hierarchical", "low_latency"],
+                                     "pipeline.overlap": overlap}))
+    table = pd.concat(parts, ignore_index=True)
+    table["label"] = [f"all_to_all={a} overlap={o}" for a, o in zip(table["network.all_to_all"], table["pipeline.overlap"])]
+    return table
+
+
+def test_a_categorical_axis_is_drawn_as_bars_not_lines(close_figures):
+    from matplotlib.container import BarContainer
+    figures = figures_of(categorical_rows(), ["network.all_to_all"])
+    for name in ("mfu", "bandwidth", "collectives", "step_time"):
+        for ax in figures[name].axes:
+            assert len(ax.lines) == 0, name
+            assert ax.containers and all(isinstance(c, BarContainer) for c in ax.containers)
+            assert tick_texts(ax) == ["direct", "hierarchical", "low_latency"]
+    [mfu] = figures["mfu"].axes[0].containers
+    assert [bar.get_height() for bar in mfu] == pytest.approx([70.0, 69.0, 68.0])
+    # bandwidth: NVLink and IB side by side in each group, two colours
+    nvlink, ib = figures["bandwidth"].axes[0].containers
+    assert nvlink[0].get_x() < ib[0].get_x() < nvlink[1].get_x()
+    assert nvlink[0].get_facecolor() != ib[0].get_facecolor()
+
+
+def test_a_second_axis_over_categorical_bars_is_told_apart_by_hatch(close_figures):
+    figures = figures_of(categorical_rows(overlaps=("none", "three_stream")), ["network.all_to_all", "pipeline.overlap"])
+    fig = figures["collectives"]
+    containers = fig.axes[0].containers
+    assert len(containers) == 2 * 2  # dispatch and combine for each overlap
+    assert [c[0].get_hatch() or "" for c in containers] == ["", "", "//", "//"]
+    labels = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert labels == ["dispatch", "combine", "overlap=none", "overlap=three_stream"]  # the two factors, not their product
+
+
+def figure_box(fig, artist):
+    return artist.get_window_extent().transformed(fig.transFigure.inverted())
+
+
+def test_legends_sit_outside_every_axes(close_figures):
+    table = pd.concat([sweep_rows(failed=()).assign(**{"routing.seed": s}) for s in (0, 1)], ignore_index=True)
+    figures = figures_of(table, ["parallel.ep_size", "routing.seed"])
+    checked = 0
+    for name, fig in figures.items():
+        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + list(fig.legends)
+        assert legends, name
+        for legend in legends:
+            box = figure_box(fig, legend)
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_position()), name
+            assert box.x1 <= 1.0 and box.y0 >= 0.0, name  # and inside the picture
+            checked += 1
+    assert checked == len(PLOTS)
+
+
+def test_titles_name_the_sweep_its_keys_and_values_and_the_points_left_out(close_figures):
+    figures = figures_of(sweep_rows(), ["parallel.ep_size"])
+    title = figures["mfu"].get_suptitle()
+    assert "MFU vs parallel.ep_size" in title
+    assert "dsv3 sweep: ep_size = 8, 16, 32, 64" in title
+    assert "not plotted: ep_size=8: invalid" in title
+    zipped = figures_of(zipped_rows(), ["parallel.ep_size", "hardware.nodes"], zipped=True)
+    assert "ep_size = 8, 16, 32 zipped with nodes = 1, 2, 4" in zipped["step_time"].get_suptitle().replace("\n", " ")
+
+
+def suptitle_of(table, axes) -> str:
+    figures = figures_of(table, axes)
+    title = figures["mfu"].get_suptitle().replace("\n", " ")
+    plt.close("all")
+    return title
+
+
+def test_failed_points_are_named_or_when_many_summarised_by_what_they_share():
+    table = categorical_rows(overlaps=("none", "three_stream"))
+    table.loc[table["network.all_to_all"] == "direct", "status"] = "invalid"
+    axes = ["network.all_to_all", "pipeline.overlap"]
+    assert "not plotted: all_to_all=direct overlap=none: invalid; all_to_all=direct overlap=three_stream: invalid" \
+        in suptitle_of(table, axes)
+    table = categorical_rows(overlaps=("none", "three_stream", "a", "b", "c"))
+    table.loc[table["network.all_to_all"] == "direct", "status"] = "invalid"
+    assert "not plotted: all_to_all=direct: 5 invalid" in suptitle_of(table, axes)
+    table.loc[table["network.all_to_all"] == "hierarchical", "status"] = "failed"
+    assert "not plotted: 5 invalid, 5 failed (see report.md)" in suptitle_of(table, axes)
+
+
+def test_a_y_range_spanning_decades_is_drawn_log(close_figures):
+    table = sweep_rows(failed=())
+    table["combine_mean_time_s"] = 100 * table["dispatch_mean_time_s"]
+    figures = figures_of(table, ["parallel.ep_size"])
+    assert figures["collectives"].axes[0].get_yscale() == "log"
+    assert figures["mfu"].axes[0].get_yscale() == "linear"
+    assert figures["mfu"].axes[0].get_xscale() == "log"  # EP sizes: powers of two
