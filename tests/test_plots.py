@@ -65,12 +65,27 @@ def test_report_embeds_the_plots_the_table_the_failures_and_the_scenario(tmp_pat
     assert html.count("<img ") == len(PLOTS) and "<table" in html
 
 
-def test_per_step_figure_draws_one_line_per_run(tmp_path):
+def test_per_step_figure_draws_one_line_per_run_and_one_legend_outside(tmp_path, monkeypatch):
     from reports.steps_plot import per_step_figure
     runs = {f"alpha {a}": [{"step": i, "load_imbalance": 2.0 - a * i, "step_time_s": 0.1 - 0.01 * a * i}
                            for i in range(5)] for a in (0.1, 0.3)}
-    path = per_step_figure(runs, tmp_path / "per_step.png", "adaptive gating")
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = {}
+    monkeypatch.setattr("reports.steps_plot.save_png", lambda fig, path: saved.setdefault("fig", fig) and path)
+    per_step_figure(runs, tmp_path / "per_step.png", "adaptive gating")
+    fig = saved["fig"]
+    fig.canvas.draw()
+    assert [len(ax.lines) for ax in fig.axes] == [2, 2]
+    legend = fig.axes[-1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["alpha 0.1", "alpha 0.3"]
+    for ax in fig.axes:
+        assert not figure_box(fig, legend).overlaps(ax.get_position())
+    plt.close(fig)
+
+
+def test_per_step_figure_is_written_as_a_png(tmp_path):
+    from reports.steps_plot import per_step_figure
+    path = per_step_figure({"one": [{"step": 0, "load_imbalance": 1.2, "step_time_s": 0.1}]}, tmp_path / "s.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC and not plt.get_fignums()
 
 
 # -- what the figures show (structure, not pixels) ------------------------------------------------
