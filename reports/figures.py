@@ -27,17 +27,18 @@ def rotate_if_crowded(ax, labels: list[str]) -> None:
             text.set_horizontalalignment("right")
 
 
-def log_scale_if_wide(ax, values, axes: str = "y") -> bool:
-    """A decade or more between the smallest and largest value: log-10 on `axes` ("y", "x" or "xy";
-    ticks at 1, 2, 5 x 10^k, written out), so the small ones stay readable. Returns whether it did."""
+def log_scale_if_wide(ax, values, axes: str = "y", min_ratio: float = 10.0) -> bool:
+    """The largest value `min_ratio` (a decade) or more times the smallest: log-10 on `axes` ("y",
+    "x" or "xy"; ticks at 1, 2, 5 x 10^k, written out), so the small ones stay readable. Returns
+    whether it did."""
     values = [v for v in values if np.isfinite(v) and v > 0]
-    if not values or max(values) < 10 * min(values):
+    if not values or max(values) < min_ratio * min(values):
         return False
     for name in axes:
         (ax.set_xscale if name == "x" else ax.set_yscale)("log")
         axis = ax.xaxis if name == "x" else ax.yaxis
         axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _p: fmt_value(v)))
+        axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _p: fmt_tick(v)))
         axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     return True
 
@@ -45,6 +46,11 @@ def log_scale_if_wide(ax, values, axes: str = "y") -> bool:
 def fmt_value(value: float) -> str:
     """3 significant digits without exponents: 0.782, 15.5, 1,630."""
     return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def fmt_tick(value: float) -> str:
+    """A log axis tick, short enough that 1-2-5 ticks over several decades do not collide: 0.5, 200, 5k, 20k."""
+    return f"{value / 1000:g}k" if abs(value) >= 1000 else f"{value:g}"
 
 
 class Styles:

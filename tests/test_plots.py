@@ -223,3 +223,84 @@ def test_a_y_range_spanning_decades_is_drawn_log(close_figures):
     assert figures["collectives"].axes[0].get_yscale() == "log"
     assert figures["mfu"].axes[0].get_yscale() == "linear"
     assert figures["mfu"].axes[0].get_xscale() == "log"  # EP sizes: powers of two
+
+
+# -- the validation parity plot -------------------------------------------------------------------
+def vrow(case, metric, unit, published, predicted, status="ok"):
+    error = None if predicted is None else (predicted / published - 1) * 100
+    return {"case": case, "metric": metric, "unit": unit, "published": published, "predicted": predicted,
+            "error_pct": error, "status": status}
+
+
+VALIDATION_ROWS = [
+    vrow("deepep-low-latency-ep8", "dispatch latency", "us", 77, 77.0, "fit: ll_kernel_overhead_us"),
+    vrow("deepep-low-latency-ep8", "combine latency", "us", 114, 116.0),
+    vrow("deepseek-v3-training-trace-ep64", "forward dispatch (FP8)", "us", 4346, 2800.0),
+    vrow("deepep-normal-intranode-ep8", "dispatch NVLink logical bandwidth", "GB/s", 153, 156.0),
+    vrow("deepep-normal-intranode-ep8", "combine NVLink logical bandwidth", "GB/s", 158, 157.0),
+    vrow("megatron-mixtral-8x7b", "model TFLOPS per GPU", "TFLOPS", 468, 580.0),
+    vrow("megatron-bridge-gpt-oss-120b-64-h100", "tokens per second per GPU", "tok/s", 5993, 11000.0),
+    vrow("deepseek-v3-training-trace-ep64", "compute stream busy fraction", "", 0.916, 0.88),
+    vrow("a-pending-case", "decode step", "ms", 91.9, None, "needs decode"),
+]
+
+
+def point_labels(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts if t.get_gid() == "point-label"]
+
+
+def test_short_labels_drop_vendor_words_and_name_the_metric_only_when_the_case_has_several():
+    from reports.validation import short_label
+    assert short_label("deepep-low-latency-ep128", "combine latency") == "LL ep128 combine"
+    assert short_label("deepseek-v3-training-trace-ep64", "attention backward per layer") == "trace ep64 attn bwd"
+    assert short_label("megatron-mixtral-8x7b", "model TFLOPS per GPU", with_metric=False) == "mixtral 8x7b"
+    assert len(short_label("x-" * 40, "m")) == 26
+
+
+def test_parity_figure_has_a_panel_per_unit_with_parity_line_band_and_case_labels(close_figures):
+    from matplotlib.collections import PolyCollection
+
+    from reports.validation import parity_figure
+    fig = parity_figure(VALIDATION_ROWS)
+    fig.canvas.draw()
+    titles = [ax.get_title().split(":")[0] for ax in fig.axes]
+    assert titles == ["latency (µs)", "bandwidth (GB/s)", "model TFLOPS per GPU", "throughput (tokens / s)", "fraction"]
+    latency, bandwidth, tflops, tokens, fraction = fig.axes
+    assert latency.get_xscale() == latency.get_yscale() == "log"  # 77 to 4346 us
+    assert tflops.get_xscale() == tflops.get_yscale() == "linear"  # 468 and 580
+    for ax in fig.axes:
+        assert ax.get_xlim() == ax.get_ylim()
+        [parity] = [line for line in ax.lines if line.get_gid() == "parity"]
+        assert list(parity.get_xdata()) == pytest.approx(list(parity.get_ydata()))
+        [band] = [c for c in ax.collections if isinstance(c, PolyCollection) and c.get_gid() == "band"]
+        xy = band.get_paths()[0].vertices
+        inner = xy[xy[:, 0] > ax.get_xlim()[0] * 1.01]
+        assert inner[:, 1].min() / inner[inner[:, 1].argmin(), 0] == pytest.approx(0.85)
+        assert inner[:, 1].max() / inner[inner[:, 1].argmax(), 0] == pytest.approx(1.15)
+    # the metric is named where the case has several in the panel
+    assert sorted(point_labels(latency)) == ["LL ep8 combine", "LL ep8 dispatch", "trace ep64"]
+    assert point_labels(bandwidth) and point_labels(tflops) == ["mixtral 8x7b"]
+    assert point_labels(fraction) == ["trace ep64"]
+    assert "1 metrics not predicted" in fig.get_suptitle()
+    legend = fig.axes[2].get_legend()
+    for ax in fig.axes:
+        assert not figure_box(fig, legend).overlaps(ax.get_position())
+
+
+def test_crowded_point_labels_never_overlap_and_the_left_out_are_counted(close_figures):
+    from matplotlib.text import Text
+
+    from reports.validation import parity_figure
+    rows = [vrow(f"deepep-low-latency-ep{8 * i}", "dispatch latency", "us", 100 + i, 101.0 + i) for i in range(40)]
+    rows.append(vrow("deepep-low-latency-ep9999", "dispatch latency", "us", 2000, 2100.0))
+    fig = parity_figure(rows)
+    fig.canvas.draw()
+    [ax] = fig.axes
+    labels = [t for t in ax.texts if t.get_gid() == "point-label"]
+    boxes = [Text.get_window_extent(t) for t in labels]  # the text, without its leader line
+    assert 0 < len(labels) < 41
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    frame = ax.get_window_extent()
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 and frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)
+    [note] = [t.get_text() for t in ax.texts if "left out" in t.get_text()]
+    assert note == f"{41 - len(labels)} labels left out (crowded)"
