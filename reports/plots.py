@@ -194,6 +194,8 @@ def _line_figure(table, xa: XAxis, others, subject, caption, panels):
                 ax.bar_label(container, labels=[fmt_value(v) if np.isfinite(v) else "" for v in ys], fontsize=6,
                              padding=1,
                              rotation=90 if len(bars) > 3 else 0)
+        if not curves:  # e.g. a table written before the column existed
+            ax.text(0.5, 0.5, "not in these results", transform=ax.transAxes, ha="center", color="0.4")
         ax.set_ylabel(ylabel)
         _format_x(ax, xa, table)
         log_scale_if_wide(ax, values)
