@@ -219,8 +219,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             return fail(f"--out = {str(out)!r}: cannot write the sweep there ({exc.strerror}: {exc.filename})")
     table, files = result.table, dict(result.table_files)
     try:
-        # zipped axes move together: the first is the x axis, the rest are not separate lines
-        plots = scaling_plots(table, axis_keys[:1] if args.zip else axis_keys, out / "plots", name)
+        # zipped axes move together: one x axis naming them all, not a line per value
+        plots = scaling_plots(table, axis_keys, out / "plots", name, zipped=args.zip)
         files.update(write_report(out, name, str(args.scenario), base_yaml,
                                   sweep.describe_axes(fixed, axes, args.zip), table, axis_keys, plots))
     except OSError as exc:
