@@ -63,13 +63,13 @@ def api_outcome(data: dict, budget: Budget) -> tuple[str, str]:
     try:
         s = build_scenario(data)
         check_budget(s, budget)
+        run = Run(s)  # building the workload can still refuse a law its router cannot sample
     except ScenarioError as exc:
         try:
             assert_names_a_key(exc)
         except AssertionError:
             return "unclear rejection", str(exc)[:120]
         return ("rejected by the budget" if str(exc.key).startswith("--") else "rejected"), str(exc.key)
-    run = Run(s)
     batches = instrument(run)
     record = run.simulate()
     try:

@@ -164,10 +164,10 @@ def outcome(data: dict, budget: Budget = FUZZ_BUDGET) -> str:
     try:
         s = build_scenario(data)
         check_budget(s, budget)
+        run = Run(s)  # building the workload can still refuse a law its router cannot sample
     except ScenarioError as exc:
         assert_names_a_key(exc)
         return "rejected"
-    run = Run(s)
     batches = instrument(run)
     record = run.simulate()
     check_invariants(s, record, summarize(record), batches)
