@@ -64,6 +64,7 @@ def zipf_probabilities(num_experts: int, alpha: float, rng: np.random.Generator)
     return (p / p.sum())[rng.permutation(num_experts)]
 
 
+UNIFORM_STEP = 2.0 ** -53  # the sampler's uniform draws are float64: an expert with less mass may never be drawn
 MAX_DRAWS_PER_COPY = 1e4  # past this the sampler's rejection loop is hopeless at any budget
 MAX_DRAWS_PER_TOKEN = 10_000_000  # a token that needs more is stuck (its nodes hold < top_k experts with mass)
 
@@ -83,9 +84,6 @@ def expected_draws_per_copy(probabilities: np.ndarray, top_k: int) -> float:
         return math.inf
     left = 1.0 - np.concatenate([[0.0], np.cumsum(p[: top_k - 1])])
     return float(np.sum(1.0 / np.maximum(left, UNIFORM_STEP)) / top_k)
-
-
-UNIFORM_STEP = 2.0 ** -53  # the sampler's uniform draws are float64: an expert with less mass may never be drawn
 
 
 class Router:
