@@ -65,6 +65,16 @@ def _alias_draw(u, keep, alias, offset, n):
 
 
 @njit(cache=True)
+def _insert(items, count, value):
+    """Append value to the set items[:count] unless it is there; the set's new size."""
+    for j in range(count):
+        if items[j] == value:
+            return count
+    items[count] = value
+    return count + 1
+
+
+@njit(cache=True)
 def route_tokens(rng, out, uniform, keep, alias, expert_node, limit, node_mass, within_keep, within_alias,
                  experts_by_node, max_draws):
     """Fill out [n, k] with each token's experts in order of preference. uniform: every expert equally
@@ -113,15 +123,7 @@ def route_tokens(rng, out, uniform, keep, alias, expert_node, limit, node_mass, 
             if repeat:
                 continue
             if limit > 0:
-                node = expert_node[e]
-                known = False
-                for j in range(num_nodes):
-                    if nodes[j] == node:
-                        known = True
-                        break
-                if not known:
-                    nodes[num_nodes] = node
-                    num_nodes += 1
+                num_nodes = _insert(nodes, num_nodes, expert_node[e])
             out[t, filled] = e
             filled += 1
     return -1
@@ -146,22 +148,12 @@ def count_chunk_into(slots, tokens_per_gpu, lo, hi, slot_gpu, member_node, pair_
                 slot_tokens[s] += 1
                 g = slot_gpu[s]
                 pair_copies[src, g] += 1
-                seen = False
-                for q in range(num_gpus):
-                    if gpus[q] == g:
-                        seen = True
-                        break
-                if seen:
+                grown = _insert(gpus, num_gpus, g)
+                if grown == num_gpus:  # this token already reached GPU g
                     continue
-                gpus[num_gpus] = g
-                num_gpus += 1
+                num_gpus = grown
                 pair_tokens[src, g] += 1
-                node = member_node[g]
-                for q in range(num_nodes):
-                    if nodes[q] == node:
-                        seen = True
-                        break
-                if not seen:
-                    nodes[num_nodes] = node
-                    num_nodes += 1
-                    node_tokens[src, node] += 1
+                grown = _insert(nodes, num_nodes, member_node[g])
+                if grown > num_nodes:
+                    num_nodes = grown
+                    node_tokens[src, member_node[g]] += 1
