@@ -47,7 +47,7 @@ EVENT_S_PER_GPU = 0.025e-6  # per event and GPU of the EP group: the fair-share 
 # freezes what exists before it and collects the young generation less often (engine/run.py)
 EVENT_S_PER_EVENT = 3.2e-12
 COPY_S = {"uniform": 0.03e-6, "balanced": 0.03e-6, "zipf": 0.05e-6}  # seconds per routed copy, and traffic
-# dirichlet and trace have no fitted cost: charged as zipf (a CDF search per draw; a trace's indexing is cheaper)
+# dirichlet and trace have no fitted cost: charged as zipf (an alias-table draw per copy; a trace's indexing is cheaper)
 GATE_VALUE_S = 92e-9  # routing.threshold: per (token, expert) gate value drawn, 256 experts, this VM (gating.py)
 DRAW_S = 0.005e-6  # per further draw a copy needs (a repeat the sampler skips)
 LIMITED_COPY_S = 0.005e-6  # extra per copy with max_nodes_per_token (the node bookkeeping)

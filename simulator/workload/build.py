@@ -195,7 +195,7 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
 def unsampleable(s, layer: int, exc: UnsampleableLaw) -> ScenarioError:
     """The scenario key whose law a router could not sample (its own parameter, else the node limit)."""
     r = s.routing
-    if "max_nodes_per_token" in str(exc):
+    if exc.node_limit:
         key, value = "routing.max_nodes_per_token", r.max_nodes_per_token
     elif r.distribution == "dirichlet":
         key, value = "routing.dirichlet_concentration", r.dirichlet_concentration

@@ -71,7 +71,12 @@ MAX_DRAWS_PER_TOKEN = 10_000_000  # a token that needs more is stuck (its nodes 
 
 class UnsampleableLaw(ValueError):
     """The router's law cannot give a token top_k distinct experts in reasonable time (too few
-    experts with mass, or a k-th choice too rare); the caller names the scenario key."""
+    experts with mass, or a k-th choice too rare); the caller names the scenario key: the node
+    limit's when `node_limit` (a token's nodes held too few), else the law's own."""
+
+    def __init__(self, message: str, node_limit: bool = False):
+        super().__init__(message)
+        self.node_limit = node_limit
 
 
 def expected_draws_per_copy(probabilities: np.ndarray, top_k: int) -> float:
@@ -108,31 +113,42 @@ class Router:
             scaled = self.probabilities * np.asarray(gate_scale, dtype=np.float64)
             self.probabilities = scaled / scaled.sum()
             self.distribution = "weighted" if distribution == "uniform" else distribution
-        from simulator.workload.kernels import alias_table
-
-        self.keep, self.alias = alias_table(np.asarray(self.probabilities, dtype=np.float64))
         self.expert_node = np.asarray(expert_node).astype(np.int64)
         num_nodes = int(self.expert_node.max()) + 1
         self.max_nodes = max_nodes if max_nodes is not None and max_nodes < num_nodes else None
-        # group-limited routing holds the same experts on every node; without a limit, empty tables
-        self.node_mass, self.within_keep = np.ones(1), np.ones(1)
-        self.within_alias = self.experts_by_node = np.zeros(1, dtype=np.int64)
-        if self.max_nodes is not None:
-            self._node_tables(num_nodes)
+        self._tables = None  # the sampler's, built by the first route(): a law read only for its probabilities needs none
 
-    def _node_tables(self, num_nodes: int) -> None:
-        """For tokens whose node set is full: draw a node by its probability mass, then an expert
-        inside it. Same law as drawing from all experts and skipping other nodes, without the skips."""
+    def _sampler_tables(self) -> tuple:
+        """The kernel's arguments after the token count: the law's alias table, and for tokens whose
+        node set is full, each node's mass and the alias table of its experts (draw a node by its mass,
+        then an expert inside it: the same law as drawing from all experts and skipping other nodes,
+        without the skips). Refuses a law the sampler could not finish (UnsampleableLaw)."""
+        if self._tables is not None:
+            return self._tables
         from simulator.workload.kernels import alias_table
 
-        by_node = np.argsort(self.expert_node, kind="stable").reshape(num_nodes, -1)
-        p_by_node = self.probabilities[by_node]
-        self.node_mass = p_by_node.sum(axis=1)
-        keep, alias = np.ones(by_node.shape), np.tile(np.arange(by_node.shape[1]), (num_nodes, 1))
-        for n in np.nonzero(self.node_mass > 0)[0]:  # a node without mass is never drawn
-            keep[n], alias[n] = alias_table(p_by_node[n].astype(np.float64))
-        self.within_keep, self.within_alias = keep.ravel(), alias.ravel().astype(np.int64)
-        self.experts_by_node = by_node.ravel().astype(np.int64)
+        draws = expected_draws_per_copy(self.probabilities, self.top_k)
+        if draws > MAX_DRAWS_PER_COPY:
+            raise UnsampleableLaw(f"{int((self.probabilities > 0).sum())} of {self.num_experts} experts have mass, "
+                                  f"so a token's top_k={self.top_k} distinct experts take about {min(draws, 1e300):.3g} "
+                                  f"draws per expert (more than {MAX_DRAWS_PER_COPY:.0e})")
+        keep, alias = alias_table(np.asarray(self.probabilities, dtype=np.float64))
+        # group-limited routing holds the same experts on every node; without a limit, empty tables
+        node_mass, within_keep = np.ones(1), np.ones(1)
+        within_alias = experts_by_node = np.zeros(1, dtype=np.int64)
+        if self.max_nodes is not None:
+            num_nodes = int(self.expert_node.max()) + 1
+            by_node = np.argsort(self.expert_node, kind="stable").reshape(num_nodes, -1)
+            p_by_node = self.probabilities[by_node]
+            node_mass = p_by_node.sum(axis=1)
+            node_keep, node_alias = np.ones(by_node.shape), np.tile(np.arange(by_node.shape[1]), (num_nodes, 1))
+            for n in np.nonzero(node_mass > 0)[0]:  # a node without mass is never drawn
+                node_keep[n], node_alias[n] = alias_table(p_by_node[n].astype(np.float64))
+            within_keep, within_alias = node_keep.ravel(), node_alias.ravel().astype(np.int64)
+            experts_by_node = by_node.ravel().astype(np.int64)
+        self._tables = (self.distribution == "uniform", keep, alias, self.expert_node, self.max_nodes or 0,
+                        node_mass, within_keep, within_alias, experts_by_node)
+        return self._tables
 
     def route(self, num_tokens: int, rng: np.random.Generator) -> np.ndarray:
         """Expert ids [num_tokens, top_k] of num_tokens fresh tokens, in order of preference."""
@@ -140,18 +156,11 @@ class Router:
             return self._balanced(num_tokens, rng)
         from simulator.workload.kernels import route_tokens
 
-        draws = expected_draws_per_copy(self.probabilities, self.top_k)
-        if draws > MAX_DRAWS_PER_COPY:
-            raise UnsampleableLaw(f"{int((self.probabilities > 0).sum())} of {self.num_experts} experts have mass, "
-                                  f"so a token's top_k={self.top_k} distinct experts take about {min(draws, 1e300):.3g} "
-                                  f"draws per expert (more than {MAX_DRAWS_PER_COPY:.0e})")
+        tables = self._sampler_tables()
         out = np.empty((num_tokens, self.top_k), dtype=np.int32)
-        stuck = route_tokens(rng, out, self.distribution == "uniform", self.keep, self.alias, self.expert_node,
-                             self.max_nodes or 0, self.node_mass, self.within_keep, self.within_alias,
-                             self.experts_by_node, MAX_DRAWS_PER_TOKEN)
-        if stuck >= 0:
+        if route_tokens(rng, out, *tables, MAX_DRAWS_PER_TOKEN) >= 0:
             raise UnsampleableLaw(f"a token took {MAX_DRAWS_PER_TOKEN:,} draws without finding top_k={self.top_k} "
-                                  f"distinct experts on its max_nodes_per_token={self.max_nodes} nodes")
+                                  f"distinct experts on its max_nodes_per_token={self.max_nodes} nodes", node_limit=True)
         return out
 
     def _balanced(self, num_tokens: int, rng: np.random.Generator) -> np.ndarray:
