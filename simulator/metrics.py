@@ -68,7 +68,7 @@ def flop_per_token(s) -> float:
 def step_flop(r: RunRecord) -> float:
     s = r.scenario
     tokens, per_token = step_tokens(s), flop_per_token(s)
-    factor = TRAIN_FLOP_FACTOR if s.workload.mode == "train" else 1.0
+    factor = TRAIN_FLOP_FACTOR if s.backward else 1.0
     if r.ungated_copies:  # threshold gating (or a trace) chose fewer than top_k experts: those copies do no work
         return (tokens * per_token - r.ungated_copies * 2.0 * s.model.expert_params) * factor
     return tokens * per_token * factor
@@ -288,8 +288,9 @@ def parallelism_provenance(s) -> str:
 
 
 def data_parallel_provenance(s) -> str:
-    if s.workload.mode != "train":
-        return "none: no gradients outside training"
+    if not s.backward:
+        return "none: no gradients outside training" if s.workload.mode != "train" else \
+            "none: scope moe_layer runs one MoE layer's forward, without backward or update"
     t = s.training
     sync = "reduce-scatter + parameter all-gather (ZeRO-1)" if t.distributed_optimizer else "all-reduce"
     bucket = f"{t.grad_bucket_params:,}" if t.grad_bucket_params else "Megatron's max(40M, 1M x DP)"

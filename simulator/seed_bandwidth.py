@@ -36,7 +36,7 @@ def seed_bandwidth(s, summary: dict) -> dict:
     w, m, ep = s.workload, s.model, s.parallel.ep_size
     tokens_per_s = w.tokens_per_gpu * w.micro_batches / step
     layers = 1.0 if w.scope == "moe_layer" else m.num_moe_layers / s.parallel.pp_size
-    passes = 2 if w.mode == "train" else 1
+    passes = 2 if s.backward else 1
     hidden, a2a = m.hidden_size, s.network.all_to_all
     copy_bytes = token_bytes(s.network.dispatch_dtype, hidden, a2a) + token_bytes(s.network.combine_dtype, hidden, a2a)
     token_size = layers * passes * copy_bytes

@@ -231,10 +231,12 @@ def test_prefill_step_flop_is_tokens_times_forward_once():
     assert summary["model_flop_per_step"] == pytest.approx(TINY_TOKENS_PER_STEP * TINY_FORWARD, rel=1e-12)
 
 
-def test_moe_layer_scope_step_flop_counts_one_moe_block_per_token():
+def test_moe_layer_scope_step_flop_counts_one_moe_block_forward_per_token_even_in_training():
+    # CONTRACT.md: scope moe_layer is one MoE layer's forward, in train mode too (no backward x2)
     summary = summarize(simulate(make_scenario(workload={"scope": "moe_layer"})))
     assert summary["model_flop_per_token_forward"] == pytest.approx(TINY_MOE_BLOCK, rel=1e-12)
-    assert summary["model_flop_per_step"] == pytest.approx(TINY_TOKENS_PER_STEP * TINY_MOE_BLOCK * 3, rel=1e-12)
+    assert summary["model_flop_per_step"] == pytest.approx(TINY_TOKENS_PER_STEP * TINY_MOE_BLOCK, rel=1e-12)
+    assert set(summary["collectives"]) == {"dispatch", "combine"}  # no backward all-to-alls, no gradient sync
 
 
 def test_seq_len_reaches_the_step_flop_through_the_attention_core():

@@ -271,7 +271,7 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
         return with_expert_tensor_parallel(with_tensor_parallel(ops, par.tp_size), etp)
 
     forward = parallel(base)
-    train = s.workload.mode == "train"
+    train = s.backward
     recompute = train and s.training.recompute == "full"
     chunk_phases, tasks, rank = (), (), int(s.ranks.pp_rank[gpu])
     if par.pp_size > 1:

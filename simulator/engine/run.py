@@ -61,7 +61,7 @@ class Run:
         self.ep_groups = [self.ranks.ep_group(i) for i in range(self.ranks.num_ep_groups)]
         self.group_of = [self.ranks.ep_group_of(g) for g in range(s.num_gpus)]  # GPU -> EP group
         self.ep_rank = self.ranks.ep_rank.tolist()  # GPU -> its rank in that group
-        self.train = s.workload.mode == "train"
+        self.train = s.backward
         self.dp = DataParallel(s) if self.train else None
         self._programs: dict = {}
         self.programs = [self._program(g) for g in range(s.num_gpus)]

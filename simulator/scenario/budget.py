@@ -107,7 +107,7 @@ def estimate(s: Scenario) -> Estimate:
     g, p = s.num_gpus, par.pp_size
     layers = 1 if w.scope == "moe_layer" else m.num_layers
     moe_layers = 1 if w.scope == "moe_layer" else m.num_moe_layers
-    phases = 1 if w.mode != "train" else 3 if s.training.recompute == "full" else 2
+    phases = 1 if not s.backward else 3 if s.training.recompute == "full" else 2
     chunks = batch_limit(s, s.pipeline.chunks)[2]
     ep_groups = g // (p * par.ep_size)  # per stage, counting each expert-TP rank's group
     runs = _micro_batch_runs(s) * s.workload.steps  # every step is its own simulation (simulator/steps.py)

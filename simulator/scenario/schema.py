@@ -309,6 +309,12 @@ class Scenario:
                           expert_tp_size=self.expert_tp)
 
     @property
+    def backward(self) -> bool:
+        """Whether a step runs the backward, gradient sync and optimizer: training over the whole
+        model. `scope: moe_layer` is one MoE layer's forward in every mode (CONTRACT.md)."""
+        return self.workload.mode == "train" and self.workload.scope == "model"
+
+    @property
     def dp_size(self) -> int:
         """Replicas of the expert layout (expert DP): the number of EP groups while TP = PP = 1."""
         return self.ranks.expert_dp_size
