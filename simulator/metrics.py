@@ -141,7 +141,10 @@ def collective_stats(r: RunRecord) -> dict:
             "count": sum(len(c.gpus) for c in colls) // r.num_gpus,
             "mean_time_s": float(times.mean()),
             "max_time_s": float(times.max()),
+            # every hop out of a GPU (hierarchical's forwarding, a ring's passes)
             "mean_bytes_per_gpu": float(np.mean([c.bytes_out / len(c.gpus) for c in colls])),
+            # what the call delivers, each copy once (token copies to other GPUs; a ring's buffer)
+            "mean_payload_bytes_per_gpu": float(np.mean([c.payload_bytes / len(c.gpus) for c in colls])),
             "mean_nvlink_bytes_per_gpu": float(np.mean([c.bytes_nvlink / len(c.gpus) for c in colls])),
             "mean_ib_bytes_per_gpu": float(np.mean([c.bytes_ib / len(c.gpus) for c in colls])),
         }

@@ -122,6 +122,7 @@ class Collective:
         self.bytes_out = 0.0
         self.bytes_nvlink = 0.0
         self.bytes_ib = 0.0
+        self.payload_bytes = 0.0
         self.nvlink_bytes_per_gpu = np.zeros(p)  # egress bytes by EP rank
         self.ib_bytes_per_gpu = np.zeros(p)
         self._done = [env.event() for _ in range(p)]
@@ -151,6 +152,7 @@ class Collective:
         self.bytes_out = float(paths.entry_bytes[outgoing].sum())
         self.bytes_nvlink = float(paths.entry_bytes[(cls == 0) & outgoing].sum())
         self.bytes_ib = float(paths.entry_bytes[(cls == 1) & outgoing].sum())
+        self.payload_bytes = paths.payload_bytes
         topo = self.network.topology
         rank_of = np.full(topo.num_gpus, -1, dtype=np.int64)
         rank_of[self.group] = np.arange(p)

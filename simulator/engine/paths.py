@@ -27,6 +27,10 @@ class Paths:
     pair_owner: np.ndarray  # EP ranks
     pair_peer: np.ndarray
     pair_latency_s: np.ndarray
+    # bytes delivered to the members, each copy once however many ports it crosses (the
+    # all-to-all's token copies to other GPUs; a ring's buffer per member, nccl-tests' algbw size;
+    # a transfer's bytes); entry_bytes at the GPU egress ports count every hop
+    payload_bytes: float = 0.0
 
 
 class _Entries:
@@ -46,9 +50,9 @@ class _Entries:
         has = np.nonzero(total > 0)[0]
         self.put(has, port_of(has), total[has])
 
-    def paths(self, owners, peers, latency_s) -> Paths:
+    def paths(self, owners, peers, latency_s, payload_bytes: float) -> Paths:
         return Paths(np.concatenate(self.flows).astype(np.int64), np.concatenate(self.ports).astype(np.int64),
-                     np.concatenate(self.nbytes), owners, peers, latency_s)
+                     np.concatenate(self.nbytes), owners, peers, latency_s, payload_bytes)
 
 
 def _start(owners: np.ndarray, peers: np.ndarray, pb: np.ndarray, group: EPGroup, topo: Topology):
@@ -58,6 +62,11 @@ def _start(owners: np.ndarray, peers: np.ndarray, pb: np.ndarray, group: EPGroup
     e = _Entries()
     e.put_per_owner(owners[intra], pb[intra], group.size, lambda r: topo.nvl_out(group.gpus[r]))
     return e, intra
+
+
+def _payload(owners: np.ndarray, peers: np.ndarray, pb: np.ndarray) -> float:
+    """Bytes of the copies that reach another GPU (low-latency's own copies cross ports but stay home)."""
+    return float(pb[owners != peers].sum())
 
 
 def direct_route(owners: np.ndarray, peers: np.ndarray, pb: np.ndarray, traffic: ChunkTraffic, num_bytes: float,
@@ -75,7 +84,7 @@ def direct_route(owners: np.ndarray, peers: np.ndarray, pb: np.ndarray, traffic:
         down = np.bincount(owners[cross] * gpn + rail[peers[cross]], pb[cross], minlength=p * gpn).reshape(p, gpn)
         o_d, r_d = np.nonzero(down)
         e.put(o_d, topo.spine_down(r_d), down[o_d, r_d])
-    return e.paths(owners, peers, topo.pair_latency_s(gpus[owners], gpus[peers]))
+    return e.paths(owners, peers, topo.pair_latency_s(gpus[owners], gpus[peers]), _payload(owners, peers, pb))
 
 
 def hierarchical_route(owners: np.ndarray, peers: np.ndarray, pb: np.ndarray, traffic: ChunkTraffic,
@@ -102,7 +111,7 @@ def hierarchical_route(owners: np.ndarray, peers: np.ndarray, pb: np.ndarray, tr
     e.put(of, topo.nvl_out(gpus[group.member_at[nf, rail[of]]]), fwd_out[of, nf])
     latency = np.where(intra, topo.spec.nvlink.latency_s,
                        topo.spec.ib.latency_s + np.where(fwd, topo.spec.nvlink.latency_s, 0.0))
-    return e.paths(owners, peers, latency)
+    return e.paths(owners, peers, latency, _payload(owners, peers, pb))
 
 
 ROUTES = {"direct": direct_route, "hierarchical": hierarchical_route}

@@ -23,11 +23,12 @@ class CollectiveRecord:
     send_done_s: np.ndarray  # each GPU's last byte sent
     recv_done_s: np.ndarray  # each GPU's last byte received
     done_s: np.ndarray  # each GPU's part complete (sent and received)
-    bytes_out: float  # bytes through GPU egress ports, all GPUs
+    bytes_out: float  # bytes through GPU egress ports, all GPUs: every hop of a forwarded copy counts
     bytes_nvlink: float
     bytes_ib: float
     nvlink_bytes_per_gpu: np.ndarray  # egress bytes per GPU
     ib_bytes_per_gpu: np.ndarray
+    payload_bytes: float = 0.0  # bytes delivered, all GPUs, each copy once (simulator/engine/paths.py)
 
     @property
     def kind(self) -> str:

@@ -82,7 +82,7 @@ def ring_paths(op: str, gpus: np.ndarray, num_bytes: float, topo: Topology) -> P
         empty = np.zeros(0, dtype=np.int64)
         return Paths(empty, empty, np.zeros(0), empty, empty, np.zeros(0))
     return Paths(np.zeros(len(port), dtype=np.int64), port, entry_bytes,
-                 np.zeros(n, dtype=np.int64), members, np.full(n, latency))
+                 np.zeros(n, dtype=np.int64), members, np.full(n, latency), payload_bytes=n * float(num_bytes))
 
 
 def p2p_paths(src: int, dst: int, num_bytes: float, topo: Topology) -> Paths:
@@ -96,4 +96,4 @@ def p2p_paths(src: int, dst: int, num_bytes: float, topo: Topology) -> Paths:
             ports += [topo.spine_up(topo.rail_of(src)), topo.spine_down(topo.rail_of(dst))]
     latency = topo.pair_latency_s(np.array([src]), np.array([dst]))
     return Paths(np.zeros(len(ports), dtype=np.int64), np.array(ports, dtype=np.int64), np.full(len(ports), num_bytes),
-                 np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64), latency)
+                 np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64), latency, payload_bytes=float(num_bytes))

@@ -477,7 +477,7 @@ class Run:
                 id=cid, gpus=c.group, arrived_s=c.arrived_s, start_s=c.start_s, send_done_s=c.send_done_s,
                 recv_done_s=c.recv_done_s, done_s=np.maximum(c.owner_done_s, c.peer_done_s), bytes_out=c.bytes_out,
                 bytes_nvlink=c.bytes_nvlink, bytes_ib=c.bytes_ib, nvlink_bytes_per_gpu=c.nvlink_bytes_per_gpu,
-                ib_bytes_per_gpu=c.ib_bytes_per_gpu)
+                ib_bytes_per_gpu=c.ib_bytes_per_gpu, payload_bytes=c.payload_bytes)
         topo = self.topology
         ports = PortRecord(topo.port_class(), topo.port_peak_bytes_per_s(), self.network.capacity,
                            self.network.port_bytes, self.network.port_busy_s)
@@ -549,7 +549,8 @@ def _p2p_records(cid: CollectiveId, c: Collective) -> dict:
             recv_done_s=(c.send_done_s if kind == "pp_send" else c.recv_done_s)[one],
             done_s=np.maximum(c.owner_done_s, c.peer_done_s)[one],
             bytes_out=c.bytes_out, bytes_nvlink=c.bytes_nvlink, bytes_ib=c.bytes_ib,
-            nvlink_bytes_per_gpu=np.array([c.bytes_nvlink]), ib_bytes_per_gpu=np.array([c.bytes_ib]))
+            nvlink_bytes_per_gpu=np.array([c.bytes_nvlink]), ib_bytes_per_gpu=np.array([c.bytes_ib]),
+            payload_bytes=c.payload_bytes)
     return out
 
 
