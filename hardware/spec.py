@@ -53,6 +53,9 @@ class ClusterSpec:
     ll_kernel_overhead_s: float = 0.0  # per DeepEP low-latency call, beyond bandwidth and latency
     direct_alltoall_efficiency: float = 1.0  # NCCL all-to-all rate / the link's achievable rate
     nccl_sms: int = 0  # SMs NCCL's ring collectives (gradient and parameter sync) hold while running
+    # The host CPU (simulator/engine/host.py): CPU time to issue one kernel eagerly, and one CUDA graph
+    host_launch_s: float = 0.0
+    graph_launch_s: float = 0.0
 
     @property
     def num_gpus(self) -> int:
@@ -86,4 +89,6 @@ def cluster_from_fields(name: str, num_nodes: int, fields: dict) -> ClusterSpec:
         ll_kernel_overhead_s=fields["ll_kernel_overhead_us"] * US,
         direct_alltoall_efficiency=fields["direct_alltoall_efficiency"],
         nccl_sms=fields["nccl_sms"],
+        host_launch_s=fields["host_launch_us"] * US,
+        graph_launch_s=fields["graph_launch_us"] * US,
     )

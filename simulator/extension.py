@@ -74,6 +74,9 @@ def extend_summary(full, one: dict, two: dict, m1: int, m2: int) -> dict:
             / step for cls, u in two["bandwidth_utilization_step"].items()},
         "tokens_dropped": {**two["tokens_dropped"], "copies": round(_extend(
             one["tokens_dropped"]["copies"], two["tokens_dropped"]["copies"], m1, m2, m))},
+        "host": {**two["host"], **{k: _extend(one["host"][k], two["host"][k], m1, m2, m)
+                                   for k in ("launches_per_gpu", "busy_s", "busy_max_s", "sync_wait_s")},
+                 "busy_fraction": _extend(one["host"]["busy_max_s"], two["host"]["busy_max_s"], m1, m2, m) / step},
         "collectives": {kind: {**c, "count": round(_extend(one["collectives"].get(kind, {}).get("count", 0),
                                                             c["count"], m1, m2, m))}
                         for kind, c in two["collectives"].items()},

@@ -22,7 +22,7 @@ from simulator.scenario.memory import (
     serving_weight_bytes,
 )
 from simulator.scenario.serving import kv_cache_bytes, kv_cache_bytes_per_sequence, prefill_passes
-from simulator.wire import ELEMENT_BYTES
+from simulator.wire import ELEMENT_BYTES, algorithm
 from simulator.workload.build import KERNEL_CLASSES, buffer_bytes_per_token
 
 TRAIN_FLOP_FACTOR = 3.0  # forward + backward (2x forward)
@@ -362,6 +362,26 @@ def serving_summary(r: RunRecord, unions: dict) -> dict:
     return {**out, "serving": block}
 
 
+def host_summary(r: RunRecord) -> dict:
+    """The host thread per GPU: CPU time issuing kernels, the share of the step it is busy, and the
+    time it waited for the GPU at syncs (simulator/engine/host.py); zeros where launches are free."""
+    s, h = r.scenario, r.host or {"launches_per_gpu": 0.0, "busy_s": 0.0, "busy_max_s": 0.0, "sync_wait_s": 0.0}
+    return {"cuda_graphs": s.training.cuda_graphs, "launch_us": s.cluster.host_launch_s * 1e6,
+            "graph_launch_us": s.cluster.graph_launch_s * 1e6, **h,
+            "busy_fraction": h["busy_max_s"] / r.step_time_s if r.step_time_s > 0 else 0.0}
+
+
+def host_provenance(s) -> str:
+    if s.cluster.host_launch_s <= 0 and not (s.training.cuda_graphs and s.cluster.graph_launch_s > 0):
+        return "not modelled: kernels are issued for free (hardware.host_launch_us is 0)"
+    how = (f"CUDA graphs: one {s.cluster.graph_launch_s * 1e6:g} us graph launch per op"
+           if s.training.cuda_graphs else f"eager: {s.cluster.host_launch_s * 1e6:g} us of CPU per kernel")
+    sync = ("the host waits for the GPU before each forward dispatch (the received counts) and"
+            if algorithm(s.network.all_to_all).host_sync else "no host sync in the dispatch; it waits")
+    return (f"one host thread per GPU issues its ops in program order ({how}); {sync} for a pipeline "
+            f"stage's input (with PP); the update is issued for free")
+
+
 def summarize(r: RunRecord) -> dict:
     s = r.scenario
     g = s.num_gpus
@@ -392,6 +412,7 @@ def summarize(r: RunRecord) -> dict:
         **ungated(r),
         **placement_solver(r),
         **pipeline_bubble(r),
+        "host": host_summary(r),
         "model_flop_per_step": flop,
         "model_flop_per_token_forward": flop_per_token(s),
         "layout": {"ep_size": s.parallel.ep_size, "dp_size": s.dp_size, "tp_size": s.ranks.tp_size,
@@ -416,8 +437,9 @@ def summarize(r: RunRecord) -> dict:
             "data_parallel": data_parallel_provenance(s),
             "memory": memory_provenance(s),
             "parallelism": parallelism_provenance(s),
+            "host": host_provenance(s),
             "not_modelled": ("FSDP with reshard_after_forward (weights sharded between uses), "
-                             "DualPipe's zero-bubble weight-gradient split, host launch overhead and CUDA graphs, "
+                             "DualPipe's zero-bubble weight-gradient split, "
                              "serving's scheduler (continuous batching, prefill-decode KV transfer), "
                              "the MTP module's own layer (drafts are verified by the main model)"),
         },

@@ -37,6 +37,9 @@ class AllToAll:
     message_header_bytes: int  # per message, beyond the token's hidden vector
     efficiency_field: str | None  # ClusterSpec field: useful bytes per byte of port capacity
     call_overhead_field: str | None  # ClusterSpec field: per-call software overhead, seconds
+    # the host must know the received counts before it can issue the forward dispatch, and waits
+    # for the GPU to produce them (simulator/engine/host.py)
+    host_sync: bool = False
 
     def efficiency(self, cluster: ClusterSpec) -> float:
         return getattr(cluster, self.efficiency_field) if self.efficiency_field else 1.0
@@ -58,14 +61,19 @@ ALL_TO_ALL = {
     # one copy per (token, expert) pair, no dedupe per destination GPU
     "direct": AllToAll("direct", route="direct", per_expert_copy=True, own_copies_cross_ports=False,
                        notify_round=True, notify_crosses_rails=True, holds_sms=True, message_header_bytes=0,
-                       efficiency_field="direct_alltoall_efficiency", call_overhead_field=None),
+                       efficiency_field="direct_alltoall_efficiency", call_overhead_field=None,
+                       # Megatron-Core's alltoall dispatcher: the per-expert counts are all-gathered, copied
+                       # to the host and synchronised on (token_dispatcher.py, d2h_event.synchronize())
+                       host_sync=True),
     # DeepEP's normal kernels address a GPU's own receive buffer like any peer's: its own tokens
     # pass through the same NVLink-buffer stage, and the achievable rate the README quotes
     # (~160 GB/s on H800) counts them.
     "hierarchical": AllToAll("hierarchical", route="hierarchical", per_expert_copy=False,
                              own_copies_cross_ports=True, notify_round=True, notify_crosses_rails=False,
                              holds_sms=True, message_header_bytes=0, efficiency_field=None,
-                             call_overhead_field=None),
+                             # DeepEP normal dispatch: the CPU waits for the notify kernel's receive counts
+                             # to size the receive tensors (DeepEP README, 'CPU-GPU synchronisation')
+                             call_overhead_field=None, host_sync=True),
     # DeepEP LL FP8 message: hidden + hidden/128 x 4 scale bytes + 16 (7408 B for hidden 7168)
     "low_latency": AllToAll("low_latency", route="direct", per_expert_copy=True, own_copies_cross_ports=False,
                             notify_round=False, notify_crosses_rails=False, holds_sms=False,

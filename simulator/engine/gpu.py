@@ -57,8 +57,10 @@ class GPU:
         changed, self._rate_changed = self._rate_changed, self.env.event()
         changed.succeed()
 
-    def compute(self, work_s: float, op: OpId):
-        """Run a kernel needing work_s seconds at full SM rate; takes longer while comm holds SMs."""
+    def compute(self, work_s: float, op: OpId, not_before: float | None = None):
+        """Run a kernel needing work_s seconds at full SM rate; takes longer while comm holds SMs.
+        not_before: the op's last kernel is issued then (simulator/engine/host.py): the stream is not
+        free before it, and the time past the op's own work is idle, not compute."""
         if work_s <= 0:
             return
         with self.streams[COMPUTE].request() as req:
@@ -74,6 +76,8 @@ class GPU:
                     break
                 remaining -= (self.env.now - t0) * rate
             self.intervals.append(Interval(COMPUTE, start, self.env.now, op))
+            if not_before is not None and not_before > self.env.now:  # the stream idles for the host
+                yield self.env.timeout(not_before - self.env.now)
 
     def communicate(self, stream: str, seq: int | None, arrive, comm_sms: int, op: OpId):
         """Run this GPU's part of a collective on `stream` as its seq-th collective there (None: no

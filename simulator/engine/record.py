@@ -81,6 +81,7 @@ class RunRecord:
     dropped_copies: int = 0  # routed (token, expert) copies dropped over expert capacity
     placement_reports: dict | None = None  # topology_aware: (ep group, moe layer) -> the solver's report
     ungated_copies: int = 0  # routing.threshold / trace: (token, expert) places left without an expert
+    host: dict | None = None  # the host thread's launches and CPU time (simulator/engine/host.py); None: free
 
     @property
     def num_gpus(self) -> int:

@@ -12,6 +12,7 @@ from hardware.topology import Topology
 from simulator.engine.collective import COLLECTIVES, Collective, CollectiveId
 from simulator.engine.data_parallel import DataParallel
 from simulator.engine.gpu import DP_COMM, GPU, PP_COMM
+from simulator.engine.host import Host, kernel_launches
 from simulator.engine.network import Network
 from simulator.engine.paths import build_paths, mirrored
 from simulator.engine.program import (
@@ -85,6 +86,9 @@ class Run:
         self.num_events = 0
         self.keep_paths = keep_paths
         self._op_ids: dict = {}  # (op, micro-batch, chunk) -> its OpId (op_id)
+        cl = s.cluster
+        self.host = Host(self.env, s, kernel_launches(s, self.workload.chunk_tokens[0]), self.all_to_all.host_sync) \
+            if cl.host_launch_s > 0 or (s.training.cuda_graphs and cl.graph_launch_s > 0) else None
 
     def _program(self, gpu: int) -> Program:
         """The GPU's program; GPUs at the same position (PP stage, holding experts or not) share one."""
@@ -160,6 +164,8 @@ class Run:
                 if (task.phase == FWD and stage > 0) or (task.phase != FWD and stage < last_stage):
                     yield self.arrival(gpu.index, task.phase, task.micro_batch, stage)
             start = self.env.now
+            if self.host is not None:
+                self.host.start_slot(gpu.index, t)
             for position, task in enumerate(slot):
                 chains += [self.env.process(self.run_task_chain(gpu, program, (t, position), task, c))
                            for c in range(self.workload.num_chunks)]
@@ -398,9 +404,17 @@ class Run:
 
     def run_op(self, gpu: GPU, mb: int, chunk: int, op: Op, order_key: tuple):
         group, local = self.group_of[gpu.index], self.ep_rank[gpu.index]
+        host = self.host
+        if host is not None:  # the op starts once the host has issued its first kernel
+            host.reach(gpu.index, order_key, op)
+            issued_s, kernels = yield from host.wait_issued(gpu.index, order_key)
         if not op.collective:
-            yield from gpu.compute(self.work_s(op, group, local, mb, chunk), self.op_id(op, mb, chunk))
+            work = self.work_s(op, group, local, mb, chunk)
+            yield from gpu.compute(work, self.op_id(op, mb, chunk),
+                                   issued_s + work / kernels if host is not None else None)
             return
+        if host is not None and issued_s > self.env.now:  # a collective's kernel is issued whole
+            yield self.env.timeout(issued_s - self.env.now)
         kind = kind_of(op)
         if COLLECTIVES[kind].group == "tp":
             t = self.s.parallel.tp_size
@@ -422,6 +436,21 @@ class Run:
             yield from gpu.compute(self.work_s(side, group, local, mb, chunk), self.op_id(side, mb, chunk))
         yield comm
 
+    def host_order(self, program: Program) -> list:
+        """(order key, op, PP slot) of every op of every chain, in the order the host issues them:
+        the streams' order (simulator/engine/host.py); chain after chain without overlap."""
+        if program.slots:
+            return sorted((((t, k, position, c), op, t) for t, slot in enumerate(program.slots)
+                           for position, task in enumerate(slot)
+                           for k, op in enumerate(program.chunk_phases[task.chunk][task.phase != FWD])
+                           for c in range(self.workload.num_chunks)), key=lambda e: e[0])
+        chains = {chain: i for i, chain in enumerate(program.chains)}
+        entries = [(self._order_key(program, phase, k, mb, c), op, None, (chains[mb, c], phase, k))
+                   for phase, ops in enumerate(program.phases) for k, op in enumerate(ops) for mb, c in program.chains]
+        serial = self.s.pipeline.overlap != "three_stream"
+        entries.sort(key=(lambda e: e[3]) if serial else (lambda e: e[0]))
+        return [e[:3] for e in entries]
+
     def run_gpu_serial(self, gpu: GPU):
         """overlap: none: the chains of a GPU run one after another."""
         for mb, chunk in self.programs[gpu.index].chains:
@@ -442,6 +471,8 @@ class Run:
                 chains = [self.env.process(self.run_chain(gpu, mb, chunk))
                           for mb, chunk in self.programs[gpu.index].chains]
             processes += [(gpu.index, p) for p in chains]
+            if self.host is not None:
+                self.env.process(self.host.run(gpu.index, self.host_order(self.programs[gpu.index])))
             if self.train:
                 processes.append((gpu.index, self.env.process(self.run_update(gpu.index, chains))))
         with few_collections():
@@ -486,7 +517,7 @@ class Run:
                          self.compute_model.describe(), topo.has_spine, self.num_events, self.network.num_solves,
                          self.task_spans if self.pp else None, self.kernel_classes(), placements=w.placements,
                          dropped_copies=w.dropped_copies, placement_reports=w.placement_reports or None,
-                         ungated_copies=w.ungated_copies)
+                         ungated_copies=w.ungated_copies, host=self.host.record() if self.host else None)
 
     def kernel_classes(self) -> dict[str, dict[str, float]]:
         """Per op name, the fraction of its time each kernel class takes: the dense ops' own split

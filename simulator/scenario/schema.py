@@ -93,6 +93,9 @@ class HardwareSection(_Section):
     ll_kernel_overhead_us: float = Field(default=0.0, ge=0, le=MAX_US)
     direct_alltoall_efficiency: float = Field(default=1.0, gt=0, le=1)
     nccl_sms: int = Field(default=0, ge=0, le=4096)  # SMs NCCL's ring collectives hold (data-parallel sync)
+    # the host CPU: seconds of CPU per kernel launched eagerly, per CUDA graph launched (0: free)
+    host_launch_us: float = Field(default=0.0, ge=0, le=1e4)
+    graph_launch_us: float = Field(default=0.0, ge=0, le=1e4)
     calibration: Optional[str] = None  # a shipped calibration name or a .json path; None = roofline
 
 
@@ -249,6 +252,9 @@ class TrainingSection(_Section):
     # micro_batch_size sequences; null keeps workload.micro_batches and tokens_per_gpu as given.
     global_batch_size: Optional[int] = Field(default=None, gt=0, le=1 << 24)  # DeepSeek-V3: 15,360 sequences
     micro_batch_size: int = Field(default=1, gt=0, le=1 << 16)
+    # CUDA graphs: each op replays as one captured graph (one graph launch on the host instead of a
+    # launch per kernel); host syncs (a counts-on-host dispatcher) are not captured
+    cuda_graphs: bool = False
 
 
 class PipelineSection(_Section):
