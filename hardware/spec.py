@@ -56,6 +56,8 @@ class ClusterSpec:
     # The host CPU (simulator/engine/host.py): CPU time to issue one kernel eagerly, and one CUDA graph
     host_launch_s: float = 0.0
     graph_launch_s: float = 0.0
+    # bytes per second one SM copies in DeepEP's normal kernels (inf: the SMs never bound the rate)
+    deepep_bytes_per_s_per_sm: float = float("inf")
 
     @property
     def num_gpus(self) -> int:
@@ -91,4 +93,6 @@ def cluster_from_fields(name: str, num_nodes: int, fields: dict) -> ClusterSpec:
         nccl_sms=fields["nccl_sms"],
         host_launch_s=fields["host_launch_us"] * US,
         graph_launch_s=fields["graph_launch_us"] * US,
+        deepep_bytes_per_s_per_sm=(fields["deepep_gb_per_s_per_sm"] * GB if fields["deepep_gb_per_s_per_sm"]
+                                   else float("inf")),
     )

@@ -362,6 +362,14 @@ def serving_summary(r: RunRecord, unions: dict) -> dict:
     return {**out, "serving": block}
 
 
+def sm_bound(s) -> str:
+    cap = algorithm(s.network.all_to_all).rate_cap(s.cluster, s.network.comm_sms)
+    if not np.isfinite(cap):
+        return ""
+    return (f"; each flow at most comm_sms={s.network.comm_sms} x {s.cluster.deepep_bytes_per_s_per_sm / 1e9:g} GB/s "
+            f"per SM = {cap / 1e9:g} GB/s at its busiest port (the SMs its kernel holds)")
+
+
 def host_summary(r: RunRecord) -> dict:
     """The host thread per GPU: CPU time issuing kernels, the share of the step it is busy, and the
     time it waited for the GPU at syncs (simulator/engine/host.py); zeros where launches are free."""
@@ -429,7 +437,7 @@ def summarize(r: RunRecord) -> dict:
             "compute_model": r.compute_model,
             "network_model": (f"fluid max-min fair share over per-direction ports (NVLink, NIC"
                               f"{', spine' if r.has_spine else ''}); one flow per token owner "
-                              f"per collective; all_to_all={s.network.all_to_all}"),
+                              f"per collective; all_to_all={s.network.all_to_all}{sm_bound(s)}"),
             "hardware_preset": s.hardware_preset,
             "model_preset": s.model_preset,
             "seed": s.routing.seed,

@@ -40,6 +40,14 @@ class AllToAll:
     # the host must know the received counts before it can issue the forward dispatch, and waits
     # for the GPU to produce them (simulator/engine/host.py)
     host_sync: bool = False
+    # ClusterSpec field: bytes per second one SM of the kernel copies; each token owner's flow is
+    # capped at comm_sms x that (its busiest port's rate); None: the SMs do not bound the rate
+    sm_rate_field: str | None = None
+
+    def rate_cap(self, cluster: ClusterSpec, comm_sms: int) -> float:
+        """Each flow's own rate cap, bytes per second (inf: none)."""
+        per_sm = getattr(cluster, self.sm_rate_field) if self.sm_rate_field else float("inf")
+        return comm_sms * per_sm
 
     def efficiency(self, cluster: ClusterSpec) -> float:
         return getattr(cluster, self.efficiency_field) if self.efficiency_field else 1.0
@@ -73,7 +81,8 @@ ALL_TO_ALL = {
                              holds_sms=True, message_header_bytes=0, efficiency_field=None,
                              # DeepEP normal dispatch: the CPU waits for the notify kernel's receive counts
                              # to size the receive tensors (DeepEP README, 'CPU-GPU synchronisation')
-                             call_overhead_field=None, host_sync=True),
+                             call_overhead_field=None, host_sync=True,
+                             sm_rate_field="deepep_bytes_per_s_per_sm"),
     # DeepEP LL FP8 message: hidden + hidden/128 x 4 scale bytes + 16 (7408 B for hidden 7168)
     "low_latency": AllToAll("low_latency", route="direct", per_expert_copy=True, own_copies_cross_ports=False,
                             notify_round=False, notify_crosses_rails=False, holds_sms=False,

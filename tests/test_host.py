@@ -6,7 +6,8 @@ import pytest
 from simulator.engine import Run
 from simulator.engine.host import LAUNCH_QUEUE, kernel_launches
 from simulator.metrics import summarize
-from tests.conftest import make_scenario
+from simulator.scenario import build_scenario
+from tests.conftest import make_scenario, tiny_dict
 
 
 def run(**sections):
@@ -20,11 +21,14 @@ def program_kernels(r: Run, gpu: int = 0) -> float:
     return sum(r.host.kernels(op) for op in program.ops) * len(program.chains)
 
 
-def test_free_launches_leave_the_engine_as_it_was():
-    _, base = run()
-    r, free = run(hardware={"host_launch_us": 0.0})
-    assert r.host is None and free["step_time_s"] == base["step_time_s"]
-    assert free["host"]["busy_s"] == 0.0 and "not modelled" in free["provenance"]["host"]
+def test_the_preset_gives_the_host_cost_and_zero_turns_the_host_off():
+    # the tiny fixture sets host_launch_us 0 (tests/conftest.py); the h100-sxm preset's own is 7 us
+    data = tiny_dict()
+    del data["hardware"]["host_launch_us"]
+    with_preset = Run(build_scenario(data))
+    assert with_preset.host is not None and with_preset.s.cluster.host_launch_s == pytest.approx(7e-6)
+    r, free = run(training={"cuda_graphs": True}, hardware={"graph_launch_us": 0.0})
+    assert r.host is None and free["host"]["busy_s"] == 0.0 and "not modelled" in free["provenance"]["host"]
 
 
 def test_a_tiny_launch_cost_moves_the_step_by_no_more_than_it_costs():

@@ -104,7 +104,8 @@ class Collective:
     """
 
     def __init__(self, env: simpy.Environment, network: Network, group: np.ndarray, build, owner_is_sender: bool,
-                 setup_s: float, protocol_efficiency: float = 1.0, keep_paths: bool = False):
+                 setup_s: float, protocol_efficiency: float = 1.0, keep_paths: bool = False,
+                 rate_cap: float = float("inf")):
         """keep_paths: keep the flows' paths after launch for inspection (tests); else the network
         holds them only while their flows run (at EP 1024 the kept paths were most of the memory)."""
         self.env, self.network, self.group = env, network, group  # group: EP rank -> global GPU
@@ -114,6 +115,7 @@ class Collective:
         self.owner_is_sender = owner_is_sender
         self.setup_s = setup_s
         self.protocol_efficiency = protocol_efficiency
+        self.rate_cap = rate_cap  # each flow's own rate cap (the SMs its kernel holds)
         p = len(group)
         self.arrived_s = np.full(p, np.nan)
         self.start_s = np.nan
@@ -176,7 +178,7 @@ class Collective:
         for i in np.nonzero(~has_flow | (self._peer_pending == 0))[0]:
             self._maybe_done(int(i))
         self.network.add(FlowBatch(paths.entry_flow, paths.entry_port, paths.entry_bytes, p, self._flows_done,
-                                   self.protocol_efficiency))
+                                   self.protocol_efficiency, self.rate_cap))
 
     def _flows_done(self, owners: np.ndarray, now: float) -> None:
         # The last byte is received one path latency after it is sent: on the peers in dispatch

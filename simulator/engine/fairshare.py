@@ -33,20 +33,22 @@ def level_bound(num_flows: int) -> int:
 
 
 def max_min_rates(entry_flow: np.ndarray, entry_port: np.ndarray, entry_weight: np.ndarray,
-                  capacity: np.ndarray, num_flows: int) -> np.ndarray:
-    """Rates (flow units per second) of num_flows flows; every flow must have >= 1 entry."""
-    return max_min_levels(entry_flow, entry_port, entry_weight, capacity, num_flows)[0]
+                  capacity: np.ndarray, num_flows: int, cap: np.ndarray | None = None) -> np.ndarray:
+    """Rates (flow units per second) of num_flows flows; every flow must have >= 1 entry; cap: each
+    flow's own rate cap (inf or None: none)."""
+    return max_min_levels(entry_flow, entry_port, entry_weight, capacity, num_flows, cap)[0]
 
 
 def max_min_levels(entry_flow: np.ndarray, entry_port: np.ndarray, entry_weight: np.ndarray,
-                   capacity: np.ndarray, num_flows: int) -> tuple[np.ndarray, int]:
+                   capacity: np.ndarray, num_flows: int, cap: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """(rates, bottleneck levels the solve took); raises SolverStalled past level_bound(num_flows)."""
     from simulator.engine.fairshare_kernel import progressive_filling
 
     residual = np.array(capacity, dtype=np.float64)
+    cap = np.full(num_flows, np.inf) if cap is None else np.asarray(cap, dtype=np.float64)
     rates, num_levels = progressive_filling(np.asarray(entry_flow, dtype=np.int64), np.asarray(entry_port, dtype=np.int64),
                                             np.asarray(entry_weight, dtype=np.float64), residual, num_flows,
-                                            level_bound(num_flows), LEVEL_RTOL)
+                                            level_bound(num_flows), LEVEL_RTOL, cap)
     if num_levels < 0:
         raise SolverStalled(f"max-min fair share took {-num_levels} levels for {num_flows} flows over "
                             f"{len(residual)} ports (each level freezes >= 1 flow); non-finite capacities: "

@@ -4,6 +4,10 @@ thousands of fair shares over up to a million (flow, port) entries, a few levels
 Each level sums the live entries' weights per port in entry order, as a sequential bincount would,
 so the rates are the same floating-point numbers whatever the implementation; dropping a frozen
 flow's entries leaves every later sum unchanged (their weights would add 0).
+
+A flow may have its own rate cap (cap[f], inf: none): the level then also stops where the lowest
+live cap is reached, and the flows at it freeze there, as if each had a private port of that
+capacity. With every cap infinite the levels, and so the rates, are bit for bit those without caps.
 """
 from __future__ import annotations
 
@@ -12,11 +16,15 @@ from numba import njit
 
 
 @njit(cache=True)
-def progressive_filling(entry_flow, entry_port, entry_weight, residual, num_flows, max_levels, rtol):
-    """(rates, levels) of the max-min fair share; residual [ports] is the capacity, used up in place.
-    levels < 0: the solve passed max_levels (-levels taken) and the rates are incomplete."""
+def progressive_filling(entry_flow, entry_port, entry_weight, residual, num_flows, max_levels, rtol, cap):
+    """(rates, levels) of the max-min fair share; residual [ports] is the capacity, used up in place;
+    cap [flows] each flow's own rate cap (inf: none). levels < 0: the solve passed max_levels
+    (-levels taken) and the rates are incomplete."""
     num_ports = residual.shape[0]
     rates = np.zeros(num_flows)
+    for p in range(num_ports):  # a NaN or infinite capacity has no fair share (a cap would hide it)
+        if not np.isfinite(residual[p]):
+            return rates, -1
     flow, port, weight = entry_flow.copy(), entry_port.copy(), entry_weight.copy()
     n = flow.shape[0]
     demand = np.zeros(num_ports)
@@ -39,12 +47,16 @@ def progressive_filling(entry_flow, entry_port, entry_weight, residual, num_flow
                     step = headroom[p]
             else:
                 headroom[p] = np.inf
+        for i in range(n):  # a live flow's own cap may come first
+            if cap[flow[i]] - level < step:
+                step = max(cap[flow[i]] - level, 0.0)
         level += step
         for p in range(num_ports):
             residual[p] -= step * demand[p]
         limit = step + rtol * level
         for i in range(n):  # the flows through a port that saturated at this level freeze at it
-            if demand[port[i]] > 0 and headroom[port[i]] <= limit:
+            if (demand[port[i]] > 0 and headroom[port[i]] <= limit) or (cap[flow[i]] < np.inf
+                                                                        and cap[flow[i]] <= level + rtol * level):
                 newly[flow[i]] = True
                 rates[flow[i]] = level
         kept = 0

@@ -36,6 +36,9 @@ class FlowBatch:
     # Useful bytes per byte of port capacity the protocol uses (NCCL all-to-all < 1): the flows load
     # their ports 1/efficiency times their own rate; bytes carried are still the useful bytes.
     protocol_efficiency: float = 1.0
+    # Each flow's own rate cap in its measure's bytes per second (the SMs its kernel holds, DeepEP
+    # normal: simulator/wire.py); inf: none
+    rate_cap: float = np.inf
     flow_size: np.ndarray = field(init=False)  # the flow's own measure: its largest per-port bytes
 
     def __post_init__(self):
@@ -62,6 +65,7 @@ class Network:
         # active flow state, concatenated over batches
         self._remaining = np.zeros(0)
         self._rate = np.zeros(0)
+        self._cap = np.zeros(0)  # per active flow, its own rate cap (inf: none)
         self._started = np.zeros(0)
         self._batch_of = np.zeros(0, dtype=np.int64)
         self._local = np.zeros(0, dtype=np.int64)
@@ -118,7 +122,7 @@ class Network:
         if len(self._remaining):
             try:
                 self._rate = max_min_rates(self._e_flow, self._e_port, self._e_weight, self.capacity,
-                                           len(self._remaining))
+                                           len(self._remaining), self._cap)
             except SolverStalled as exc:
                 raise SolverStalled(f"{exc}; in flight: {self._describe_active()}", self._active()) from None
             self.num_solves += 1
@@ -152,6 +156,7 @@ class Network:
         self._e_weight = self._e_weight[entry_keep]
         self._remaining = self._remaining[keep]
         self._rate = self._rate[keep]
+        self._cap = self._cap[keep]
         self._started = self._started[keep]
         self._batch_of = self._batch_of[keep]
         self._local = self._local[keep]
@@ -165,7 +170,7 @@ class Network:
 
     def _admit(self, now: float) -> None:
         offset = len(self._remaining)
-        flows, ports, weights, remaining, batch_of, local = [], [], [], [], [], []
+        flows, ports, weights, remaining, batch_of, local, caps = [], [], [], [], [], [], []
         for batch in self._pending:
             b = len(self._batches)
             self._batches.append(batch)
@@ -180,6 +185,7 @@ class Network:
             weights.append(batch.entry_bytes[keep] / batch.flow_size[batch.entry_flow[keep]]
                            / batch.protocol_efficiency)
             remaining.append(batch.flow_size[present])
+            caps.append(np.full(len(present), batch.rate_cap))
             batch_of.append(np.full(len(present), b))
             local.append(present)
             offset += len(present)
@@ -189,6 +195,7 @@ class Network:
         self._e_port = np.concatenate([self._e_port, *ports])
         self._e_weight = np.concatenate([self._e_weight, *weights])
         self._remaining = np.concatenate([self._remaining, *remaining])
+        self._cap = np.concatenate([self._cap, *caps])
         self._started = np.concatenate([self._started, np.full(sum(len(r) for r in remaining), now)])
         self._rate = np.zeros(len(self._remaining))
         self._batch_of = np.concatenate([self._batch_of, *batch_of])

@@ -7,6 +7,7 @@ from simulator.scenario.balance_rules import check_load_balancing
 from simulator.scenario.memory import Memory, auto_expert_tp, key_to_change, max_batch_per_gpu, memory_per_gpu
 from simulator.scenario.schema import Scenario
 from simulator.scenario.serving import check_serving, kv_bytes_per_token_layer, kv_cache_bytes_per_sequence
+from simulator.wire import algorithm
 
 
 def check_tensor_parallel(s: Scenario) -> None:
@@ -175,6 +176,10 @@ def check_layout(s: Scenario) -> None:
     if s.network.comm_sms >= s.cluster.gpu.num_sms:
         raise ScenarioError("network.comm_sms", s.network.comm_sms,
                             f"must be < the GPU's {s.cluster.gpu.num_sms} SMs (hardware.num_sms)")
+    if algorithm(s.network.all_to_all).sm_rate_field and s.network.comm_sms < 2:
+        raise ScenarioError("network.comm_sms", s.network.comm_sms,
+                            f"{s.network.all_to_all} (DeepEP normal) runs on channels of 2 SMs and moves bytes only "
+                            "as fast as its SMs copy them: needs >= 2")
     if s.cluster.nccl_sms >= s.cluster.gpu.num_sms:
         raise ScenarioError("hardware.nccl_sms", s.cluster.nccl_sms,
                             f"must be < the GPU's {s.cluster.gpu.num_sms} SMs (hardware.num_sms)")

@@ -96,6 +96,8 @@ class HardwareSection(_Section):
     # the host CPU: seconds of CPU per kernel launched eagerly, per CUDA graph launched (0: free)
     host_launch_us: float = Field(default=0.0, ge=0, le=1e4)
     graph_launch_us: float = Field(default=0.0, ge=0, le=1e4)
+    # GB/s one SM copies in DeepEP's normal kernels, so comm_sms bound their rate; null: unbounded
+    deepep_gb_per_s_per_sm: Optional[float] = Field(default=None, gt=0, le=MAX_LINK_GB_PER_S)
     calibration: Optional[str] = None  # a shipped calibration name or a .json path; None = roofline
 
 
