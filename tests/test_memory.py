@@ -41,12 +41,16 @@ def test_weights_gradients_and_optimizer_of_a_deepseek_v3_stage_match_a_hand_cou
 
 
 def test_activations_scale_with_the_micro_batches_the_schedule_holds():
-    two = memory_per_gpu(dsv3_stage()).activations
-    four = memory_per_gpu(dsv3_stage(workload={"micro_batches": 4})).activations
+    # lockstep: every forward runs before any backward, so all micro-batches are held
+    two = memory_per_gpu(dsv3_stage(pipeline={"schedule": "lockstep"})).activations
+    four = memory_per_gpu(dsv3_stage(workload={"micro_batches": 4}, pipeline={"schedule": "lockstep"})).activations
     assert four == pytest.approx(2 * two)
     # dualpipe: the forward of micro-batch m runs beside the backward of m-1: two held, not eight
     dualpipe = memory_per_gpu(dsv3_stage(workload={"micro_batches": 8}, pipeline={"schedule": "dualpipe"}))
     assert dualpipe.activations == pytest.approx(two)
+    # and it is what a training step on one stage runs unless told otherwise (pipeline.schedule auto)
+    auto = dsv3_stage(workload={"micro_batches": 8})
+    assert auto.pipeline.schedule == "dualpipe" and memory_per_gpu(auto).activations == pytest.approx(two)
 
 
 def test_an_mla_moe_layer_saves_what_its_backward_reads_per_token():
@@ -84,10 +88,10 @@ def test_ep8_training_fits_an_80_gb_gpu_only_with_the_distributed_optimizer():
 
 def test_too_many_micro_batches_in_flight_name_the_activations_and_the_knob_that_shrinks_them():
     with pytest.raises(ScenarioError) as err:
-        dsv3_stage(workload={"micro_batches": 16})
+        dsv3_stage(workload={"micro_batches": 16}, pipeline={"schedule": "lockstep"})
     assert err.value.key == "training.recompute" and "the biggest is activations" in err.value.rule
     with pytest.raises(ScenarioError) as err:  # even with full recompute, 256 micro-batches of inputs do not fit
-        dsv3_stage(workload={"micro_batches": 256}, training={"recompute": "full"})
+        dsv3_stage(workload={"micro_batches": 256}, training={"recompute": "full"}, pipeline={"schedule": "lockstep"})
     assert err.value.key == "workload.micro_batches"
 
 

@@ -251,6 +251,7 @@ def build_scenario(data: dict) -> Scenario:
     sections["workload"] = derive_batch(sections, data.get("workload") or {}, cluster.num_gpus)
     sections["workload"], sections["pipeline"] = derive_serving(sections, data.get("workload") or {},
                                                                 data.get("pipeline") or {})
+    sections["pipeline"] = resolve_schedule(sections)
     model_name = msec.preset or f"hf_config {msec.hf_config}"
     model = ModelSpec(
         name=model_name, hidden_size=msec.hidden_size, moe_intermediate_size=msec.moe_intermediate_size,
@@ -269,6 +270,19 @@ def build_scenario(data: dict) -> Scenario:
         scenario = with_model_group_limit(scenario)
         check_layout(scenario)
     return scenario
+
+
+def resolve_schedule(sections: dict):
+    """pipeline.schedule auto: what the frameworks pair. A training step on one stage pairs the
+    forward of micro-batch m with the backward of m-1 (Megatron-Core's 1F1B all-to-all overlap,
+    DeepSeek's DualPipe); serving runs its micro-batches side by side (two-batch overlap); with PP
+    the stage schedule is parallel.pp_schedule's."""
+    pipe, w = sections["pipeline"], sections["workload"]
+    if pipe.schedule != "auto":
+        return pipe
+    pairs = (w.mode == "train" and w.scope == "model" and pipe.overlap == "three_stream"
+             and sections["parallel"].pp_size == 1 and w.micro_batches > 1)
+    return pipe.model_copy(update={"schedule": "dualpipe" if pairs else "lockstep"})
 
 
 def with_model_group_limit(s: Scenario) -> Scenario:

@@ -263,8 +263,10 @@ class PipelineSection(_Section):
     overlap: Literal["none", "three_stream"] = "three_stream"
     chunks: int = Field(default=2, gt=0, le=1 << 16)  # also <= tokens_per_gpu (rules.py)
     # lockstep: micro-batches run forward, then backward, side by side; dualpipe: the forward of
-    # micro-batch m overlaps the backward of m-1 (DeepSeek-V3's DualPipe steady state).
-    schedule: Literal["lockstep", "dualpipe"] = "lockstep"
+    # micro-batch m overlaps the backward of m-1 (DeepSeek-V3's DualPipe steady state, Megatron-Core's
+    # 1F1B all-to-all overlap); auto: dualpipe where a single stage trains with overlapping
+    # streams, lockstep otherwise (serving's two-batch overlap, PP, overlap none)
+    schedule: Literal["auto", "lockstep", "dualpipe"] = "auto"
 
 
 SECTIONS = {
