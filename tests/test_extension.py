@@ -6,8 +6,8 @@ from simulator.extension import sample_micro_batches
 from tests.conftest import make_scenario
 
 
-def layout(name, m, extend, v=1):
-    return make_scenario(hardware={"nodes": 2, "gpus_per_node": 4}, model={"num_layers": 8},
+def layout(name, m, extend, v=1, host_us=0.0):
+    return make_scenario(hardware={"nodes": 2, "gpus_per_node": 4, "host_launch_us": host_us}, model={"num_layers": 8},
                          parallel={"ep_size": 4, "pp_size": 2, "vpp_size": v, "pp_schedule": name},
                          workload={"micro_batches": m, "extend_micro_batches": extend}, pipeline={"chunks": 1})
 
@@ -29,6 +29,17 @@ def test_the_extended_step_matches_the_whole_simulation(name, m, v):
     assert extended["memory_per_gpu"] == whole["memory_per_gpu"]
     assert f"{m1} and {m2} of the step's {m}" in extended["provenance"]["simulated"]
     assert "simulated" not in whole["provenance"]
+
+
+@pytest.mark.parametrize("name, host_us", [("1f1b", 7.0), ("dualpipe", 7.0), ("1f1b", 100.0)])
+def test_the_extension_holds_with_the_host_model_hidden_or_host_bound(name, host_us):
+    # 7 us: the preset's cost, at the tiny model's short kernels partly exposed; 100 us: host-bound
+    whole, _, _ = simulate_scenario(layout(name, 16, "never", host_us=host_us))
+    extended, _, _ = simulate_scenario(layout(name, 16, "always", host_us=host_us))
+    assert whole["host"]["busy_s"] > 0
+    assert extended["step_time_s"] == pytest.approx(whole["step_time_s"], rel=0.01)
+    assert extended["host"]["busy_s"] == pytest.approx(whole["host"]["busy_s"], rel=0.01)
+    assert extended["host"]["launches_per_gpu"] == pytest.approx(whole["host"]["launches_per_gpu"], rel=0.01)
 
 
 def test_auto_simulates_small_steps_whole():

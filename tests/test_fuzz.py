@@ -40,7 +40,10 @@ SECTIONS = {
         gpus_per_node=st.sampled_from([1, 2, 4, 8]), nvlink_gb_per_s=st.floats(1, 2000),
         ib_gbit_per_s=st.floats(10, 1600), kernel_launch_us=st.floats(0, 50), ib_latency_us=st.floats(0, 20),
         spine_oversubscription=st.floats(1, 4), hbm_gb=st.floats(1, 200), nccl_sms=st.integers(0, 32),
-        peak_bf16_tflops=st.floats(100, 2000), calibration=st.none()),
+        peak_bf16_tflops=st.floats(100, 2000), calibration=st.none(),
+        # the host model (tests/conftest.py's tiny fixture turns it off): from free to host-bound
+        host_launch_us=st.floats(0, 200), graph_launch_us=st.floats(0, 200),
+        deepep_gb_per_s_per_sm=st.none() | st.floats(0.5, 100)),
     "model": _some(
         hidden_size=st.sampled_from([64, 128, 256, 512]), moe_intermediate_size=st.sampled_from([64, 128, 256, 512]),
         num_experts=st.sampled_from([1, 2, 4, 8, 16, 32, 64]), top_k=st.integers(1, 8),
@@ -58,7 +61,7 @@ SECTIONS = {
         distributed_optimizer=st.booleans(), grad_overlap=st.booleans(),
         grad_reduce_dtype=st.sampled_from(["fp32", "bf16"]), adam_moments_dtype=st.sampled_from(["fp32", "bf16"]),
         global_batch_size=st.sampled_from([8, 16, 32, 64]), micro_batch_size=st.integers(1, 4),
-        grad_bucket_params=st.integers(1_000, 10_000_000)),
+        grad_bucket_params=st.integers(1_000, 10_000_000), cuda_graphs=st.booleans()),
     "workload": _some(
         mode=st.sampled_from(["train", "prefill"]), scope=st.sampled_from(["model", "moe_layer"]),
         tokens_per_gpu=st.integers(1, 1024), micro_batches=st.integers(1, 4),
@@ -75,12 +78,13 @@ SECTIONS = {
         comm_sms=st.integers(0, 40)),
     "pipeline": _some(
         overlap=st.sampled_from(["none", "three_stream"]), chunks=st.integers(1, 4),
-        schedule=st.sampled_from(["lockstep", "dualpipe"])),
+        schedule=st.sampled_from(["auto", "lockstep", "dualpipe"])),
 }
 # one hostile value for a random key of any section, in about a quarter of the inputs
 HOSTILE = st.sampled_from([-1, 0, 1e300, float("nan"), float("inf"), "x", None, True, 10**30, [1], {"a": 1}])
 HOSTILE_KEYS = {
-    "hardware": ["nodes", "gpus_per_node", "kernel_launch_us", "nvlink_gb_per_s", "hbm_gb", "ib_latency_us", "preset"],
+    "hardware": ["nodes", "gpus_per_node", "kernel_launch_us", "nvlink_gb_per_s", "hbm_gb", "ib_latency_us", "preset",
+                 "host_launch_us", "deepep_gb_per_s_per_sm"],
     "model": ["num_experts", "top_k", "hidden_size", "num_layers", "preset"],
     "parallel": ["ep_size", "pp_size", "tp_size", "expert_tp_size"],
     "training": ["global_batch_size", "recompute", "micro_batch_size"],
