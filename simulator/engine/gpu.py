@@ -8,6 +8,7 @@ streams one resource, so nothing overlaps.
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import NamedTuple
 
 import simpy
@@ -25,18 +26,44 @@ class Interval(NamedTuple):
     op: OpId
 
 
+class Stream:
+    """One stream: its ops run one at a time, in the order they ask for it. A free stream is taken
+    without an event (simpy.Resource schedules one even then: a quarter of a compute op's events)."""
+    __slots__ = ("env", "busy", "waiters")
+
+    def __init__(self, env: simpy.Environment):
+        self.env = env
+        self.busy = False
+        self.waiters: deque = deque()
+
+    def acquire(self) -> simpy.Event | None:
+        """None: taken now; else the event that fires when it is this caller's turn."""
+        if not self.busy:
+            self.busy = True
+            return None
+        ev = self.env.event()
+        self.waiters.append(ev)
+        return ev
+
+    def release(self) -> None:
+        if self.waiters:
+            self.waiters.popleft().succeed()  # handed straight to the next caller
+        else:
+            self.busy = False
+
+
 class GPU:
     def __init__(self, env: simpy.Environment, index: int, num_sms: int, overlap: bool):
         self.env = env
         self.index = index
         self.num_sms = num_sms
-        compute = simpy.Resource(env, capacity=1)
+        compute = Stream(env)
         self.streams = {COMPUTE: compute,
-                        SEND: simpy.Resource(env, capacity=1) if overlap else compute,
-                        RECEIVE: simpy.Resource(env, capacity=1) if overlap else compute,
-                        DP_COMM: simpy.Resource(env, capacity=1) if overlap else compute,
-                        PP_COMM: simpy.Resource(env, capacity=1) if overlap else compute,
-                        TP_COMM: simpy.Resource(env, capacity=1) if overlap else compute}
+                        SEND: Stream(env) if overlap else compute,
+                        RECEIVE: Stream(env) if overlap else compute,
+                        DP_COMM: Stream(env) if overlap else compute,
+                        PP_COMM: Stream(env) if overlap else compute,
+                        TP_COMM: Stream(env) if overlap else compute}
         self.sms_held = 0
         # Collectives enter each comm stream in one static order, the same on every GPU, as a real
         # program enqueues them; otherwise two GPUs could each hold a stream for a collective the
@@ -63,21 +90,24 @@ class GPU:
         free before it, and the time past the op's own work is idle, not compute."""
         if work_s <= 0:
             return
-        with self.streams[COMPUTE].request() as req:
-            yield req
-            start = self.env.now
-            remaining = work_s
-            while True:
-                rate = self.compute_rate
-                t0 = self.env.now
-                finish = self.env.timeout(remaining / rate)
-                result = yield finish | self._rate_changed
-                if finish in result:
-                    break
-                remaining -= (self.env.now - t0) * rate
-            self.intervals.append(Interval(COMPUTE, start, self.env.now, op))
-            if not_before is not None and not_before > self.env.now:  # the stream idles for the host
-                yield self.env.timeout(not_before - self.env.now)
+        stream = self.streams[COMPUTE]
+        turn = stream.acquire()
+        if turn is not None:
+            yield turn
+        start = self.env.now
+        remaining = work_s
+        while True:
+            rate = self.compute_rate
+            t0 = self.env.now
+            finish = self.env.timeout(remaining / rate)
+            result = yield finish | self._rate_changed
+            if finish in result:
+                break
+            remaining -= (self.env.now - t0) * rate
+        self.intervals.append(Interval(COMPUTE, start, self.env.now, op))
+        if not_before is not None and not_before > self.env.now:  # the stream idles for the host
+            yield self.env.timeout(not_before - self.env.now)
+        stream.release()
 
     def communicate(self, stream: str, seq: int | None, arrive, comm_sms: int, op: OpId):
         """Run this GPU's part of a collective on `stream` as its seq-th collective there (None: no
@@ -86,13 +116,16 @@ class GPU:
             turn = self.env.event()
             self._turn_events[stream, seq] = turn
             yield turn
-        with self.streams[stream].request() as req:
-            yield req
-            start = self.env.now
-            self._set_sms(comm_sms)
-            yield arrive()
-            self._set_sms(-comm_sms)
-            self.intervals.append(Interval(stream, start, self.env.now, op))
+        lane = self.streams[stream]
+        turn = lane.acquire()
+        if turn is not None:
+            yield turn
+        start = self.env.now
+        self._set_sms(comm_sms)
+        yield arrive()
+        self._set_sms(-comm_sms)
+        self.intervals.append(Interval(stream, start, self.env.now, op))
+        lane.release()
         if seq is not None:
             self._turn[stream] += 1
             nxt = self._turn_events.pop((stream, self._turn[stream]), None)
