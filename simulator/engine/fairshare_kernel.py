@@ -32,6 +32,10 @@ def progressive_filling(entry_flow, entry_port, entry_weight, residual, num_flow
     newly = np.zeros(num_flows, np.bool_)
     level = 0.0
     levels = 0
+    mincap = np.inf  # the lowest cap among the live flows, kept up by the compaction pass
+    for i in range(n):
+        if cap[flow[i]] < mincap:
+            mincap = cap[flow[i]]
     while n > 0:
         levels += 1
         if levels > max_levels:
@@ -47,9 +51,8 @@ def progressive_filling(entry_flow, entry_port, entry_weight, residual, num_flow
                     step = headroom[p]
             else:
                 headroom[p] = np.inf
-        for i in range(n):  # a live flow's own cap may come first
-            if cap[flow[i]] - level < step:
-                step = max(cap[flow[i]] - level, 0.0)
+        if mincap - level < step:  # a live flow's own cap comes first
+            step = max(mincap - level, 0.0)
         level += step
         for p in range(num_ports):
             residual[p] -= step * demand[p]
@@ -60,9 +63,12 @@ def progressive_filling(entry_flow, entry_port, entry_weight, residual, num_flow
                 newly[flow[i]] = True
                 rates[flow[i]] = level
         kept = 0
+        mincap = np.inf
         for i in range(n):  # keep the entries of flows still rising, in their order
             if not newly[flow[i]]:
                 flow[kept], port[kept], weight[kept] = flow[i], port[i], weight[i]
+                if cap[flow[i]] < mincap:
+                    mincap = cap[flow[i]]
                 kept += 1
         n = kept
         newly[:] = False
