@@ -47,7 +47,7 @@ class AllToAll:
     def rate_cap(self, cluster: ClusterSpec, comm_sms: int) -> float:
         """Each flow's own rate cap, bytes per second (inf: none)."""
         per_sm = getattr(cluster, self.sm_rate_field) if self.sm_rate_field else float("inf")
-        return comm_sms * per_sm
+        return comm_sms * per_sm if per_sm != float("inf") else float("inf")  # never 0 x inf
 
     def efficiency(self, cluster: ClusterSpec) -> float:
         return getattr(cluster, self.efficiency_field) if self.efficiency_field else 1.0

@@ -58,3 +58,11 @@ def test_deepep_normal_without_sms_is_refused():
     with pytest.raises(ScenarioError) as e:
         build_scenario(deepep("h100-sxm", 132))
     assert e.value.key == "network.comm_sms"
+
+
+def test_kernels_whose_sms_do_not_bound_them_have_no_cap_even_with_no_sms():
+    from simulator.wire import algorithm
+    cluster = build_scenario(deepep("h100-sxm", 20)).cluster
+    for name in ("direct", "low_latency"):
+        assert algorithm(name).rate_cap(cluster, 0) == float("inf")  # not 0 x inf = nan
+    assert algorithm("hierarchical").rate_cap(cluster, 20) == pytest.approx(20 * 14e9)
