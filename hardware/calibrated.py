@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.compute import BF16_BYTES, RooflineCompute
+from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, BF16_BYTES, RooflineCompute
 from hardware.presets import resolve_data_file
 from hardware.safe_yaml import quote, read_bytes_bounded
 from hardware.spec import GPUSpec
@@ -271,6 +271,16 @@ def load_calibration(path: Path, dtype: str | None = None) -> dict:
             if key not in rates:
                 raise ValueError(f"calibration {path}: lacks decode_attention.{kind}.{key}")
             _check_number(path, f"decode_attention.{kind}.{key}", rates[key], bounds)
+    cores = data.get("attention_core", {})
+    if not isinstance(cores, dict) or not set(cores) <= {"forward", "backward"}:
+        raise ValueError(f"calibration {path}: attention_core = {quote(cores)}: must map forward / backward to rates")
+    for direction, rates in cores.items():
+        if not isinstance(rates, dict):
+            raise ValueError(f"calibration {path}: attention_core.{direction} must be a mapping of rates")
+        for key, bounds in (("flop_per_s", RATE), ("bytes_per_s", RATE), ("overhead_s", TIME_S)):
+            if key not in rates:
+                raise ValueError(f"calibration {path}: lacks attention_core.{direction}.{key}")
+            _check_number(path, f"attention_core.{direction}.{key}", rates[key], bounds)
     if dtype is not None and dtype not in fits:
         raise ValueError(f"calibration {path} was made for {', '.join(sorted(fits))}, not {dtype}")
     return data
@@ -380,16 +390,37 @@ class CalibratedCompute:
         block = self.fit["expert_block"]
         return block["s_per_act_byte"] * num_bytes + self.fit["gemm"]["overhead_s"]
 
+    def _published_core_s(self, direction: str, flop: float, num_bytes: float) -> float | None:
+        """The file's published attention-core rate for the forward or the backward, if it has one."""
+        rates = self.data.get("attention_core", {}).get(direction)
+        if rates is None:
+            return None
+        return max(flop / rates["flop_per_s"], num_bytes / rates["bytes_per_s"]) + rates["overhead_s"]
+
     def attention_core_s(self, flop: float, num_bytes: float) -> float:
-        """Not benchmarked: the roofline of the fitted GEMM rate and the fitted streaming rate."""
+        """The file's published core rate (attention_core.forward), else the roofline of the fitted
+        GEMM rate and the fitted streaming rate."""
         if flop <= 0:
             return 0.0
         if self.published:
-            return self.core_model.attention_core_s(flop, num_bytes)
+            published = self._published_core_s("forward", flop, num_bytes)
+            return published if published is not None else self.core_model.attention_core_s(flop, num_bytes)
         fit = self.core_fit
         block, gemm = fit["expert_block"], fit["gemm"]
         return (max(flop * (gemm["s_per_flop"] or 1.0 / fit["best_gemm_flop_per_s"]),
                     num_bytes * block["s_per_act_byte"]) + gemm["overhead_s"])
+
+    def attention_core_bwd_s(self, flop: float, num_bytes: float) -> float:
+        """The core's backward (ATTENTION_CORE_BACKWARD_FACTOR x the forward's work) at the file's
+        published backward rate (attention_core.backward), else at the forward's."""
+        if flop <= 0:
+            return 0.0
+        if self.published:
+            published = self._published_core_s("backward", ATTENTION_CORE_BACKWARD_FACTOR * flop,
+                                                ATTENTION_CORE_BACKWARD_FACTOR * num_bytes)
+            if published is not None:
+                return published
+        return ATTENTION_CORE_BACKWARD_FACTOR * self.attention_core_s(flop, num_bytes)
 
     def decode_attention_s(self, kind: str, flop: float, num_bytes: float) -> float:
         """A decode attention kernel at the file's published rates for it (decode_attention.<kind>:

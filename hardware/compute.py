@@ -14,6 +14,8 @@ from hardware.gemm_shape import grouped_time_s
 from hardware.spec import GPUSpec
 
 BF16_BYTES = 2
+# FlashAttention's backward recomputes the scores: 5 matmuls against the forward's 2
+ATTENTION_CORE_BACKWARD_FACTOR = 2.5
 
 
 class RooflineCompute:
@@ -84,6 +86,11 @@ class RooflineCompute:
         # Attention cores run in BF16 even when the projections use FP8.
         flop_per_s = self.gpu.peak_bf16_flop_per_s * self.gpu.matmul_efficiency
         return max(flop / flop_per_s, num_bytes / self._bytes_per_s) + self.gpu.kernel_launch_s
+
+    def attention_core_bwd_s(self, flop: float, num_bytes: float) -> float:
+        """The core's backward for a forward of `flop`: ATTENTION_CORE_BACKWARD_FACTOR x its work,
+        at the forward's rate."""
+        return ATTENTION_CORE_BACKWARD_FACTOR * self.attention_core_s(flop, num_bytes)
 
     def decode_attention_s(self, kind: str, flop: float, num_bytes: float) -> float:
         """A decode attention kernel (FlashMLA, FlashAttention's decode) over a KV cache: without a

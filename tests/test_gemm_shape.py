@@ -68,3 +68,29 @@ def test_the_bf16_law_gives_stas00s_best_rate_at_its_shape():
     m, n, k = STAS00_BF16["shape"]
     seconds = grouped_time_s([m], n, k, law, H100_SMS, 2.0) - law["overhead_s"]
     assert 2 * m * n * k / seconds == pytest.approx(STAS00_BF16["tflops"] * 1e12, rel=1e-4)
+
+
+def test_the_attention_core_runs_at_flashattention_3s_published_rates_forward_and_backward():
+    # h100-sxm.json attention_core: FA3 forward 590 TFLOPS (pytorch/benchmark ff65cb6), backward 542
+    # (FA3 paper) on 2.5 x the forward's FLOPs; the roofline without a file keeps 2.5 x the forward
+    from hardware.calibrated import CALIBRATION_DIR, compute_model
+    from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, RooflineCompute
+    from tests.conftest import make_scenario
+
+    gpu = make_scenario().cluster.gpu  # the tiny fixture runs on h100-sxm
+    calibrated = compute_model(gpu, "fp8", CALIBRATION_DIR / "h100-sxm.json")
+    flop = 4096 * 2 * 128 * 4096 * 192.0
+    assert calibrated.attention_core_s(flop, 0.0) == pytest.approx(flop / 590e12 + 4e-6)
+    assert calibrated.attention_core_bwd_s(flop, 0.0) == pytest.approx(2.5 * flop / 542e12 + 4e-6)
+    roofline = RooflineCompute(gpu, "bf16")
+    assert roofline.attention_core_bwd_s(flop, 0.0) == pytest.approx(
+        ATTENTION_CORE_BACKWARD_FACTOR * roofline.attention_core_s(flop, 0.0))
+
+
+def test_a_calibration_whose_attention_core_lacks_a_rate_is_rejected_naming_the_key(tmp_path):
+    from hardware.calibrated import CALIBRATION_DIR, load_calibration
+
+    path = tmp_path / "cal.json"
+    path.write_text((CALIBRATION_DIR / "h100-sxm.json").read_text().replace('"flop_per_s": 542e12,', ''))
+    with pytest.raises(ValueError, match=r"lacks attention_core.backward.flop_per_s"):
+        load_calibration(path)

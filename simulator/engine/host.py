@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
+from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR
 from simulator.engine.program import FORWARD, Op
 from simulator.workload.build import BACKWARD_FACTOR, dense_kernels, ffn_split
 
@@ -53,6 +54,9 @@ class LaunchCount:
 
     def attention_core_s(self, flop, num_bytes) -> float:
         return 1.0 if flop > 0 else 0.0
+
+    def attention_core_bwd_s(self, flop, num_bytes) -> float:
+        return ATTENTION_CORE_BACKWARD_FACTOR * self.attention_core_s(flop, num_bytes)
 
     def decode_attention_s(self, kind, flop, num_bytes) -> float:
         return self.attention_core_s(flop, num_bytes)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hardware.compute import RooflineCompute, ffn_parts
+from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, RooflineCompute, ffn_parts
 from simulator.errors import ScenarioError
 from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope, stage_layers
 from simulator.scenario.serving import KV_BYTES
@@ -221,7 +221,6 @@ def swiglu_rerun_s(s, compute: RooflineCompute, rows, width: int | None = None) 
     if "moe_act" not in recompute_modules(s):
         return 0.0
     return compute.memory_s(rows * 3 * (width or s.model.moe_intermediate_size) * 2)
-ATTENTION_CORE_BACKWARD_FACTOR = 2.5
 
 
 KERNEL_CLASSES = ("gemm", "attention", "elementwise", "permute", "quantisation", "optimizer", "other")
@@ -294,13 +293,17 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     mlp_around = norm + residual  # pre-MLP norm and the residual after the MLP
     quant_attention = compute.memory_s(gemm_inputs * QUANT_BYTES) if fp8 else 0.0
     # the core's FLOPs and bytes per GPU: t x the tokens, 1/t of the heads
-    if s.workload.mode == "decode":  # over the KV cache
+    if s.workload.mode == "decode":  # over the KV cache (no backward)
         core = decode_attention_s(s, compute, n)
         window = decode_attention_s(s, compute, n, sliding=True) if a.sliding_window else core
+        core_bwd = window_bwd = ATTENTION_CORE_BACKWARD_FACTOR * core
     else:
-        core = compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len), n * a.core_bytes_per_token())
-        window = (compute.attention_core_s(n * a.core_flop_per_token(s.workload.seq_len, sliding=True),
-                                           n * a.core_bytes_per_token()) if a.sliding_window else core)
+        full = (n * a.core_flop_per_token(s.workload.seq_len), n * a.core_bytes_per_token())
+        core, core_bwd = compute.attention_core_s(*full), compute.attention_core_bwd_s(*full)
+        window, window_bwd = core, core_bwd
+        if a.sliding_window:
+            windowed = (n * a.core_flop_per_token(s.workload.seq_len, sliding=True), n * a.core_bytes_per_token())
+            window, window_bwd = compute.attention_core_s(*windowed), compute.attention_core_bwd_s(*windowed)
     rerun = recompute_modules(s)
     # selective recompute re-runs in the backward: an RMSNorm before the attention's and before the
     # MLP's backward; MLA's up-projection GEMMs; the shared experts' SwiGLU
@@ -328,10 +331,10 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     def attention(core_s):
         return {"gemm": proj, "attention": core_s, "elementwise": attention_around, "quantisation": quant_attention}
 
-    def backward(fwd: dict, extra: dict | None = None, core_s: float | None = None) -> dict:
+    def backward(fwd: dict, extra: dict | None = None, core_bwd_s: float | None = None) -> dict:
         out = {cls: BACKWARD_FACTOR * v for cls, v in fwd.items()}
-        if core_s is not None:  # FlashAttention's backward recomputes the scores: 5 matmuls against the forward's 2
-            out["attention"] = ATTENTION_CORE_BACKWARD_FACTOR * core_s
+        if core_bwd_s is not None:  # the core's own backward (compute.attention_core_bwd_s)
+            out["attention"] = core_bwd_s
         for cls, v in (extra or {}).items():
             out[cls] = out.get(cls, 0.0) + v
         return out
@@ -340,9 +343,9 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     rerun_attention = {"elementwise": norm_rerun, "gemm": up_proj}
     kernels = {
         "attention": att,
-        "attention_bwd": backward(att, rerun_attention, core),
+        "attention_bwd": backward(att, rerun_attention, core_bwd),
         "attention_window": att_window,  # a sliding-window layer
-        "attention_window_bwd": backward(att_window, rerun_attention, window),
+        "attention_window_bwd": backward(att_window, rerun_attention, window_bwd),
         "router": router,
         "router_bwd": backward(router, {"elementwise": norm_rerun}),
         "shared": shared,
