@@ -243,6 +243,19 @@ def _check_fit(path: Path, name: str, fit) -> None:
                              "with 0 < low <= high <= 1e15")
 
 
+def _check_kernel_rates(path: Path, where: str, rates: dict) -> None:
+    """A published kernel's rates (flop_per_s, bytes_per_s, overhead_s): present and in range."""
+    for key, bounds in (("flop_per_s", RATE), ("bytes_per_s", RATE), ("overhead_s", TIME_S)):
+        if key not in rates:
+            raise ValueError(f"calibration {path}: lacks {where}.{key}")
+        _check_number(path, f"{where}.{key}", rates[key], bounds)
+
+
+def _kernel_s(rates: dict, flop: float, num_bytes: float) -> float:
+    """A published kernel's roofline: its FLOP and byte rates, plus its overhead."""
+    return max(flop / rates["flop_per_s"], num_bytes / rates["bytes_per_s"]) + rates["overhead_s"]
+
+
 def load_calibration(path: Path, dtype: str | None = None) -> dict:
     """Read and check a calibration file; ValueError names the file, the key, the value and the rule
     (and the dtypes it has)."""
@@ -267,20 +280,14 @@ def load_calibration(path: Path, dtype: str | None = None) -> dict:
     for kind, rates in kernels.items():
         if kind not in ("mla", "gqa") or not isinstance(rates, dict):
             raise ValueError(f"calibration {path}: decode_attention.{quote(kind)} must be mla or gqa with its rates")
-        for key, bounds in (("flop_per_s", RATE), ("bytes_per_s", RATE), ("overhead_s", TIME_S)):
-            if key not in rates:
-                raise ValueError(f"calibration {path}: lacks decode_attention.{kind}.{key}")
-            _check_number(path, f"decode_attention.{kind}.{key}", rates[key], bounds)
+        _check_kernel_rates(path, f"decode_attention.{kind}", rates)
     cores = data.get("attention_core", {})
     if not isinstance(cores, dict) or not set(cores) <= {"forward", "backward"}:
         raise ValueError(f"calibration {path}: attention_core = {quote(cores)}: must map forward / backward to rates")
     for direction, rates in cores.items():
         if not isinstance(rates, dict):
             raise ValueError(f"calibration {path}: attention_core.{direction} must be a mapping of rates")
-        for key, bounds in (("flop_per_s", RATE), ("bytes_per_s", RATE), ("overhead_s", TIME_S)):
-            if key not in rates:
-                raise ValueError(f"calibration {path}: lacks attention_core.{direction}.{key}")
-            _check_number(path, f"attention_core.{direction}.{key}", rates[key], bounds)
+        _check_kernel_rates(path, f"attention_core.{direction}", rates)
     if dtype is not None and dtype not in fits:
         raise ValueError(f"calibration {path} was made for {', '.join(sorted(fits))}, not {dtype}")
     return data
@@ -393,9 +400,7 @@ class CalibratedCompute:
     def _published_core_s(self, direction: str, flop: float, num_bytes: float) -> float | None:
         """The file's published attention-core rate for the forward or the backward, if it has one."""
         rates = self.data.get("attention_core", {}).get(direction)
-        if rates is None:
-            return None
-        return max(flop / rates["flop_per_s"], num_bytes / rates["bytes_per_s"]) + rates["overhead_s"]
+        return None if rates is None else _kernel_s(rates, flop, num_bytes)
 
     def attention_core_s(self, flop: float, num_bytes: float) -> float:
         """The file's published core rate (attention_core.forward), else the roofline of the fitted
@@ -428,7 +433,7 @@ class CalibratedCompute:
         rates = self.data.get("decode_attention", {}).get(kind)
         if rates is None or flop <= 0:
             return self.attention_core_s(flop, num_bytes)
-        return max(flop / rates["flop_per_s"], num_bytes / rates["bytes_per_s"]) + rates["overhead_s"]
+        return _kernel_s(rates, flop, num_bytes)
 
     def expert_ffn_s(self, tokens_per_expert: np.ndarray, hidden_size: int, intermediate_size: int,
                      permute: bool = True) -> float:

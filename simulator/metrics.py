@@ -9,6 +9,7 @@ from simulator import __version__
 from simulator.engine.collective import COLLECTIVES, CollectiveId
 from simulator.engine.data_parallel import adam_bytes_per_param
 from simulator.engine.gpu import COMPUTE
+from simulator.engine.host import host_modelled
 from simulator.engine.record import RunRecord
 from simulator.model import FLOP_CONVENTION
 from simulator.scenario.memory import (
@@ -380,7 +381,7 @@ def host_summary(r: RunRecord) -> dict:
 
 
 def host_provenance(s) -> str:
-    if s.cluster.host_launch_s <= 0 and not (s.training.cuda_graphs and s.cluster.graph_launch_s > 0):
+    if not host_modelled(s):
         return "not modelled: kernels are issued for free (hardware.host_launch_us is 0)"
     how = (f"CUDA graphs: one {s.cluster.graph_launch_s * 1e6:g} us graph launch per op"
            if s.training.cuda_graphs else f"eager: {s.cluster.host_launch_s * 1e6:g} us of CPU per kernel")

@@ -76,6 +76,11 @@ def kernel_launches(s, num_tokens: int) -> dict[str, float]:
     return out
 
 
+def host_modelled(s) -> bool:
+    """Whether issuing kernels costs the host anything (else the engine runs without a host)."""
+    return s.cluster.host_launch_s > 0 or (s.training.cuda_graphs and s.cluster.graph_launch_s > 0)
+
+
 class Host:
     """Every GPU's host thread: when each op of each chain is issued (simulated time), computed by
     one process per GPU that walks the GPU's ops in program order."""
@@ -127,14 +132,17 @@ class Host:
                 slot_seen = slot
                 h = yield from self._wait(gpu, h, self._event(self.slot_started[gpu], slot))
                 del self.slot_started[gpu][slot]
-            if self.syncs(op):
+            syncs = self.syncs(op)
+            if syncs:
                 h = yield from self._wait(gpu, h, self._event(self.reached[gpu], key), sync=True)
                 del self.reached[gpu][key]
             if self.pending[gpu] >= LAUNCH_QUEUE:  # the launch queue is full: wait for the GPU to take some
                 h = yield from self._wait(gpu, h, self._event(self.drained, gpu))
-            graphed = self.graphs and not self.syncs(op)
-            cost = self.graph_s if graphed else self.kernels(op) * self.launch_s
-            n = 1.0 if graphed else max(self.kernels(op), 1.0)
+            if self.graphs and not syncs:
+                cost, n = self.graph_s, 1.0
+            else:
+                kernels = self.kernels(op)
+                cost, n = kernels * self.launch_s, max(kernels, 1.0)
             first, h = h + cost / n, h + cost
             self.busy_s[gpu] += cost
             self.kernels_issued[gpu] += n

@@ -12,7 +12,7 @@ from hardware.topology import Topology
 from simulator.engine.collective import COLLECTIVES, Collective, CollectiveId
 from simulator.engine.data_parallel import DataParallel
 from simulator.engine.gpu import GPU, PP_COMM
-from simulator.engine.host import Host, kernel_launches
+from simulator.engine.host import Host, host_modelled, kernel_launches
 from simulator.engine.network import Network
 from simulator.engine.paths import build_paths, mirrored
 from simulator.engine.program import (
@@ -85,9 +85,8 @@ class Run(UpdateProcesses):
         self.num_events = 0
         self.keep_paths = keep_paths
         self._op_ids: dict = {}  # (op, micro-batch, chunk) -> its OpId (op_id)
-        cl = s.cluster
         self.host = Host(self.env, s, kernel_launches(s, self.workload.chunk_tokens[0]), self.all_to_all.host_sync) \
-            if cl.host_launch_s > 0 or (s.training.cuda_graphs and cl.graph_launch_s > 0) else None
+            if host_modelled(s) else None
 
     def _program(self, gpu: int) -> Program:
         """The GPU's program; GPUs at the same position (PP stage, holding experts or not) share one."""
