@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, BF16_BYTES, RooflineCompute
+from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, BACKWARD_FACTOR, BF16_BYTES, RooflineCompute
 from hardware.presets import resolve_data_file
 from hardware.safe_yaml import quote, read_bytes_bounded
 from hardware.spec import GPUSpec
@@ -218,15 +218,17 @@ def _check_fit(path: Path, name: str, fit) -> None:
         _check_number(path, f"{key}.flop_per_s", fit["flop_per_s"], RATE)
         _check_number(path, f"{key}.bytes_per_s", fit["bytes_per_s"], RATE)
         _check_number(path, f"{key}.overhead_s", fit["overhead_s"], TIME_S)
-        law = fit.get("shape_law")
-        if law is not None:  # GEMM time by shape (hardware/gemm_shape.py)
+        for law_key in ("shape_law", "wgrad_law"):  # GEMM time by shape (hardware/gemm_shape.py)
+            law = fit.get(law_key)
+            if law is None:
+                continue
             if not isinstance(law, dict):
-                raise ValueError(f"calibration {path}: {key}.shape_law = {quote(law)}: must be a mapping")
+                raise ValueError(f"calibration {path}: {key}.{law_key} = {quote(law)}: must be a mapping")
             for name, bounds in (("flop_per_s", RATE), ("bytes_per_s", RATE), ("overhead_s", TIME_S),
                                  ("k_half", (0.0, 1e6, "a finite length in [0, 1e6] elements of K"))):
                 if name not in law:
-                    raise ValueError(f"calibration {path}: lacks {key}.shape_law.{name}")
-                _check_number(path, f"{key}.shape_law.{name}", law[name], bounds)
+                    raise ValueError(f"calibration {path}: lacks {key}.{law_key}.{name}")
+                _check_number(path, f"{key}.{law_key}.{name}", law[name], bounds)
         return
     _check_terms(path, f"{key}.gemm", fit["gemm"], GEMM_TERMS)
     _check_terms(path, f"{key}.expert_block", fit["expert_block"], BLOCK_TERMS)
@@ -335,7 +337,7 @@ class CalibratedCompute:
         return RooflineCompute(replace(
             gpu, matmul_efficiency=fit["flop_per_s"] / gpu.peak_flop_per_s(dtype),
             memory_efficiency=fit["bytes_per_s"] / gpu.hbm_bytes_per_s,
-            kernel_launch_s=fit["overhead_s"]), dtype, fit.get("shape_law"))
+            kernel_launch_s=fit["overhead_s"]), dtype, fit.get("shape_law"), fit.get("wgrad_law"))
 
     def describe(self) -> dict:
         return {
@@ -390,6 +392,25 @@ class CalibratedCompute:
         if not self._inside(f"grouped gemm n={n} k={k}", gemm_m=ms, gemm_nk=[n, k]):
             return self.fallback.grouped_gemm_s(ms, n, k)
         return float(np.sum(self._gemm_fit_s(ms, n, k)))
+
+    def wgrad_s(self, ks: np.ndarray, rows: int, cols: int) -> float:
+        """A measured fit times a weight gradient as the GEMM of its shape, [rows, K] x [K, cols]
+        per group (the grid measured forward GEMMs only); a published file, by its wgrad law."""
+        ks = np.asarray(ks, dtype=np.float64)
+        ks = ks[ks > 0]
+        if ks.size == 0 or self.published:
+            return self.fallback.wgrad_s(ks, rows, cols)
+        if not self._inside(f"wgrad gemm {rows}x{cols}", gemm_m=rows, gemm_nk=[cols, *ks]):
+            return self.fallback.wgrad_s(ks, rows, cols)
+        return float(np.sum([self._gemm_fit_s(rows, cols, int(k)) for k in ks]))
+
+    def gemm_bwd_s(self, m: int, n: int, k: int) -> float:
+        if m <= 0:
+            return 0.0
+        return self.gemm_s(m, k, n) + self.wgrad_s(np.array([m]), k, n)
+
+    def grouped_gemm_bwd_s(self, ms: np.ndarray, n: int, k: int) -> float:
+        return self.grouped_gemm_s(ms, k, n) + self.wgrad_s(ms, k, n)
 
     def memory_s(self, num_bytes: float) -> float:
         if num_bytes <= 0 or self.published:
@@ -447,6 +468,15 @@ class CalibratedCompute:
         coef = np.array([self.fit["expert_block"][t] for t in BLOCK_TERMS])
         return float(block_features(tokens, hidden_size, intermediate_size, self._eb, permute,
                                     fault_threshold=self.fit.get("page_fault_threshold_bytes")) @ coef)
+
+    def expert_ffn_bwd_s(self, tokens_per_expert: np.ndarray, hidden_size: int, intermediate_size: int,
+                         permute: bool = True) -> float:
+        """A published file: the parts' gradients (ffn_bwd_parts). A measured fit timed forward
+        blocks only: BACKWARD_FACTOR x the block (ASSUMED, as before the backward had shapes)."""
+        tokens = np.asarray(tokens_per_expert)
+        if tokens.sum() <= 0 or self.published:
+            return self.fallback.expert_ffn_bwd_s(tokens, hidden_size, intermediate_size, permute)
+        return BACKWARD_FACTOR * self.expert_ffn_s(tokens, hidden_size, intermediate_size, permute)
 
 
 def compute_model(gpu: GPUSpec, dtype: str, calibration: str | Path | None):

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from hardware.gemm_shape import grouped_time_s
+from hardware.gemm_shape import WGRAD_OUT_BYTES, grouped_time_s, wgrad_time_s
 from hardware.spec import GPUSpec
 
 BF16_BYTES = 2
 # FlashAttention's backward recomputes the scores: 5 matmuls against the forward's 2
 ATTENTION_CORE_BACKWARD_FACTOR = 2.5
+# A memory-bound kernel's gradient pass against its forward (reads the saved input and the incoming
+# gradient, writes the outgoing one); GEMMs time their two gradient GEMMs instead (gemm_bwd_s)
+BACKWARD_FACTOR = 2.0
 
 
 class RooflineCompute:
     """Roofline time for the kernels an MoE transformer runs."""
 
-    def __init__(self, gpu: GPUSpec, dtype: str = "bf16", shape_law: dict | None = None):
+    def __init__(self, gpu: GPUSpec, dtype: str = "bf16", shape_law: dict | None = None,
+                 wgrad_law: dict | None = None):
         self.gpu = gpu
         self.dtype = dtype  # GEMM input dtype
         self._flop_per_s = gpu.peak_flop_per_s(dtype) * gpu.matmul_efficiency
@@ -30,6 +34,9 @@ class RooflineCompute:
         # GEMM time by shape (hardware/gemm_shape.py) in place of one matmul rate, when a published
         # calibration carries one
         self.shape_law = shape_law
+        # weight-gradient GEMMs by shape where a published table gives their own law (FP8); else
+        # the shape law, else the roofline, at the wgrad's shape
+        self.wgrad_law = wgrad_law
 
     def describe(self) -> dict:
         out = {
@@ -42,6 +49,8 @@ class RooflineCompute:
         }
         if self.shape_law:
             out["gemm_shape_law"] = dict(self.shape_law)
+        if self.wgrad_law:
+            out["wgrad_shape_law"] = dict(self.wgrad_law)
         return out
 
     def _roofline_s(self, flop, num_bytes):
@@ -72,6 +81,33 @@ class RooflineCompute:
         flop = 2.0 * ms * n * k
         num_bytes = (ms * k + k * n) * self._elem_bytes + ms * n * BF16_BYTES
         return float(self._roofline_s(flop, num_bytes).sum()) + self.gpu.kernel_launch_s
+
+    def wgrad_s(self, ks: np.ndarray, rows: int, cols: int) -> float:
+        """One weight-gradient launch: groups (experts) each reduce their ks[e] tokens into the same
+        [rows, cols] FP32 main gradient (hardware/gemm_shape.py wgrad_time_s); a dense wgrad is one
+        group. Groups without tokens add nothing."""
+        ks = np.asarray(ks, dtype=np.float64)
+        ks = ks[ks > 0]
+        if ks.size == 0:
+            return 0.0
+        law = self.wgrad_law or self.shape_law
+        if law:
+            return wgrad_time_s(ks, rows, cols, law, self.gpu.num_sms, self._elem_bytes)
+        flop = 2.0 * rows * cols * ks
+        num_bytes = (rows + cols) * ks * self._elem_bytes + rows * cols * WGRAD_OUT_BYTES
+        return float(self._roofline_s(flop, num_bytes).sum()) + self.gpu.kernel_launch_s
+
+    def gemm_bwd_s(self, m: int, n: int, k: int) -> float:
+        """The backward of gemm_s(m, n, k): the input gradient [m, n] x [n, k] (the forward's kernel
+        at that shape) and the weight gradient over the m tokens into the [k, n] weight."""
+        if m <= 0:
+            return 0.0
+        return self.gemm_s(m, k, n) + self.wgrad_s(np.array([m]), k, n)
+
+    def grouped_gemm_bwd_s(self, ms: np.ndarray, n: int, k: int) -> float:
+        """The backward of grouped_gemm_s(ms, n, k): the grouped input gradient, and one K-grouped
+        weight-gradient launch (each expert over its own ms[e] tokens)."""
+        return self.grouped_gemm_s(ms, k, n) + self.wgrad_s(ms, k, n)
 
     def memory_s(self, num_bytes: float) -> float:
         """A streaming kernel (permute, activation, norm) that moves num_bytes through HBM."""
@@ -109,6 +145,12 @@ class RooflineCompute:
         ffn = up + act + down
         return ffn + perm if permute else ffn
 
+    def expert_ffn_bwd_s(self, tokens_per_expert: np.ndarray, hidden_size: int, intermediate_size: int,
+                         permute: bool = True) -> float:
+        """The backward of expert_ffn_s: each GEMM's input and weight gradients (ffn_bwd_parts)."""
+        parts = ffn_bwd_parts(self, tokens_per_expert, hidden_size, intermediate_size, permute)
+        return 0.0 if parts is None else float(sum(parts))
+
 
 def ffn_parts(compute, tokens_per_expert, hidden_size: int, intermediate_size: int,
               permute: bool = True) -> tuple[float, float, float, float] | None:
@@ -124,3 +166,18 @@ def ffn_parts(compute, tokens_per_expert, hidden_size: int, intermediate_size: i
     return (compute.grouped_gemm_s(tokens, 2 * intermediate_size, hidden_size), compute.memory_s(act_bytes),
             compute.grouped_gemm_s(tokens, hidden_size, intermediate_size),
             2 * compute.memory_s(permute_bytes) if permute else 0.0)
+
+
+def ffn_bwd_parts(compute, tokens_per_expert, hidden_size: int, intermediate_size: int,
+                  permute: bool = True) -> tuple[float, float, float, float] | None:
+    """ffn_parts' backward, in the same order: the gate+up and down GEMMs' input and weight
+    gradients (grouped_gemm_bwd_s); the SwiGLU's and the permutes' gradient passes at
+    BACKWARD_FACTOR x their forward (they read the saved input and the incoming gradient and write
+    the outgoing one)."""
+    parts = ffn_parts(compute, tokens_per_expert, hidden_size, intermediate_size, permute)
+    if parts is None:
+        return None
+    tokens = np.asarray(tokens_per_expert)
+    _, act, _, perm = parts
+    return (compute.grouped_gemm_bwd_s(tokens, 2 * intermediate_size, hidden_size), BACKWARD_FACTOR * act,
+            compute.grouped_gemm_bwd_s(tokens, hidden_size, intermediate_size), BACKWARD_FACTOR * perm)

@@ -28,9 +28,9 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR
+from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, BACKWARD_FACTOR, ffn_bwd_parts
 from simulator.engine.program import FORWARD, Op
-from simulator.workload.build import BACKWARD_FACTOR, dense_kernels, ffn_split
+from simulator.workload.build import dense_kernels, ffn_split
 
 COLLECTIVE_LAUNCHES = 1.0  # one comm kernel per call (its host-side preparation is not modelled)
 # Kernels the host may have issued ahead of the GPU before a launch blocks: CUDA's launch queue
@@ -49,6 +49,15 @@ class LaunchCount:
     def grouped_gemm_s(self, ms, n, k) -> float:
         return 1.0 if (np.asarray(ms) > 0).any() else 0.0
 
+    def wgrad_s(self, ks, rows, cols) -> float:
+        return 1.0 if (np.asarray(ks) > 0).any() else 0.0
+
+    def gemm_bwd_s(self, m, n, k) -> float:  # input gradient + weight gradient
+        return 2.0 * self.gemm_s(m, n, k)
+
+    def grouped_gemm_bwd_s(self, ms, n, k) -> float:
+        return 2.0 * self.grouped_gemm_s(ms, n, k)
+
     def memory_s(self, num_bytes) -> float:
         return 1.0 if num_bytes > 0 else 0.0
 
@@ -63,6 +72,10 @@ class LaunchCount:
 
     def expert_ffn_s(self, tokens_per_expert, hidden_size, intermediate_size, permute: bool = True) -> float:
         return float(sum(ffn_split(self, tokens_per_expert, hidden_size, intermediate_size, permute).values()))
+
+    def expert_ffn_bwd_s(self, tokens_per_expert, hidden_size, intermediate_size, permute: bool = True) -> float:
+        parts = ffn_bwd_parts(self, tokens_per_expert, hidden_size, intermediate_size, permute)
+        return 0.0 if parts is None else float(sum(parts))
 
 
 def kernel_launches(s, num_tokens: int) -> dict[str, float]:

@@ -8,6 +8,7 @@ import numpy as np
 import simpy
 
 from hardware.calibrated import compute_model
+from hardware.compute import BACKWARD_FACTOR
 from hardware.topology import Topology
 from simulator.engine.collective import COLLECTIVES, Collective, CollectiveId
 from simulator.engine.data_parallel import DataParallel
@@ -32,7 +33,7 @@ from simulator.engine.update import UpdateProcesses
 from simulator.scenario import Scenario
 from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
 from simulator.wire import ELEMENT_BYTES, algorithm, token_bytes
-from simulator.workload.build import BACKWARD_FACTOR, build_workload, dense_kernels, ffn_split, op_seconds
+from simulator.workload.build import build_workload, dense_kernels, ffn_bwd_kernels, ffn_split, op_seconds
 from simulator.workload.serving import context_spread
 
 PROGRESS_EVENTS = 20_000  # events between two progress reports (a few per second of simulation)
@@ -271,9 +272,9 @@ class Run(UpdateProcesses):
         """Seconds of a kernel at full SM rate."""
         if op.op == "experts":
             key = (group, op.moe_layer, mb, chunk)
+            if op.backward:
+                return float(self.workload.expert_bwd_s[key][local])
             fwd = float(self.workload.expert_work_s[key][local])
-            if op.backward and self.workload.expert_rerun_s:
-                return fwd * BACKWARD_FACTOR + float(self.workload.expert_rerun_s[key][local])
         else:
             dense = self.dense[chunk]
             if op.op == "attention" and self.s.model.is_sliding(op.layer):
@@ -473,7 +474,11 @@ class Run(UpdateProcesses):
                             s.model.moe_intermediate_size // s.expert_tp, permute=True)
         total = sum(experts.values())
         if total > 0:
-            out["experts"] = out["experts_bwd"] = {cls: v / total for cls, v in experts.items()}
+            out["experts"] = {cls: v / total for cls, v in experts.items()}
+            experts_bwd = ffn_bwd_kernels(self.compute_model, mean_rows[mean_rows > 0], s.model.hidden_size,
+                                          s.model.moe_intermediate_size // s.expert_tp, permute=True)
+            total_bwd = sum(experts_bwd.values())
+            out["experts_bwd"] = {cls: v / total_bwd for cls, v in experts_bwd.items()} if total_bwd > 0 else out["experts"]
         out["optimizer"] = {"optimizer": 1.0}
         return out
 

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, RooflineCompute, ffn_parts
+from hardware.compute import (
+    ATTENTION_CORE_BACKWARD_FACTOR,
+    BACKWARD_FACTOR,
+    RooflineCompute,
+    ffn_bwd_parts,
+    ffn_parts,
+)
 from simulator.errors import ScenarioError
 from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope, stage_layers
 from simulator.scenario.serving import KV_BYTES
@@ -31,9 +37,9 @@ class Workload:
     expert_gpu: np.ndarray  # physical expert slot -> GPU index inside the EP group (simulator/workload/placement.py)
     traffic: dict  # (group, moe_layer, mb, chunk) -> ChunkTraffic
     expert_work_s: dict  # (group, moe_layer, mb, chunk) -> [P] forward seconds of routed experts
-    # (group, moe_layer, mb, chunk) -> [P] seconds the backward adds to BACKWARD_FACTOR x forward
-    # (moe_act recompute); empty when nothing is re-run
-    expert_rerun_s: dict
+    # (group, moe_layer, mb, chunk) -> [P] backward seconds of routed experts (their input and
+    # weight gradients, and the moe_act recompute); empty without a backward
+    expert_bwd_s: dict
     placements: dict  # (group, moe_layer) -> Placement; traffic's expert_tokens count tokens per slot
     dropped_copies: int = 0  # (token, expert) copies over capacity (routing.capacity_factor), not sent
     placement_reports: dict | None = None  # topology_aware: (group, moe_layer) -> the solver's report
@@ -111,8 +117,7 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     slot_gpu = slot_layout(s.placement.strategy, m.num_experts, s.placement.redundant_experts, p)
     local = np.arange(p)
     on_gpu = [np.nonzero(slot_gpu == g)[0] for g in range(p)]  # the slots each GPU holds
-    traffic, work, rerun, placements = {}, {}, {}, {}
-    act_rerun = "moe_act" in recompute_modules(s)
+    traffic, work, work_bwd, placements = {}, {}, {}, {}
     solved, reports = {}, {}  # topology_aware: one solve per (group, law), its report per layer
     cf = s.routing.capacity_factor  # per source GPU and expert, as Megatron's moe_expert_capacity_factor
     capacity = None if cf is None else math.ceil(cf * s.workload.tokens_per_gpu * m.top_k / m.num_experts)
@@ -184,11 +189,12 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
                 sum(traffic[g, layer, mb, c].expert_tokens for g in range(first, first + e)))
         work[group, layer, mb, c] = np.array([compute.expert_ffn_s(rows[on_gpu[g]], m.hidden_size, width)
                                               for g in local])
-        if act_rerun:
-            rerun[group, layer, mb, c] = np.array([swiglu_rerun_s(s, compute, int(rows[on_gpu[g]].sum()), width)
-                                                   for g in local])
+        if s.backward:
+            work_bwd[group, layer, mb, c] = np.array([
+                compute.expert_ffn_bwd_s(rows[on_gpu[g]], m.hidden_size, width)
+                + swiglu_rerun_s(s, compute, int(rows[on_gpu[g]].sum()), width) for g in local])
     sizes = [hi - lo for lo, hi in chunk_bounds(s.workload.tokens_per_gpu, num_chunks)]
-    return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, rerun, placements, dropped, reports,
+    return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, work_bwd, placements, dropped, reports,
                     ungated, routed)
 
 
@@ -204,9 +210,6 @@ def unsampleable(s, layer: int, exc: UnsampleableLaw) -> ScenarioError:
     else:
         key, value = "routing.distribution", r.distribution
     return ScenarioError(key, value, f"MoE layer {layer}'s router cannot be sampled: {exc}")
-
-
-BACKWARD_FACTOR = 2.0  # backward GEMMs: input gradient + weight gradient
 
 
 def recompute_modules(s) -> set[str]:
@@ -248,6 +251,17 @@ def ffn_kernels(compute, tokens, h: int, i: int, permute: bool) -> dict[str, flo
     return {cls: v * total / whole for cls, v in parts.items()} if whole > 0 else {}
 
 
+def ffn_bwd_kernels(compute, tokens, h: int, i: int, permute: bool) -> dict[str, float]:
+    """ffn_kernels' backward: expert_ffn_bwd_s split in the proportions of its parts (ffn_bwd_parts)."""
+    parts = ffn_bwd_parts(compute, tokens, h, i, permute)
+    if parts is None:
+        return {}
+    up, act, down, perm = parts
+    split = {"gemm": up + down, "elementwise": act, **({"permute": perm} if permute else {})}
+    total, whole = compute.expert_ffn_bwd_s(np.asarray(tokens), h, i, permute=permute), sum(split.values())
+    return {cls: v * total / whole for cls, v in split.items()} if whole > 0 else {}
+
+
 def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dict[str, float]]:
     """Per op (and backward op), the seconds of each kernel class it runs on num_tokens tokens of
     this GPU: the GEMMs and attention core, and the kernels around them (issue: whole-step fidelity).
@@ -256,9 +270,11 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     and write the hidden state, BF16) and MLA's two latent norms; rotary embedding on the rope part
     of Q and K; the two residual adds (read two, write one); the router's softmax and top-k over
     FP32 logits; with FP8 GEMMs, the quantisation of every GEMM input (QUANT_BYTES per element;
-    the routed tokens are quantised before the dispatch). The backward of each costs
-    BACKWARD_FACTOR x its forward (the gradient passes read the saved input and the incoming
-    gradient and write the outgoing one), plus what selective recompute re-runs.
+    the routed tokens are quantised before the dispatch). The backward of each memory-bound kernel
+    costs BACKWARD_FACTOR x its forward (the gradient passes read the saved input and the incoming
+    gradient and write the outgoing one); each GEMM runs its input and weight gradients at their
+    own shapes (compute.gemm_bwd_s), the attention core its own backward; plus what selective
+    recompute re-runs.
 
     With tensor parallelism (sequence parallel), num_tokens is this rank's shard; the TP-split
     kernels (attention projections and core, dense FFN) see the whole gathered sequence (t x num_tokens)
@@ -273,20 +289,22 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     fp8 = s.workload.gemm_dtype == "fp8"
     if a.kind == "mla":
         qk = a.qk_nope_head_dim + a.qk_rope_head_dim
-        proj = (compute.gemm_s(nt, a.q_lora_rank, h) + compute.gemm_s(nt, a.num_heads * qk // t, a.q_lora_rank)
-                if a.q_lora_rank else compute.gemm_s(nt, a.num_heads * qk // t, h))
-        proj += (compute.gemm_s(nt, a.kv_lora_rank + a.qk_rope_head_dim, h)
-                 + compute.gemm_s(nt, a.num_heads * (a.qk_nope_head_dim + a.v_head_dim) // t, a.kv_lora_rank)
-                 + compute.gemm_s(nt, h, a.num_heads * a.v_head_dim // t))
+        shapes = ([(a.q_lora_rank, h), (a.num_heads * qk // t, a.q_lora_rank)] if a.q_lora_rank
+                  else [(a.num_heads * qk // t, h)])
+        shapes += [(a.kv_lora_rank + a.qk_rope_head_dim, h),
+                   (a.num_heads * (a.qk_nope_head_dim + a.v_head_dim) // t, a.kv_lora_rank),
+                   (h, a.num_heads * a.v_head_dim // t)]
         latent_norms = compute.memory_s(nt * (a.q_lora_rank + a.kv_lora_rank) * 2 * 2)
         rope = compute.memory_s(nt * (a.num_heads // t + 1) * a.qk_rope_head_dim * 2 * 2)
         gemm_inputs = nt * (h + a.q_lora_rank + a.kv_lora_rank + a.num_heads * a.v_head_dim // t)
     else:
-        proj = (compute.gemm_s(nt, (a.num_heads + 2 * a.num_kv_heads) * a.head_dim // t, h)
-                + compute.gemm_s(nt, h, a.num_heads * a.head_dim // t))
+        shapes = [((a.num_heads + 2 * a.num_kv_heads) * a.head_dim // t, h), (h, a.num_heads * a.head_dim // t)]
         latent_norms = 0.0
         rope = compute.memory_s(nt * (a.num_heads + a.num_kv_heads) // t * a.head_dim * 2 * 2)
         gemm_inputs = nt * (h + a.num_heads * a.head_dim // t)
+    # the attention's projections, [nt, k] x [k, n_out] each; their backward: input and weight gradients
+    proj = sum(compute.gemm_s(nt, n_out, k) for n_out, k in shapes)
+    proj_bwd = sum(compute.gemm_bwd_s(nt, n_out, k) for n_out, k in shapes)
     norm = compute.memory_s(n * h * 2 * 2)  # one RMSNorm over the local shard
     residual = compute.memory_s(n * h * 3 * 2)
     attention_around = norm + latent_norms + rope + residual  # input norm, MLA latent norms, rotary, residual add
@@ -317,13 +335,16 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     # router: logits GEMM, then softmax / sigmoid and top-k over FP32 logits (read, write the scores)
     router = {"gemm": compute.gemm_s(n, m.num_experts, h), "elementwise": compute.memory_s(n * m.num_experts * 4 * 2)
               + mlp_around}
+    router_gemm_bwd = compute.gemm_bwd_s(n, m.num_experts, h)
     if fp8:  # the tokens quantised once before the dispatch (and the shared experts' input)
         router["quantisation"] = compute.memory_s(n * h * QUANT_BYTES)
-    shared = (ffn_kernels(compute, np.full(m.num_shared_experts, n), h, i_moe, permute=False)
-              if m.num_shared_experts else {})
+    shared_rows = np.full(m.num_shared_experts, n)
+    shared = ffn_kernels(compute, shared_rows, h, i_moe, permute=False) if m.num_shared_experts else {}
+    shared_bwd = ffn_bwd_kernels(compute, shared_rows, h, i_moe, permute=False) if m.num_shared_experts else {}
     if shared and fp8:
         shared["quantisation"] = compute.memory_s(n * m.num_shared_experts * i_moe * QUANT_BYTES)
     dense_ffn = ffn_kernels(compute, np.array([nt]), h, i_dense, permute=False)
+    dense_ffn_bwd = ffn_bwd_kernels(compute, np.array([nt]), h, i_dense, permute=False)
     dense_ffn["elementwise"] = dense_ffn.get("elementwise", 0.0) + mlp_around
     if fp8:
         dense_ffn["quantisation"] = compute.memory_s(nt * (h + i_dense) * QUANT_BYTES)
@@ -331,10 +352,11 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     def attention(core_s):
         return {"gemm": proj, "attention": core_s, "elementwise": attention_around, "quantisation": quant_attention}
 
-    def backward(fwd: dict, extra: dict | None = None, core_bwd_s: float | None = None) -> dict:
+    def backward(fwd: dict, own: dict, extra: dict | None = None) -> dict:
+        """BACKWARD_FACTOR x each forward class, but the classes `own` times at their backward's own
+        shapes: GEMMs' input and weight gradients, the attention core's backward; plus `extra`."""
         out = {cls: BACKWARD_FACTOR * v for cls, v in fwd.items()}
-        if core_bwd_s is not None:  # the core's own backward (compute.attention_core_bwd_s)
-            out["attention"] = core_bwd_s
+        out.update(own)
         for cls, v in (extra or {}).items():
             out[cls] = out.get(cls, 0.0) + v
         return out
@@ -343,15 +365,17 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     rerun_attention = {"elementwise": norm_rerun, "gemm": up_proj}
     kernels = {
         "attention": att,
-        "attention_bwd": backward(att, rerun_attention, core_bwd),
+        "attention_bwd": backward(att, {"gemm": proj_bwd, "attention": core_bwd}, rerun_attention),
         "attention_window": att_window,  # a sliding-window layer
-        "attention_window_bwd": backward(att_window, rerun_attention, window_bwd),
+        "attention_window_bwd": backward(att_window, {"gemm": proj_bwd, "attention": window_bwd}, rerun_attention),
         "router": router,
-        "router_bwd": backward(router, {"elementwise": norm_rerun}),
+        "router_bwd": backward(router, {"gemm": router_gemm_bwd}, {"elementwise": norm_rerun}),
         "shared": shared,
-        "shared_bwd": backward(shared, {"elementwise": swiglu_rerun_s(s, compute, n * m.num_shared_experts)}),
+        "shared_bwd": backward(shared, shared_bwd,
+                               {"elementwise": swiglu_rerun_s(s, compute, n * m.num_shared_experts)}),
         "dense_ffn": dense_ffn,
-        "dense_ffn_bwd": backward(dense_ffn, {"elementwise": norm_rerun}),
+        "dense_ffn_bwd": backward(dense_ffn, dense_ffn_bwd,
+                                  {"elementwise": norm_rerun + BACKWARD_FACTOR * mlp_around}),
         # gather the tokens' rows (read + write BF16); backward: scatter-add into the FP32 grad
         "embedding": {"other": compute.memory_s(2 * n * h * 2)},
         "embedding_bwd": {"other": compute.memory_s(n * h * (2 + 2 * 4))},
@@ -360,7 +384,7 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
         # final norm before the head
         "lm_head": {"gemm": compute.gemm_s(n, m.vocab_size, h),
                     "elementwise": compute.memory_s(3 * n * m.vocab_size * 2) + norm},
-        "lm_head_bwd": {"gemm": BACKWARD_FACTOR * compute.gemm_s(n, m.vocab_size, h), "elementwise": 2 * norm},
+        "lm_head_bwd": {"gemm": compute.gemm_bwd_s(n, m.vocab_size, h), "elementwise": 2 * norm},
     }
     return {op: {cls: v for cls, v in parts.items() if v} for op, parts in kernels.items()}
 
