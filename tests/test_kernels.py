@@ -46,6 +46,40 @@ def test_fp8_gemms_quantise_each_gemm_input():
     assert QUANT_BYTES == 2 + 1 + 4 / 128
 
 
+def test_fp8_backward_casts_each_output_gradient_twice_and_re_tiles_each_saved_input():
+    s = make_scenario(hardware=ROOFLINE, workload={"gemm_dtype": "fp8"})
+    run = Run(s)
+    compute = run.compute_model
+    n, h, a, i = 128, s.model.hidden_size, s.model.attention, s.model.moe_intermediate_size
+    k = dense_kernels(s, compute, n)
+    qkv, o = (a.num_heads + 2 * a.num_kv_heads) * a.head_dim, a.num_heads * a.head_dim  # GQA: two GEMMs
+
+    def cast(elements):
+        return compute.memory_s(elements * QUANT_BYTES)
+
+    def re_tile(elements):  # read and write a saved FP8 tensor (1 + 4/128 bytes per element)
+        return compute.memory_s(elements * 2 * (1 + 4 / 128))
+
+    assert k["attention_bwd"]["quantisation"] == pytest.approx(
+        2 * cast(n * qkv) + 2 * cast(n * h) + re_tile(n * h) + re_tile(n * o), rel=1e-12)
+    assert "quantisation" not in k["router_bwd"]  # the gate stays BF16; the routed tokens' GEMMs are the experts'
+
+    def ffn(rows, width):  # gate+up: output 2 x width from h; down: output h from width
+        return 2 * cast(rows * 2 * width) + re_tile(rows * h) + 2 * cast(rows * h) + re_tile(rows * width)
+
+    assert k["shared_bwd"]["quantisation"] == pytest.approx(ffn(n * s.model.num_shared_experts, i), rel=1e-12)
+    # routed experts: the casts of the rows each GPU received, beside their GEMMs' gradients
+    key = next(iter(run.workload.expert_bwd_s))
+    tokens = run.workload.traffic[key].expert_tokens[run.workload.expert_gpu == 0]
+    gradients = compute.expert_ffn_bwd_s(tokens, h, i)
+    assert run.workload.expert_bwd_s[key][0] == pytest.approx(gradients + ffn(int(tokens.sum()), i), rel=1e-12)
+    bf16 = Run(make_scenario(hardware=ROOFLINE))
+    assert "quantisation" not in dense_kernels(bf16.s, bf16.compute_model, n)["attention_bwd"]
+    tokens = bf16.workload.traffic[key].expert_tokens[bf16.workload.expert_gpu == 0]
+    assert bf16.workload.expert_bwd_s[key][0] == pytest.approx(
+        bf16.compute_model.expert_ffn_bwd_s(tokens, h, i), rel=1e-12)
+
+
 def test_the_kernel_classes_add_up_to_the_compute_time():
     summary = summarize(Run(make_scenario()).simulate())
     classes = summary["compute_by_kernel_class_s"]

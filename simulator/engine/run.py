@@ -33,7 +33,14 @@ from simulator.engine.update import UpdateProcesses
 from simulator.scenario import Scenario
 from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
 from simulator.wire import ELEMENT_BYTES, algorithm, token_bytes
-from simulator.workload.build import build_workload, dense_kernels, ffn_bwd_kernels, ffn_split, op_seconds
+from simulator.workload.build import (
+    build_workload,
+    dense_kernels,
+    ffn_bwd_kernels,
+    ffn_grad_casts_s,
+    ffn_split,
+    op_seconds,
+)
 from simulator.workload.serving import context_spread
 
 PROGRESS_EVENTS = 20_000  # events between two progress reports (a few per second of simulation)
@@ -475,8 +482,12 @@ class Run(UpdateProcesses):
         total = sum(experts.values())
         if total > 0:
             out["experts"] = {cls: v / total for cls, v in experts.items()}
-            experts_bwd = ffn_bwd_kernels(self.compute_model, mean_rows[mean_rows > 0], s.model.hidden_size,
-                                          s.model.moe_intermediate_size // s.expert_tp, permute=True)
+            width = s.model.moe_intermediate_size // s.expert_tp
+            experts_bwd = ffn_bwd_kernels(self.compute_model, mean_rows[mean_rows > 0], s.model.hidden_size, width,
+                                          permute=True)
+            if s.workload.gemm_dtype == "fp8":
+                experts_bwd["quantisation"] = ffn_grad_casts_s(self.compute_model, float(mean_rows.sum()),
+                                                               s.model.hidden_size, width)
             total_bwd = sum(experts_bwd.values())
             out["experts_bwd"] = {cls: v / total_bwd for cls, v in experts_bwd.items()} if total_bwd > 0 else out["experts"]
         out["optimizer"] = {"optimizer": 1.0}

@@ -18,7 +18,7 @@ from hardware.compute import (
     ffn_parts,
 )
 from simulator.errors import ScenarioError
-from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope, stage_layers
+from simulator.scenario.memory import FP8_SAVED_BYTES, memory_per_gpu, moe_layers_in_scope, stage_layers
 from simulator.scenario.serving import KV_BYTES
 from simulator.wire import token_bytes
 from simulator.workload.gating import ThresholdRouter
@@ -190,12 +190,19 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
         work[group, layer, mb, c] = np.array([compute.expert_ffn_s(rows[on_gpu[g]], m.hidden_size, width)
                                               for g in local])
         if s.backward:
-            work_bwd[group, layer, mb, c] = np.array([
-                compute.expert_ffn_bwd_s(rows[on_gpu[g]], m.hidden_size, width)
-                + swiglu_rerun_s(s, compute, int(rows[on_gpu[g]].sum()), width) for g in local])
+            work_bwd[group, layer, mb, c] = np.array([expert_bwd_s(s, compute, rows[on_gpu[g]], width) for g in local])
     sizes = [hi - lo for lo, hi in chunk_bounds(s.workload.tokens_per_gpu, num_chunks)]
     return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, work_bwd, placements, dropped, reports,
                     ungated, routed)
+
+
+def expert_bwd_s(s, compute: RooflineCompute, tokens_per_expert: np.ndarray, width: int) -> float:
+    """One GPU's routed experts' backward: their GEMMs' gradients and the kernels around them, the
+    FP8 recipe's casts (FP8 GEMMs) and the SwiGLU re-run (moe_act recompute)."""
+    rows = int(tokens_per_expert.sum())
+    casts = ffn_grad_casts_s(compute, rows, s.model.hidden_size, width) if s.workload.gemm_dtype == "fp8" else 0.0
+    return (compute.expert_ffn_bwd_s(tokens_per_expert, s.model.hidden_size, width) + casts
+            + swiglu_rerun_s(s, compute, rows, width))
 
 
 def unsampleable(s, layer: int, exc: UnsampleableLaw) -> ScenarioError:
@@ -228,6 +235,19 @@ def swiglu_rerun_s(s, compute: RooflineCompute, rows, width: int | None = None) 
 
 KERNEL_CLASSES = ("gemm", "attention", "elementwise", "permute", "quantisation", "optimizer", "other")
 QUANT_BYTES = 2 + 1 + 4 / 128  # FP8 quantisation of a BF16 tensor: read 2 B, write 1 B and a scale per 1x128 tile
+TRANSPOSE_BYTES = 2 * FP8_SAVED_BYTES  # a saved FP8 tensor re-tiled for the weight gradient: read and write
+
+
+def ffn_grad_casts_s(compute, rows: float, h: int, i: int) -> float:
+    """The FP8 recipe's backward casts of an SwiGLU FFN over `rows` rows (DeepSeek-V3 report 3.3,
+    figure 6: Dgrad and Wgrad run in FP8). Per GEMM [rows, k] x [k, n]: the BF16 output gradient
+    quantised twice, per token (1x128 tiles, the input gradient's operand) and per channel,
+    transposed (128x1, the weight gradient's); the saved FP8 input re-tiled from 1x128 to 128x1
+    (read and write) for the weight gradient. Gate+up: n = 2i, k = h; down: n = h, k = i."""
+    if rows <= 0:
+        return 0.0
+    return (2 * compute.memory_s(rows * 2 * i * QUANT_BYTES) + compute.memory_s(rows * h * TRANSPOSE_BYTES)
+            + 2 * compute.memory_s(rows * h * QUANT_BYTES) + compute.memory_s(rows * i * TRANSPOSE_BYTES))
 
 
 def ffn_split(compute, tokens, h: int, i: int, permute: bool) -> dict[str, float]:
@@ -296,12 +316,12 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
                    (h, a.num_heads * a.v_head_dim // t)]
         latent_norms = compute.memory_s(nt * (a.q_lora_rank + a.kv_lora_rank) * 2 * 2)
         rope = compute.memory_s(nt * (a.num_heads // t + 1) * a.qk_rope_head_dim * 2 * 2)
-        gemm_inputs = nt * (h + a.q_lora_rank + a.kv_lora_rank + a.num_heads * a.v_head_dim // t)
+        inputs = [h] + ([a.q_lora_rank] if a.q_lora_rank else []) + [a.kv_lora_rank, a.num_heads * a.v_head_dim // t]
     else:
         shapes = [((a.num_heads + 2 * a.num_kv_heads) * a.head_dim // t, h), (h, a.num_heads * a.head_dim // t)]
         latent_norms = 0.0
         rope = compute.memory_s(nt * (a.num_heads + a.num_kv_heads) // t * a.head_dim * 2 * 2)
-        gemm_inputs = nt * (h + a.num_heads * a.head_dim // t)
+        inputs = [h, a.num_heads * a.head_dim // t]
     # the attention's projections, [nt, k] x [k, n_out] each; their backward: input and weight gradients
     proj = sum(compute.gemm_s(nt, n_out, k) for n_out, k in shapes)
     proj_bwd = sum(compute.gemm_bwd_s(nt, n_out, k) for n_out, k in shapes)
@@ -309,7 +329,10 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     residual = compute.memory_s(n * h * 3 * 2)
     attention_around = norm + latent_norms + rope + residual  # input norm, MLA latent norms, rotary, residual add
     mlp_around = norm + residual  # pre-MLP norm and the residual after the MLP
-    quant_attention = compute.memory_s(gemm_inputs * QUANT_BYTES) if fp8 else 0.0
+    quant_attention = compute.memory_s(nt * sum(inputs) * QUANT_BYTES) if fp8 else 0.0
+    # the recipe's backward casts: each output gradient twice, each distinct saved input transposed
+    quant_attention_bwd = (sum(2 * compute.memory_s(nt * n_out * QUANT_BYTES) for n_out, _ in shapes)
+                           + sum(compute.memory_s(nt * w * TRANSPOSE_BYTES) for w in inputs)) if fp8 else 0.0
     # the core's FLOPs and bytes per GPU: t x the tokens, 1/t of the heads
     if s.workload.mode == "decode":  # over the KV cache (no backward)
         core = decode_attention_s(s, compute, n)
@@ -349,6 +372,14 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     if fp8:
         dense_ffn["quantisation"] = compute.memory_s(nt * (h + i_dense) * QUANT_BYTES)
 
+    # the FP8 recipe's backward casts (none in BF16): the attention's projections, the FFNs' GEMMs;
+    # the router's gate stays BF16 (DeepSeek-V3 keeps the MoE gating in higher precision), so the
+    # routed tokens' quantisation has no backward of its own (their GEMMs' casts are the experts')
+    quant_bwd = {"quantisation": quant_attention_bwd} if fp8 else {}
+    if fp8:
+        shared_bwd["quantisation"] = ffn_grad_casts_s(compute, n * m.num_shared_experts, h, i_moe)
+        dense_ffn_bwd["quantisation"] = ffn_grad_casts_s(compute, nt, h, i_dense)
+
     def attention(core_s):
         return {"gemm": proj, "attention": core_s, "elementwise": attention_around, "quantisation": quant_attention}
 
@@ -365,11 +396,12 @@ def dense_kernels(s, compute: RooflineCompute, num_tokens: int) -> dict[str, dic
     rerun_attention = {"elementwise": norm_rerun, "gemm": up_proj}
     kernels = {
         "attention": att,
-        "attention_bwd": backward(att, {"gemm": proj_bwd, "attention": core_bwd}, rerun_attention),
+        "attention_bwd": backward(att, {"gemm": proj_bwd, "attention": core_bwd, **quant_bwd}, rerun_attention),
         "attention_window": att_window,  # a sliding-window layer
-        "attention_window_bwd": backward(att_window, {"gemm": proj_bwd, "attention": window_bwd}, rerun_attention),
+        "attention_window_bwd": backward(att_window, {"gemm": proj_bwd, "attention": window_bwd, **quant_bwd},
+                                         rerun_attention),
         "router": router,
-        "router_bwd": backward(router, {"gemm": router_gemm_bwd}, {"elementwise": norm_rerun}),
+        "router_bwd": backward(router, {"gemm": router_gemm_bwd, "quantisation": 0.0}, {"elementwise": norm_rerun}),
         "shared": shared,
         "shared_bwd": backward(shared, shared_bwd,
                                {"elementwise": swiglu_rerun_s(s, compute, n * m.num_shared_experts)}),
