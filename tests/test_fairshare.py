@@ -68,3 +68,40 @@ def test_a_non_finite_capacity_stalls_the_solver_instead_of_spinning():
 
     with pytest.raises(SolverStalled, match="non-finite capacities"):
         rates([(0, 0, 1.0), (1, 1, 1.0)], [np.nan, 1.0], 2)
+
+
+def test_components_of_the_flow_port_graph():
+    from simulator.engine.fairshare_kernel import component_labels
+
+    # flows 0, 1 share port 1; flow 2 alone on ports 3, 4; flow 3 joins port 4 and 5; port 2 unused
+    f = np.array([0, 0, 1, 2, 2, 3, 3])
+    p = np.array([0, 1, 1, 3, 4, 4, 5])
+    flow_label, port_label = component_labels(f, p, 4, 6)
+    assert list(flow_label) == [0, 0, 1, 1]
+    assert list(port_label) == [0, 0, -1, 1, 1, 1]
+
+
+def test_re_solving_the_reached_components_gives_the_whole_solve():
+    from simulator.engine.fairshare import resolve_reached
+    from simulator.engine.fairshare_kernel import component_labels
+
+    rng = np.random.default_rng(7)
+    entries = []
+    for group in range(4):  # four independent groups of 10 flows over their own 6 ports
+        for flow in range(10):
+            for port in rng.choice(6, size=3, replace=False):
+                entries.append((group * 10 + flow, group * 6 + int(port), rng.uniform(0.1, 1.0)))
+    f, p, w = (np.array(x) for x in zip(*entries))
+    f, p = f.astype(int), p.astype(int)
+    capacity = rng.uniform(1, 10, 24)
+    whole = max_min_rates(f, p, w, capacity, 40)
+    labels, _ = component_labels(f, p, 40, 24)
+    assert len(set(labels)) == 4
+    stale = np.full(40, -1.0)
+    reached = np.isin(labels, [labels[10], labels[30]])
+    assert resolve_reached(f, p, w, capacity, stale, np.full(40, np.inf), reached) == 20
+    assert stale[reached] == pytest.approx(whole[reached], rel=1e-12)
+    assert (stale[~reached] == -1.0).all()  # the other components keep what they had
+    everything = np.zeros(40)
+    assert resolve_reached(f, p, w, capacity, everything, np.full(40, np.inf), np.ones(40, bool)) == 40
+    assert np.array_equal(everything, whole)  # all reached: the whole solve, number for number

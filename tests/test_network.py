@@ -67,6 +67,21 @@ def test_a_short_transfer_ends_first_and_frees_its_share(env):
     assert done["long"][0][1] == pytest.approx(2 * MB / cap + 2 * MB / cap, rel=1e-6)
 
 
+def test_a_change_re_solves_only_the_flows_that_share_ports_with_it(env):
+    topo = topology(nodes=2, gpus_per_node=4)
+    net = Network(env, topo)
+    cap = topo.spec.nvlink.achievable_bytes_per_s
+    a, b = int(topo.nvl_in(1)), int(topo.nvl_in(3))  # two ports no flow shares
+    done = run_batches(env, net, [("a", [(0, a, 1 * MB), (1, a, 3 * MB)]), ("b", [(0, b, 2 * MB), (1, b, 2 * MB)])])
+    # on its own port each pair shares as if alone: a's short flow at 2 MB / cap, then its long one
+    assert done["a"][0] == ([0], pytest.approx(2 * MB / cap, rel=1e-9))
+    assert done["a"][1] == ([1], pytest.approx(4 * MB / cap, rel=1e-9))
+    assert done["b"][0] == ([0, 1], pytest.approx(4 * MB / cap, rel=1e-9))
+    # solves: all 4 flows at the start, then a's remaining flow alone when its short one ends, and
+    # nothing left to solve when b ends (its last flows) -- not 4 + 3 flows
+    assert net.num_solves == 2 and net.num_flows_solved == 4 + 1
+
+
 def single_pair_traffic(p, src, dst, tokens, num_experts=16):
     pair = np.zeros((p, p), dtype=np.int64)
     pair[src, dst] = tokens

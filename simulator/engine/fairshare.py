@@ -54,3 +54,28 @@ def max_min_levels(entry_flow: np.ndarray, entry_port: np.ndarray, entry_weight:
                             f"{len(residual)} ports (each level freezes >= 1 flow); non-finite capacities: "
                             f"{int((~np.isfinite(np.asarray(capacity, dtype=np.float64))).sum())}")
     return rates, num_levels
+
+
+
+def resolve_reached(entry_flow: np.ndarray, entry_port: np.ndarray, entry_weight: np.ndarray,
+                    capacity: np.ndarray, rates: np.ndarray, cap: np.ndarray, reached: np.ndarray) -> int:
+    """Re-solve, in place in `rates`, only the `reached` flows: max-min fair shares decompose over
+    the connected components of the flow-port graph (fairshare_kernel.component_labels), so the
+    components a change did not touch keep their rates; `reached` must be a union of components.
+    Returns the flows solved.
+
+    The reached entries keep their order and the flows their relative order, so when every flow is
+    reached the solve is the whole-network solve, number for number. When only some are, the others
+    keep the rates of an earlier solve in which other components may have taken part: the same
+    max-min shares up to rounding (and LEVEL_RTOL's joint freezing of ports that saturate within
+    1e-9 of each other's level)."""
+    num_flows = len(rates)
+    count = int(reached.sum())
+    if count == num_flows:
+        rates[:] = max_min_rates(entry_flow, entry_port, entry_weight, capacity, num_flows, cap)
+    elif count:
+        keep = reached[entry_flow]
+        index = np.cumsum(reached) - 1  # the reached flows, renumbered in their order
+        rates[reached] = max_min_rates(index[entry_flow[keep]], entry_port[keep], entry_weight[keep], capacity,
+                                       count, cap[reached])
+    return count

@@ -73,3 +73,57 @@ def progressive_filling(entry_flow, entry_port, entry_weight, residual, num_flow
         n = kept
         newly[:] = False
     return rates, levels
+
+
+
+@njit(cache=True)
+def component_labels(entry_flow, entry_port, num_flows, num_ports):
+    """The connected components of the flow-port graph (flows joined by the ports they share):
+    (label per flow, label per port, -1 for a port no flow uses). Labels count from 0 in the order
+    of each component's first flow. Breadth-first over port -> entries and flow -> entries indexes
+    built here, O(entries)."""
+    n = entry_flow.shape[0]
+    port_start = np.zeros(num_ports + 1, np.int64)
+    flow_start = np.zeros(num_flows + 1, np.int64)
+    for i in range(n):
+        port_start[entry_port[i] + 1] += 1
+        flow_start[entry_flow[i] + 1] += 1
+    for p in range(num_ports):
+        port_start[p + 1] += port_start[p]
+    for f in range(num_flows):
+        flow_start[f + 1] += flow_start[f]
+    port_entries = np.empty(n, np.int64)
+    flow_entries = np.empty(n, np.int64)
+    port_fill = port_start[:-1].copy()
+    flow_fill = flow_start[:-1].copy()
+    for i in range(n):
+        port_entries[port_fill[entry_port[i]]] = i
+        port_fill[entry_port[i]] += 1
+        flow_entries[flow_fill[entry_flow[i]]] = i
+        flow_fill[entry_flow[i]] += 1
+    flow_label = np.full(num_flows, -1, np.int64)
+    port_label = np.full(num_ports, -1, np.int64)
+    queue = np.empty(num_flows, np.int64)
+    label = 0
+    for first in range(num_flows):
+        if flow_label[first] >= 0:
+            continue
+        flow_label[first] = label
+        queue[0] = first
+        head, tail = 0, 1
+        while head < tail:
+            f = queue[head]
+            head += 1
+            for k in range(flow_start[f], flow_start[f + 1]):
+                p = entry_port[flow_entries[k]]
+                if port_label[p] >= 0:
+                    continue
+                port_label[p] = label
+                for j in range(port_start[p], port_start[p + 1]):
+                    g = entry_flow[port_entries[j]]
+                    if flow_label[g] < 0:
+                        flow_label[g] = label
+                        queue[tail] = g
+                        tail += 1
+        label += 1
+    return flow_label, port_label

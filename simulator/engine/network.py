@@ -2,7 +2,9 @@
 
 Flows are added in batches (one batch per collective). After any change at the current instant the
 rates are solved once (changes at the same instant are batched by a zero-delay update), and one
-timer is set for the next completion. Flows within COALESCE of their elapsed time from finishing
+timer is set for the next completion. A solve covers only the flows connected, through shared
+ports, to a port whose flows changed (fairshare.resolve_reached): the collectives of other EP
+groups, pipeline stages or replicas on other ports keep their rates. Flows within COALESCE of their elapsed time from finishing
 complete together: this bounds the number of re-solves per collective, and ends such a flow early
 by at most COALESCE of its duration.
 
@@ -19,7 +21,8 @@ import numpy as np
 import simpy
 
 from hardware.topology import Topology
-from simulator.engine.fairshare import SolverStalled, max_min_rates
+from simulator.engine.fairshare import SolverStalled, resolve_reached
+from simulator.engine.fairshare_kernel import component_labels
 
 COALESCE = 1e-3
 UPDATE_SLACK = 16  # updates allowed beyond 2 x (batches + flows): a margin, never needed
@@ -72,6 +75,16 @@ class Network:
         self._e_flow = np.zeros(0, dtype=np.int64)
         self._e_port = np.zeros(0, dtype=np.int64)
         self._e_weight = np.zeros(0)
+        # Components of the flow-port graph (fairshare.resolve_reached): a label per active flow and
+        # per port, exact after every admission and every finished collective, and in between a
+        # coarser partition (a flow that ends may split its component; the labels keep it whole)
+        self._label = np.zeros(0, dtype=np.int64)
+        self._port_label = np.full(n, -1, dtype=np.int64)
+        self._dirty = np.zeros(n, dtype=bool)  # ports whose flows started or ended since the last solve
+        # active entries per port: every active flow has a positive rate once solved, so a port is
+        # busy exactly while it has one (the bincount of their loads would say the same, per entry)
+        self._port_entries = np.zeros(n, dtype=np.int64)
+        self.num_flows_solved = 0
         self._last_s = 0.0
         self._generation = 0
         self._update_scheduled = False
@@ -101,8 +114,7 @@ class Network:
         dt = now - self._last_s
         if dt > 0 and len(self._rate):
             self._remaining -= self._rate * dt
-            load = np.bincount(self._e_port, self._e_weight * self._rate[self._e_flow], minlength=len(self.capacity))
-            self.port_busy_s[load > 0] += dt
+            self.port_busy_s[self._port_entries > 0] += dt
         self._last_s = now
 
     def _update(self, gen: int) -> None:
@@ -120,11 +132,14 @@ class Network:
         if self._pending:
             self._admit(now)
         if len(self._remaining):
+            touched = self._port_label[self._dirty]
+            reached = np.isin(self._label, touched[touched >= 0])
             try:
-                self._rate = max_min_rates(self._e_flow, self._e_port, self._e_weight, self.capacity,
-                                           len(self._remaining), self._cap)
+                self.num_flows_solved += resolve_reached(self._e_flow, self._e_port, self._e_weight, self.capacity,
+                                                         self._rate, self._cap, reached)
             except SolverStalled as exc:
                 raise SolverStalled(f"{exc}; in flight: {self._describe_active()}", self._active()) from None
+            self._dirty[:] = False
             self.num_solves += 1
             self._schedule_update(float(np.min(self._remaining / self._rate)))
 
@@ -146,6 +161,9 @@ class Network:
                             f"{self.update_bound}); in flight: {self._describe_active()}", self._active())
 
     def _finish(self, finished: np.ndarray, now: float) -> None:
+        gone = self._e_port[finished[self._e_flow]]
+        self._dirty[gone] = True  # the others through these ports speed up
+        self._port_entries -= np.bincount(gone, minlength=len(self.capacity))
         done_batches = self._batch_of[finished]
         done_local = self._local[finished]
         keep = ~finished
@@ -160,13 +178,22 @@ class Network:
         self._started = self._started[keep]
         self._batch_of = self._batch_of[keep]
         self._local = self._local[keep]
+        self._label = self._label[keep]
+        ended = False
         for b in np.unique(done_batches):
             batch = self._batches[b]
             mine = done_local[done_batches == b]
             self._flows_left[b] -= len(mine)
             if self._flows_left[b] == 0:
                 self._batches[b] = None  # its entry arrays are the largest thing a finished collective held
+                ended = True
             batch.on_done(mine, now)
+        if ended:  # a whole collective left: the components it joined may now be apart
+            self._relabel()
+
+    def _relabel(self) -> None:
+        self._label, self._port_label = component_labels(self._e_flow, self._e_port, len(self._remaining),
+                                                         len(self.capacity))
 
     def _admit(self, now: float) -> None:
         offset = len(self._remaining)
@@ -196,8 +223,13 @@ class Network:
         self._e_weight = np.concatenate([self._e_weight, *weights])
         self._remaining = np.concatenate([self._remaining, *remaining])
         self._cap = np.concatenate([self._cap, *caps])
-        self._started = np.concatenate([self._started, np.full(sum(len(r) for r in remaining), now)])
-        self._rate = np.zeros(len(self._remaining))
+        admitted = sum(len(r) for r in remaining)
+        self._started = np.concatenate([self._started, np.full(admitted, now)])
+        self._rate = np.concatenate([self._rate, np.zeros(admitted)])  # solved next, with their ports' flows
+        for p in ports:
+            self._dirty[p] = True
+            self._port_entries += np.bincount(p, minlength=len(self.capacity))
+        self._relabel()  # the new flows may join components
         self._batch_of = np.concatenate([self._batch_of, *batch_of])
         self._local = np.concatenate([self._local, *local])
 
