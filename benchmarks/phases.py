@@ -9,6 +9,7 @@ phases they wrap are numpy calls of tens of microseconds or more.
 """
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 
@@ -25,7 +26,7 @@ def _targets():
         ("routing", placement.Placement, "slots_of"),
         ("routing", build, "drop_over_capacity"),
         ("traffic", build, "micro_batch_traffic"),
-        ("solves", network, "max_min_rates"),
+        ("solves", network, "resolve_reached"),
         ("bookkeeping", network.Network, "add"),
         ("bookkeeping", network.Network, "_update"),
         ("bookkeeping", collective.Collective, "_launch"),
@@ -37,12 +38,18 @@ def _targets():
 
 @contextmanager
 def measured_phases():
-    """Yields {phase: seconds}, filled as the block runs."""
+    """Yields {phase: seconds}, filled as the block runs, and "build_wall": the wall time of the
+    workload builds. Micro-batches route and count on several threads (simulator/workload/build.py),
+    so routing and traffic are seconds summed over those threads, and may add up to more than the
+    build's wall time."""
     totals = dict.fromkeys(PHASES, 0.0)
-    stack = [0.0]  # per open call: the time its timed callees took
+    totals["build_wall"] = 0.0
+    lock = threading.Lock()
+    local = threading.local()  # per thread, per open call: the time its timed callees took
 
     def timed(phase, fn):
         def wrapper(*args, **kwargs):
+            stack = local.__dict__.setdefault("stack", [0.0])
             stack.append(0.0)
             t0 = time.perf_counter()
             try:
@@ -50,11 +57,24 @@ def measured_phases():
             finally:
                 elapsed = time.perf_counter() - t0
                 inner = stack.pop()
-                totals[phase] += elapsed - inner
+                with lock:
+                    totals[phase] += elapsed - inner
                 stack[-1] += elapsed
         return wrapper
 
-    saved = []
+    def walled(fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals["build_wall"] += time.perf_counter() - t0
+        return wrapper
+
+    from simulator.engine import run
+
+    saved = [(run, "build_workload", run.__dict__["build_workload"])]
+    run.build_workload = walled(saved[0][2])
     for phase, owner, name in _targets():
         original = owner.__dict__[name]
         saved.append((owner, name, original))

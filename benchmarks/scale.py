@@ -87,7 +87,7 @@ def one_point(workload: str, ep: int, layers: int | None, phases: bool) -> dict:
     split = dict(split)
     if phases:  # what the accumulators did not claim: elaboration (programs, compute model) and SimPy + engine
         split["engine"] = (t2 - t1) - split["solves"] - split["bookkeeping"]
-        split["elaborate_other"] = (t1 - t0) - split["routing"] - split["traffic"]
+        split["elaborate_other"] = (t1 - t0) - split.pop("build_wall")  # the builds route and count on threads
     return {"workload": workload, "ep": ep, "layers": scenario.model.num_layers, "wall_s": t3 - t0,
             "elaborate_s": t1 - t0, "simulate_s": t2 - t1, "metrics_s": t3 - t2, "phases": split,
             "events": result.num_events, "ops": ops, "solves": result.network_solves,
@@ -151,9 +151,12 @@ def main() -> None:
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(r) + "\n")
-    print("\nphases (s): route = routing (gating samples, replica slots), traff = traffic counting, solve = "
+    from simulator.workload.build import routing_threads
+
+    print(f"\nphases (s): route = routing (gating samples, replica slots), traff = traffic counting (both CPU "
+          f"seconds summed over the {routing_threads()} routing threads, EPSIM_THREADS), solve = "
           "fair-share solves, books = network and collective bookkeeping (paths, flow state), engine = SimPy and "
-          "the engine's processes, elab = the rest of elaboration, metr = metrics.")
+          "the engine's processes, elab = the rest of elaboration (outside the workload build), metr = metrics.")
     print("us/op: simulate seconds per simulated op (a kernel or a GPU's part of a collective); us/ev: raw "
           "SimPy's seconds per event (timeouts only), measured in the same process just before the point.")
     print("est/t, est/m: simulator/scenario/budget.py's estimate of the wall time and peak memory over the measured.")

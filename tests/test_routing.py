@@ -100,3 +100,26 @@ def test_same_seed_routes_the_same_tokens():
     a = router(seed=3).route(1000, np.random.default_rng(9))
     b = router(seed=3).route(1000, np.random.default_rng(9))
     assert (a == b).all()
+
+
+@pytest.mark.parametrize("routing", [{"distribution": "zipf", "zipf_alpha": 1.2, "capacity_factor": 1.0},
+                                     {"distribution": "uniform", "threshold": 0.05}])
+def test_the_workload_is_the_same_whatever_the_routing_threads(monkeypatch, routing):
+    from simulator.engine import Run
+    from simulator.workload.build import routing_threads
+    from tests.conftest import make_scenario
+
+    s = make_scenario(routing=routing, workload={"micro_batches": 3})
+    built = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv("EPSIM_THREADS", threads)
+        assert routing_threads() == int(threads)
+        built[threads] = Run(s).workload
+    one, three = built["1"], built["3"]
+    assert list(one.traffic) == list(three.traffic)  # the same keys, in the same order
+    for key, t in one.traffic.items():
+        u = three.traffic[key]
+        for field in ("pair_tokens", "pair_copies", "node_tokens", "expert_tokens"):
+            assert np.array_equal(getattr(t, field), getattr(u, field)), (key, field)
+    assert (one.dropped_copies, one.ungated_copies) == (three.dropped_copies, three.ungated_copies)
+    assert one.dropped_copies + one.ungated_copies > 0  # the laws above do drop or leave copies

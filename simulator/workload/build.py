@@ -6,7 +6,11 @@ those indices, so every run of a scenario sees the same tokens.
 from __future__ import annotations
 
 import math
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -125,59 +129,75 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     trace = load_trace(s.routing.trace) if s.routing.distribution == "trace" else None
     trace_routers: dict = {}  # moe_layer -> TraceRouter: the EP groups take a layer's recorded tokens in turn
     routed = {} if keep_routing else None
-    for group in range(s.ranks.num_ep_groups):
-        member_node = s.ranks.ep_group(group).node
-        for layer, mbs in stage_moe_work(s, int(s.ranks.pp_rank[s.ranks.ep_groups[group][0]])):
-            scale = None if gate_scale is None else gate_scale.get((group, layer))
+    # micro-batches route and count side by side (each has its own random stream, and their results
+    # are taken in order, so any thread count gives the same workload); a trace is read in turn
+    threads = 1 if trace is not None else routing_threads()
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    pending: deque = deque()
 
-            drift = drift_order(m.num_experts, s.routing.drift, step, np.random.default_rng([s.routing.seed, group, layer, 3]))
+    def collect(limit: int) -> None:
+        nonlocal ungated, dropped
+        while len(pending) > limit:
+            (group, layer, mb), result = pending.popleft()
+            try:
+                chunks, empty, drop, experts = result() if pool is None else result.result()
+            except UnsampleableLaw as exc:
+                raise unsampleable(s, layer, exc) from None
+            ungated += empty
+            dropped += drop
+            if routed is not None:
+                routed[group, layer, mb] = experts
+            for c, t in enumerate(chunks):
+                traffic[group, layer, mb, c] = t
 
-            def router_for(place: Placement):
-                if trace is not None:
-                    if layer not in trace_routers:
-                        trace_routers[layer] = TraceRouter(trace, step, layer, m.top_k, m.num_experts)
-                    return trace_routers[layer]
-                router = Router(m.num_experts, m.top_k, s.routing.distribution, layer_zipf_alpha(s.routing, layer),
-                                member_node[place.expert_gpu()], s.routing.max_nodes_per_token,
-                                np.random.default_rng([s.routing.seed, group, layer]), scale,
-                                s.routing.dirichlet_concentration, drift)
-                return router if s.routing.threshold is None else ThresholdRouter(router, s.routing.threshold)
+    try:
+        for group in range(s.ranks.num_ep_groups):
+            member_node = s.ranks.ep_group(group).node
+            for layer, mbs in stage_moe_work(s, int(s.ranks.pp_rank[s.ranks.ep_groups[group][0]])):
+                scale = None if gate_scale is None else gate_scale.get((group, layer))
 
-            router, place = router_for(base), base
-            if placements_in is not None:  # EPLB rebalanced from the loads observed so far
-                place = placements_in[group, layer]
-                router = router_for(place)
-            elif s.placement.strategy == "eplb":  # balance the router's expected loads, then route over them
-                place = eplb_placement(router.probabilities, len(slot_gpu), p, int(member_node.max()) + 1,
-                                       hierarchical=s.routing.max_nodes_per_token is not None)
-                router = router_for(place)
-            elif s.placement.strategy == "topology_aware":  # seed 1.2: the busiest port's expected load, minimised
-                key = (group, router.probabilities.tobytes())
-                if key not in solved:
-                    solved[key] = topology_aware(s, router.probabilities, group)
-                place, reports[group, layer] = solved[key]
-                router = router_for(place)
-            placements[group, layer] = place
-            for mb in mbs:
-                # step 0 keeps the single-step key: one step is today's run, bit for bit
-                key = [s.routing.seed, group, layer, mb, 1] + ([step] if step else [])
-                rng = np.random.default_rng(key)
+                drift = drift_order(m.num_experts, s.routing.drift, step,
+                                    np.random.default_rng([s.routing.seed, group, layer, 3]))
+
+                def router_for(place: Placement):
+                    if trace is not None:
+                        if layer not in trace_routers:
+                            trace_routers[layer] = TraceRouter(trace, step, layer, m.top_k, m.num_experts)
+                        return trace_routers[layer]
+                    router = Router(m.num_experts, m.top_k, s.routing.distribution, layer_zipf_alpha(s.routing, layer),
+                                    member_node[place.expert_gpu()], s.routing.max_nodes_per_token,
+                                    np.random.default_rng([s.routing.seed, group, layer]), scale,
+                                    s.routing.dirichlet_concentration, drift)
+                    return router if s.routing.threshold is None else ThresholdRouter(router, s.routing.threshold)
+
+                router, place = router_for(base), base
+                if placements_in is not None:  # EPLB rebalanced from the loads observed so far
+                    place = placements_in[group, layer]
+                    router = router_for(place)
+                elif s.placement.strategy == "eplb":  # balance the router's expected loads, then route over them
+                    place = eplb_placement(router.probabilities, len(slot_gpu), p, int(member_node.max()) + 1,
+                                           hierarchical=s.routing.max_nodes_per_token is not None)
+                    router = router_for(place)
+                elif s.placement.strategy == "topology_aware":  # seed 1.2: the busiest port's expected load, minimised
+                    key = (group, router.probabilities.tobytes())
+                    if key not in solved:
+                        solved[key] = topology_aware(s, router.probabilities, group)
+                    place, reports[group, layer] = solved[key]
+                    router = router_for(place)
+                placements[group, layer] = place
                 try:
-                    experts = router.route(p * s.workload.tokens_per_gpu, rng)
+                    warm(router, place)
                 except UnsampleableLaw as exc:
                     raise unsampleable(s, layer, exc) from None
-                if routed is not None:
-                    routed[group, layer, mb] = experts
-                empty = int((experts < 0).sum()) if s.routing.threshold is not None or trace is not None else 0
-                ungated += empty
-                if capacity is not None:
-                    experts = drop_over_capacity(experts, s.workload.tokens_per_gpu, capacity)
-                    dropped += int((experts < 0).sum()) - empty
-                slots = place.slots_of(experts, np.random.default_rng([s.routing.seed, group, layer, mb, 2, step]))
-                chunks = micro_batch_traffic(slots, s.workload.tokens_per_gpu, num_chunks, place.slot_gpu,
-                                             member_node, place.num_slots)
-                for c, t in enumerate(chunks):
-                    traffic[group, layer, mb, c] = t
+                for mb in mbs:
+                    job = partial(route_micro_batch, s, router, place, member_node, (group, layer, mb), step, capacity,
+                                  num_chunks, trace is not None, routed is not None)
+                    pending.append(((group, layer, mb), job if pool is None else pool.submit(job)))
+                    collect(ROUTING_WINDOW * threads)
+        collect(0)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     # With expert TP e, the e EP groups of one (stage, expert-DP rank) are its expert-TP ranks
     # (RankLayout.ep_group_of): EP rank j of each holds a 1/e slice of the same experts and runs it
     # on the tokens all of them received (all-gathered over the expert-TP group).
@@ -194,6 +214,54 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     sizes = [hi - lo for lo, hi in chunk_bounds(s.workload.tokens_per_gpu, num_chunks)]
     return Workload(num_chunks, sizes, batch, rounds, slot_gpu, traffic, work, work_bwd, placements, dropped, reports,
                     ungated, routed)
+
+
+ROUTING_WINDOW = 2  # micro-batches in flight per routing thread (each holds its [P x T, k] expert ids)
+MAX_ROUTING_THREADS = 8
+
+
+def routing_threads() -> int:
+    """Threads that route micro-batches side by side: EPSIM_THREADS when set, else the CPUs this
+    process may run on, at most MAX_ROUTING_THREADS (the sampler and the counter release the GIL)."""
+    value = os.environ.get("EPSIM_THREADS")
+    if value is not None and value.strip().isdigit() and int(value) > 0:
+        return int(value)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_ROUTING_THREADS, cpus))
+
+
+def warm(router, place: Placement) -> None:
+    """Build the router's and the placement's lazy tables before threads share them."""
+    tables = getattr(router, "_sampler_tables", None)
+    if tables is not None and router.distribution != "balanced":
+        tables()
+    if not place.identity:
+        place.replicas()
+
+
+def route_micro_batch(s, router, place: Placement, member_node: np.ndarray, where: tuple[int, int, int], step: int,
+                      capacity: int | None, num_chunks: int, traced: bool, keep: bool):
+    """One micro-batch of one (EP group, MoE layer): route its tokens, drop what exceeds capacity,
+    pick the replica slots and count the traffic. (chunks' traffic, ungated copies, dropped copies,
+    the expert ids when kept). Raises UnsampleableLaw."""
+    group, layer, mb = where
+    p = s.parallel.ep_size
+    # step 0 keeps the single-step key: one step is today's run, bit for bit
+    key = [s.routing.seed, group, layer, mb, 1] + ([step] if step else [])
+    experts = router.route(p * s.workload.tokens_per_gpu, np.random.default_rng(key))
+    kept = experts if keep else None
+    empty = int((experts < 0).sum()) if s.routing.threshold is not None or traced else 0
+    dropped = 0
+    if capacity is not None:
+        experts = drop_over_capacity(experts, s.workload.tokens_per_gpu, capacity)
+        dropped = int((experts < 0).sum()) - empty
+    slots = place.slots_of(experts, np.random.default_rng([s.routing.seed, group, layer, mb, 2, step]))
+    chunks = micro_batch_traffic(slots, s.workload.tokens_per_gpu, num_chunks, place.slot_gpu, member_node,
+                                 place.num_slots)
+    return chunks, empty, dropped, kept
 
 
 def expert_bwd_s(s, compute: RooflineCompute, tokens_per_expert: np.ndarray, width: int) -> float:

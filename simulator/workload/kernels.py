@@ -12,7 +12,8 @@ all experts and skipping the other nodes. The draws come from the caller's numpy
 GPU the distinct tokens and the (token, expert) copies, per (source, destination node) the distinct
 tokens, and per slot the copies; a slot of -1 (dropped or ungated) counts nowhere.
 
-Compiled on first use and cached next to this file (numba's cache=True).
+Compiled on first use and cached next to this file (numba's cache=True). The two entry points
+release the GIL (nogil), so micro-batches route and count on several threads (build.py).
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def _insert(items, count, value):
     return count + 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def route_tokens(rng, out, uniform, keep, alias, expert_node, limit, node_mass, within_keep, within_alias,
                  experts_by_node, max_draws):
     """Fill out [n, k] with each token's experts in order of preference. uniform: every expert equally
@@ -129,7 +130,7 @@ def route_tokens(rng, out, uniform, keep, alias, expert_node, limit, node_mass, 
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def count_chunk_into(slots, tokens_per_gpu, lo, hi, slot_gpu, member_node, pair_tokens, pair_copies,
                      node_tokens, slot_tokens):
     """Add the counts of tokens lo..hi-1 of every source GPU (slots [P x tokens_per_gpu, k], EP-rank-major)."""
