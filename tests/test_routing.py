@@ -123,3 +123,12 @@ def test_the_workload_is_the_same_whatever_the_routing_threads(monkeypatch, rout
             assert np.array_equal(getattr(t, field), getattr(u, field)), (key, field)
     assert (one.dropped_copies, one.ungated_copies) == (three.dropped_copies, three.ungated_copies)
     assert one.dropped_copies + one.ungated_copies > 0  # the laws above do drop or leave copies
+
+
+def test_a_bad_thread_count_is_named_and_ignored(monkeypatch):
+    from simulator.workload.build import MAX_ROUTING_THREADS, routing_threads
+
+    for bad in ("abc", "0", "-2", "1e9"):
+        monkeypatch.setenv("EPSIM_THREADS", bad)
+        with pytest.warns(UserWarning, match="EPSIM_THREADS"):
+            assert 1 <= routing_threads() <= MAX_ROUTING_THREADS

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -224,8 +225,11 @@ def routing_threads() -> int:
     """Threads that route micro-batches side by side: EPSIM_THREADS when set, else the CPUs this
     process may run on, at most MAX_ROUTING_THREADS (the sampler and the counter release the GIL)."""
     value = os.environ.get("EPSIM_THREADS")
-    if value is not None and value.strip().isdigit() and int(value) > 0:
-        return int(value)
+    if value is not None:
+        if value.strip().isdigit() and 0 < int(value) <= 1024:
+            return int(value)
+        warnings.warn(f"EPSIM_THREADS = {value!r}: must be a whole number of threads in 1..1024; "
+                      "using the CPUs this process may run on", stacklevel=2)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
