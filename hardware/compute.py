@@ -152,6 +152,14 @@ class RooflineCompute:
         return 0.0 if parts is None else float(sum(parts))
 
 
+def _memory_parts(compute, total: float, hidden_size: int, intermediate_size: int, permute: bool):
+    """An FFN block's memory-bound kernels over `total` rows: SiLU x up (read gate, up; write the
+    product) and the permute + un-permute (read + write the gathered rows), BF16."""
+    permute_bytes = 2 * total * hidden_size * BF16_BYTES
+    act_bytes = total * 3 * intermediate_size * BF16_BYTES
+    return compute.memory_s(act_bytes), 2 * compute.memory_s(permute_bytes) if permute else 0.0
+
+
 def ffn_parts(compute, tokens_per_expert, hidden_size: int, intermediate_size: int,
               permute: bool = True) -> tuple[float, float, float, float] | None:
     """The kernels of an SwiGLU FFN block on `compute`'s rates, in launch order: (gate+up grouped
@@ -161,11 +169,9 @@ def ffn_parts(compute, tokens_per_expert, hidden_size: int, intermediate_size: i
     total = float(tokens.sum())
     if total <= 0:
         return None
-    permute_bytes = 2 * total * hidden_size * BF16_BYTES  # read + write of the gathered rows
-    act_bytes = total * 3 * intermediate_size * BF16_BYTES  # read gate, up; write product
-    return (compute.grouped_gemm_s(tokens, 2 * intermediate_size, hidden_size), compute.memory_s(act_bytes),
-            compute.grouped_gemm_s(tokens, hidden_size, intermediate_size),
-            2 * compute.memory_s(permute_bytes) if permute else 0.0)
+    act, perm = _memory_parts(compute, total, hidden_size, intermediate_size, permute)
+    return (compute.grouped_gemm_s(tokens, 2 * intermediate_size, hidden_size), act,
+            compute.grouped_gemm_s(tokens, hidden_size, intermediate_size), perm)
 
 
 def ffn_bwd_parts(compute, tokens_per_expert, hidden_size: int, intermediate_size: int,
@@ -174,10 +180,10 @@ def ffn_bwd_parts(compute, tokens_per_expert, hidden_size: int, intermediate_siz
     gradients (grouped_gemm_bwd_s); the SwiGLU's and the permutes' gradient passes at
     BACKWARD_FACTOR x their forward (they read the saved input and the incoming gradient and write
     the outgoing one)."""
-    parts = ffn_parts(compute, tokens_per_expert, hidden_size, intermediate_size, permute)
-    if parts is None:
-        return None
     tokens = np.asarray(tokens_per_expert)
-    _, act, _, perm = parts
+    total = float(tokens.sum())
+    if total <= 0:
+        return None
+    act, perm = _memory_parts(compute, total, hidden_size, intermediate_size, permute)
     return (compute.grouped_gemm_bwd_s(tokens, 2 * intermediate_size, hidden_size), BACKWARD_FACTOR * act,
             compute.grouped_gemm_bwd_s(tokens, hidden_size, intermediate_size), BACKWARD_FACTOR * perm)
