@@ -4,9 +4,9 @@ Flows are added in batches (one batch per collective). After any change at the c
 rates are solved once (changes at the same instant are batched by a zero-delay update), and one
 timer is set for the next completion. A solve covers only the flows connected, through shared
 ports, to a port whose flows changed (fairshare.resolve_reached): the collectives of other EP
-groups, pipeline stages or replicas on other ports keep their rates. Flows within COALESCE of their elapsed time from finishing
-complete together: this bounds the number of re-solves per collective, and ends such a flow early
-by at most COALESCE of its duration.
+groups, pipeline stages or replicas on other ports keep their rates. Flows within COALESCE of their
+elapsed time from finishing complete together: this bounds the number of re-solves per
+collective, and ends such a flow early by at most COALESCE of its duration.
 
 Every update admits a batch or finishes a flow (the timer is set for the next completion), so
 updates are bounded by batches + flows admitted; past twice that (time that no longer advances at a

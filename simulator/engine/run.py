@@ -489,7 +489,8 @@ class Run(UpdateProcesses):
                 experts_bwd["quantisation"] = ffn_grad_casts_s(self.compute_model, float(mean_rows.sum()),
                                                                s.model.hidden_size, width)
             total_bwd = sum(experts_bwd.values())
-            out["experts_bwd"] = {cls: v / total_bwd for cls, v in experts_bwd.items()} if total_bwd > 0 else out["experts"]
+            out["experts_bwd"] = ({cls: v / total_bwd for cls, v in experts_bwd.items()} if total_bwd > 0
+                                  else out["experts"])
         out["optimizer"] = {"optimizer": 1.0}
         return out
 
