@@ -36,8 +36,8 @@ from simulator.wire import ELEMENT_BYTES, algorithm, token_bytes
 from simulator.workload.build import (
     build_workload,
     dense_kernels,
+    expert_bwd_extras,
     ffn_bwd_kernels,
-    ffn_grad_casts_s,
     ffn_split,
     op_seconds,
 )
@@ -485,9 +485,8 @@ class Run(UpdateProcesses):
             width = s.model.moe_intermediate_size // s.expert_tp
             experts_bwd = ffn_bwd_kernels(self.compute_model, mean_rows[mean_rows > 0], s.model.hidden_size, width,
                                           permute=True)
-            if s.workload.gemm_dtype == "fp8":
-                experts_bwd["quantisation"] = ffn_grad_casts_s(self.compute_model, float(mean_rows.sum()),
-                                                               s.model.hidden_size, width)
+            for cls, v in expert_bwd_extras(s, self.compute_model, float(mean_rows.sum()), width).items():
+                experts_bwd[cls] = experts_bwd.get(cls, 0.0) + v
             total_bwd = sum(experts_bwd.values())
             out["experts_bwd"] = ({cls: v / total_bwd for cls, v in experts_bwd.items()} if total_bwd > 0
                                   else out["experts"])

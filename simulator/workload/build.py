@@ -268,13 +268,22 @@ def route_micro_batch(s, router, place: Placement, member_node: np.ndarray, wher
     return chunks, empty, dropped, kept
 
 
-def expert_bwd_s(s, compute: RooflineCompute, tokens_per_expert: np.ndarray, width: int) -> float:
-    """One GPU's routed experts' backward: their GEMMs' gradients and the kernels around them, the
-    FP8 recipe's casts (FP8 GEMMs) and the SwiGLU re-run (moe_act recompute)."""
-    rows = int(tokens_per_expert.sum())
+def expert_bwd_extras(s, compute: RooflineCompute, rows: float, width: int) -> dict[str, float]:
+    """What the routed experts' backward runs besides their FFN block's gradients, by kernel class,
+    over the `rows` rows a GPU received: the FP8 recipe's casts (FP8 GEMMs) and the SwiGLU re-run
+    (moe_act recompute); classes with no work left out."""
     casts = ffn_grad_casts_s(compute, rows, s.model.hidden_size, width) if s.workload.gemm_dtype == "fp8" else 0.0
-    return (compute.expert_ffn_bwd_s(tokens_per_expert, s.model.hidden_size, width) + casts
-            + swiglu_rerun_s(s, compute, rows, width))
+    extras = {"quantisation": casts, "elementwise": swiglu_rerun_s(s, compute, rows, width)}
+    return {cls: v for cls, v in extras.items() if v}
+
+
+def expert_bwd_s(s, compute: RooflineCompute, tokens_per_expert: np.ndarray, width: int) -> float:
+    """One GPU's routed experts' backward: their GEMMs' gradients and the kernels around them, and
+    expert_bwd_extras."""
+    total = compute.expert_ffn_bwd_s(tokens_per_expert, s.model.hidden_size, width)
+    for v in expert_bwd_extras(s, compute, int(tokens_per_expert.sum()), width).values():
+        total += v
+    return total
 
 
 def unsampleable(s, layer: int, exc: UnsampleableLaw) -> ScenarioError:
