@@ -25,7 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, BACKWARD_FACTOR, BF16_BYTES, RooflineCompute
+from hardware.compute import (
+    ATTENTION_CORE_BACKWARD_FACTOR,
+    BACKWARD_FACTOR,
+    BF16_BYTES,
+    GradientGemms,
+    RooflineCompute,
+)
 from hardware.presets import resolve_data_file
 from hardware.safe_yaml import quote, read_bytes_bounded
 from hardware.spec import GPUSpec
@@ -305,7 +311,7 @@ class Fp32Roofline(RooflineCompute):
         self._elem_bytes = ELEMENT_BYTES["fp32"]
 
 
-class CalibratedCompute:
+class CalibratedCompute(GradientGemms):
     """The RooflineCompute interface, timed by a calibration file's fit for one dtype."""
 
     def __init__(self, gpu: GPUSpec, dtype: str, path: Path, data: dict):
@@ -403,14 +409,6 @@ class CalibratedCompute:
         if not self._inside(f"wgrad gemm {rows}x{cols}", gemm_m=rows, gemm_nk=[cols, *ks]):
             return self.fallback.wgrad_s(ks, rows, cols)
         return float(np.sum([self._gemm_fit_s(rows, cols, int(k)) for k in ks]))
-
-    def gemm_bwd_s(self, m: int, n: int, k: int) -> float:
-        if m <= 0:
-            return 0.0
-        return self.gemm_s(m, k, n) + self.wgrad_s(np.array([m]), k, n)
-
-    def grouped_gemm_bwd_s(self, ms: np.ndarray, n: int, k: int) -> float:
-        return self.grouped_gemm_s(ms, k, n) + self.wgrad_s(ms, k, n)
 
     def memory_s(self, num_bytes: float) -> float:
         if num_bytes <= 0 or self.published:

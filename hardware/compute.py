@@ -21,7 +21,24 @@ ATTENTION_CORE_BACKWARD_FACTOR = 2.5
 BACKWARD_FACTOR = 2.0
 
 
-class RooflineCompute:
+class GradientGemms:
+    """A GEMM's backward in terms of a compute model's own gemm_s, grouped_gemm_s and wgrad_s: the
+    input gradient [m, n] x [n, k] (the forward's kernel at that shape) and the weight gradient over
+    the m tokens into the [k, n] weight (an MoE layer's experts: one K-grouped launch, each expert
+    over its own tokens). Shared by every compute model, the kernel counter included."""
+
+    def gemm_bwd_s(self, m: int, n: int, k: int) -> float:
+        """The backward of gemm_s(m, n, k)."""
+        if m <= 0:
+            return 0.0
+        return self.gemm_s(m, k, n) + self.wgrad_s(np.array([m]), k, n)
+
+    def grouped_gemm_bwd_s(self, ms: np.ndarray, n: int, k: int) -> float:
+        """The backward of grouped_gemm_s(ms, n, k)."""
+        return self.grouped_gemm_s(ms, k, n) + self.wgrad_s(ms, k, n)
+
+
+class RooflineCompute(GradientGemms):
     """Roofline time for the kernels an MoE transformer runs."""
 
     def __init__(self, gpu: GPUSpec, dtype: str = "bf16", shape_law: dict | None = None,
@@ -96,18 +113,6 @@ class RooflineCompute:
         flop = 2.0 * rows * cols * ks
         num_bytes = (rows + cols) * ks * self._elem_bytes + rows * cols * WGRAD_OUT_BYTES
         return float(self._roofline_s(flop, num_bytes).sum()) + self.gpu.kernel_launch_s
-
-    def gemm_bwd_s(self, m: int, n: int, k: int) -> float:
-        """The backward of gemm_s(m, n, k): the input gradient [m, n] x [n, k] (the forward's kernel
-        at that shape) and the weight gradient over the m tokens into the [k, n] weight."""
-        if m <= 0:
-            return 0.0
-        return self.gemm_s(m, k, n) + self.wgrad_s(np.array([m]), k, n)
-
-    def grouped_gemm_bwd_s(self, ms: np.ndarray, n: int, k: int) -> float:
-        """The backward of grouped_gemm_s(ms, n, k): the grouped input gradient, and one K-grouped
-        weight-gradient launch (each expert over its own ms[e] tokens)."""
-        return self.grouped_gemm_s(ms, k, n) + self.wgrad_s(ms, k, n)
 
     def memory_s(self, num_bytes: float) -> float:
         """A streaming kernel (permute, activation, norm) that moves num_bytes through HBM."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, BACKWARD_FACTOR, ffn_bwd_parts
+from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, BACKWARD_FACTOR, GradientGemms, ffn_bwd_parts
 from simulator.engine.program import FORWARD, Op
 from simulator.workload.build import dense_kernels, ffn_split
 
@@ -39,7 +39,7 @@ COLLECTIVE_LAUNCHES = 1.0  # one comm kernel per call (its host-side preparation
 LAUNCH_QUEUE = 1024
 
 
-class LaunchCount:
+class LaunchCount(GradientGemms):
     """The compute model's interface, counting kernels instead of timing them: every kernel the
     compute model would time with one launch counts 1 (0 when it has no work)."""
 
@@ -51,12 +51,6 @@ class LaunchCount:
 
     def wgrad_s(self, ks, rows, cols) -> float:
         return 1.0 if (np.asarray(ks) > 0).any() else 0.0
-
-    def gemm_bwd_s(self, m, n, k) -> float:  # input gradient + weight gradient
-        return 2.0 * self.gemm_s(m, n, k)
-
-    def grouped_gemm_bwd_s(self, ms, n, k) -> float:
-        return 2.0 * self.grouped_gemm_s(ms, n, k)
 
     def memory_s(self, num_bytes) -> float:
         return 1.0 if num_bytes > 0 else 0.0
