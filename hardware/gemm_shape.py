@@ -101,34 +101,33 @@ def predict(rows: list[dict], params: dict, num_sms: int, in_bytes: float) -> np
     return np.array([grouped_time_s(ms, n, k, params, num_sms, in_bytes) for ms, n, k in shapes])
 
 
-def fit_shape_law(rows: list[dict], num_sms: int, in_bytes: float) -> dict:
-    """The four numbers, least squares in log time over the table's rows (scipy)."""
+def _fit_in_log_time(rows: list[dict], predicted, unpack, x0: list[float], low: list[float],
+                     high: list[float]) -> dict:
+    """Least squares in log time (scipy) of predicted(params) against a published table's measured
+    seconds, params = unpack(x); the fitted numbers with their median and worst relative error."""
     from scipy.optimize import least_squares
 
     _, measured = table_rows(rows)
+    result = least_squares(lambda x: np.log(predicted(unpack(x)) / measured), x0=x0, bounds=(low, high))
+    params = unpack(result.x)
+    errors = predicted(params) / measured - 1
+    return {**{key: float(v) for key, v in params.items()},
+            "median_abs_error": float(np.median(np.abs(errors))), "max_abs_error": float(np.max(np.abs(errors)))}
 
+
+def fit_shape_law(rows: list[dict], num_sms: int, in_bytes: float) -> dict:
+    """The four numbers, least squares in log time over the table's rows (scipy)."""
     def unpack(x):
         return {"flop_per_s": x[0] * 1e12, "k_half": x[1], "bytes_per_s": x[2] * 1e9, "overhead_s": x[3] * 1e-6}
 
-    def residuals(x):
-        return np.log(predict(rows, unpack(x), num_sms, in_bytes) / measured)
-
-    result = least_squares(residuals, x0=[1400.0, 500.0, 2800.0, 3.0],
-                           bounds=([100.0, 0.0, 100.0, 0.0], [5000.0, 10000.0, 10000.0, 100.0]))
-    params = unpack(result.x)
-    errors = predict(rows, params, num_sms, in_bytes) / measured - 1
-    return {**{key: float(v) for key, v in params.items()},
-            "median_abs_error": float(np.median(np.abs(errors))), "max_abs_error": float(np.max(np.abs(errors)))}
+    return _fit_in_log_time(rows, lambda params: predict(rows, params, num_sms, in_bytes), unpack,
+                            [1400.0, 500.0, 2800.0, 3.0], [100.0, 0.0, 100.0, 0.0], [5000.0, 10000.0, 10000.0, 100.0])
 
 
 def fit_wgrad_law(rows: list[dict], law: dict, num_sms: int, in_bytes: float) -> dict:
     """The wgrad law: the rate and k_half fitted in log time to a weight-gradient table (rows:
     groups, m, n = the output shape, k = tokens), the HBM rate and overhead kept from `law` (the
     forward fit's): every shape of the table is compute-bound, so it cannot tell them."""
-    from scipy.optimize import least_squares
-
-    _, measured = table_rows(rows)
-
     def unpack(x):
         return {"flop_per_s": x[0] * 1e12, "k_half": x[1], "bytes_per_s": law["bytes_per_s"],
                 "overhead_s": law["overhead_s"]}
@@ -137,12 +136,7 @@ def fit_wgrad_law(rows: list[dict], law: dict, num_sms: int, in_bytes: float) ->
         return np.array([wgrad_time_s([r["k"]] * r.get("groups", 1), r["m"], r["n"], params, num_sms, in_bytes)
                          for r in rows])
 
-    result = least_squares(lambda x: np.log(predicted(unpack(x)) / measured), x0=[1400.0, 500.0],
-                           bounds=([100.0, 0.0], [5000.0, 1e5]))
-    params = unpack(result.x)
-    errors = predicted(params) / measured - 1
-    return {**{key: float(v) for key, v in params.items()},
-            "median_abs_error": float(np.median(np.abs(errors))), "max_abs_error": float(np.max(np.abs(errors)))}
+    return _fit_in_log_time(rows, predicted, unpack, [1400.0, 500.0], [100.0, 0.0], [5000.0, 1e5])
 
 
 def transfer(params: dict, rate_at_shape: float, shape: tuple[int, int, int], num_sms: int,
@@ -188,12 +182,16 @@ STAS00_BF16 = {"tflops": 794.5, "shape": (2048, 2048, 13312),
 H100_SMS = 132
 
 
+def _table(rows: tuple) -> list[dict]:
+    return [{"groups": g, "m": m, "n": n, "k": k, "tflops": t} for g, m, n, k, t in rows]
+
+
 def deepgemm_rows() -> list[dict]:
-    return [{"groups": g, "m": m, "n": n, "k": k, "tflops": t} for g, m, n, k, t in DEEPGEMM_FP8_H800]
+    return _table(DEEPGEMM_FP8_H800)
 
 
 def deepgemm_wgrad_rows() -> list[dict]:
-    return [{"groups": g, "m": m, "n": n, "k": k, "tflops": t} for g, m, n, k, t in DEEPGEMM_WGRAD_FP8_H800]
+    return _table(DEEPGEMM_WGRAD_FP8_H800)
 
 
 def published_laws(peak_bf16: float = 989e12, peak_fp8: float = 1979e12) -> dict:

@@ -56,7 +56,6 @@ def max_min_levels(entry_flow: np.ndarray, entry_port: np.ndarray, entry_weight:
     return rates, num_levels
 
 
-
 def resolve_reached(entry_flow: np.ndarray, entry_port: np.ndarray, entry_weight: np.ndarray,
                     capacity: np.ndarray, rates: np.ndarray, cap: np.ndarray, reached: np.ndarray) -> int:
     """Re-solve, in place in `rates`, only the `reached` flows: max-min fair shares decompose over

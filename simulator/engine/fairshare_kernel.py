@@ -75,7 +75,6 @@ def progressive_filling(entry_flow, entry_port, entry_weight, residual, num_flow
     return rates, levels
 
 
-
 @njit(cache=True)
 def component_labels(entry_flow, entry_port, num_flows, num_ports):
     """The connected components of the flow-port graph (flows joined by the ports they share):
