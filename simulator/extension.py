@@ -1,7 +1,8 @@
 """A pipeline step of many micro-batches from two shorter ones, by the schedule's structure.
 
 Once every stage is in its steady state (1F1B, interleaved and DualPipe all reach one after their
-warm-up), each further micro-batch (DualPipe: pair of micro-batches; interleaved: group of p)
+warm-up; a single stage accumulating gradients, or pairing a forward with the previous backward,
+after its first micro-batch), each further micro-batch (DualPipe: pair of micro-batches; interleaved: group of p)
 adds the same work to every stage, while the warm-up, cool-down and the update (gradient sync,
 optimizer) do not change. So the step is linear in the micro-batches past the warm-up: epsim
 simulates two steps of m1 < m2 micro-batches whole and extends the additive quantities (step
@@ -25,14 +26,19 @@ AUTO_WORK = 20_000
 def sample_micro_batches(s) -> tuple[int, int] | None:
     """(m1, m2) to simulate instead of the scenario's m, or None to simulate it whole."""
     par, m, mode = s.parallel, s.workload.micro_batches, s.workload.extend_micro_batches
-    if par.pp_size == 1 or s.workload.mode != "train" or mode == "never":
+    if s.workload.mode != "train" or mode == "never":
+        return None
+    # one stage: gradient accumulation (sequential) and the paired forward / backward (dualpipe)
+    # repeat micro-batch by micro-batch; lockstep runs every micro-batch side by side, no repeat
+    if par.pp_size == 1 and s.pipeline.schedule not in ("sequential", "dualpipe"):
         return None
     layers = max(sum(len(c) for c in stage_layers(s, r)) for r in range(par.pp_size))
     if mode == "auto" and s.num_gpus * m * layers <= AUTO_WORK:
         return None
     p = par.pp_size
-    step = {"interleaved": p, "dualpipe": 2}.get(par.pp_schedule, 1)  # the schedule's repeat unit
-    first = {"interleaved": 2 * p, "dualpipe": 2 * p}.get(par.pp_schedule, p)  # warm-up done
+    name = par.pp_schedule if p > 1 else "1f1b"  # one stage: a micro-batch's forward, then its backward
+    step = {"interleaved": p, "dualpipe": 2}.get(name, 1)  # the schedule's repeat unit
+    first = {"interleaved": 2 * p, "dualpipe": 2 * p}.get(name, p)  # warm-up done
     m1 = first + STEADY_MARGIN * step
     m2 = m1 + SLOPE_SPAN * step
     if m <= m2 + step:  # nothing to gain

@@ -42,6 +42,32 @@ def test_the_extension_holds_with_the_host_model_hidden_or_host_bound(name, host
     assert extended["host"]["launches_per_gpu"] == pytest.approx(whole["host"]["launches_per_gpu"], rel=0.01)
 
 
+def one_stage(overlap, m, extend):
+    return make_scenario(hardware={"nodes": 2, "gpus_per_node": 4}, model={"num_layers": 4},
+                         parallel={"ep_size": 8}, workload={"micro_batches": m, "extend_micro_batches": extend},
+                         pipeline={"chunks": 1, "overlap": overlap})
+
+
+@pytest.mark.parametrize("overlap, schedule", [("none", "sequential"), ("three_stream", "dualpipe")])
+def test_one_stage_accumulating_gradients_extends_like_a_pipeline(overlap, schedule):
+    # PP = 1 with gradient accumulation repeats micro-batch by micro-batch too
+    whole, _, _ = simulate_scenario(one_stage(overlap, 12, "never"))
+    s = one_stage(overlap, 12, "always")
+    assert s.pipeline.schedule == schedule
+    assert sample_micro_batches(s) == (3, 7)
+    extended, _, _ = simulate_scenario(s)
+    assert extended["step_time_s"] == pytest.approx(whole["step_time_s"], rel=0.01)
+    assert extended["collectives"]["dispatch"]["count"] == whole["collectives"]["dispatch"]["count"]
+    assert extended["memory_per_gpu"] == whole["memory_per_gpu"]
+    assert "3 and 7 of the step's 12" in extended["provenance"]["simulated"]
+
+
+def test_lockstep_micro_batches_are_simulated_whole():
+    s = make_scenario(workload={"micro_batches": 12, "extend_micro_batches": "always"},
+                      pipeline={"schedule": "lockstep"})
+    assert sample_micro_batches(s) is None
+
+
 def test_auto_simulates_small_steps_whole():
     assert sample_micro_batches(layout("1f1b", 16, "auto")) is None
     assert sample_micro_batches(layout("1f1b", 16, "always")) is not None

@@ -85,6 +85,7 @@ class Run(UpdateProcesses):
             pp_where[members, 0], pp_where[members, 1] = g, np.arange(len(members))
         self.pp_where = pp_where
         self.dualpipe = s.pipeline.schedule == "dualpipe"
+        self.sequential = s.pipeline.schedule == "sequential"
         self.forward_done: dict = {}  # dualpipe: (gpu, mb, chunk) -> event, set when that forward ends
         self.collectives: dict[CollectiveId, Collective] = {}
         self.all_to_all = algorithm(s.network.all_to_all)
@@ -111,10 +112,13 @@ class Run(UpdateProcesses):
         lockstep: op by op, and inside an op the chains in (micro-batch, chunk) order.
         dualpipe: forward of micro-batch m paired with backward of m-1 (DeepSeek's DualPipe steady
         state); inside a pair, op by op, forward before backward.
+        sequential: micro-batch by micro-batch, its forward then its backward.
         Every op's predecessors in its own chain sort before it, so no stream waits on a later one.
         """
         if self.dualpipe:
             return (mb + phase, k, phase, chunk)
+        if self.sequential:
+            return (mb, phase, k, chunk)
         return (phase * len(program.phases[0]) + k, 0, mb, chunk)
 
     def stream_order(self, program: Program) -> dict:

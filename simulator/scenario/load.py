@@ -275,14 +275,17 @@ def build_scenario(data: dict) -> Scenario:
 def resolve_schedule(sections: dict):
     """pipeline.schedule auto: what the frameworks pair. A training step on one stage pairs the
     forward of micro-batch m with the backward of m-1 (Megatron-Core's 1F1B all-to-all overlap,
-    DeepSeek's DualPipe); serving runs its micro-batches side by side (two-batch overlap); with PP
-    the stage schedule is parallel.pp_schedule's."""
+    DeepSeek's DualPipe) where its streams overlap, and without overlap accumulates gradients
+    micro-batch after micro-batch (Megatron-Core's forward_backward_no_pipelining); serving runs its
+    micro-batches side by side (two-batch overlap); with PP the stage schedule is parallel.pp_schedule's."""
     pipe, w = sections["pipeline"], sections["workload"]
     if pipe.schedule != "auto":
         return pipe
-    pairs = (w.mode == "train" and w.scope == "model" and pipe.overlap == "three_stream"
-             and sections["parallel"].pp_size == 1 and w.micro_batches > 1)
-    return pipe.model_copy(update={"schedule": "dualpipe" if pairs else "lockstep"})
+    accumulates = (w.mode == "train" and w.scope == "model" and sections["parallel"].pp_size == 1
+                   and w.micro_batches > 1)
+    if not accumulates:
+        return pipe.model_copy(update={"schedule": "lockstep"})
+    return pipe.model_copy(update={"schedule": "dualpipe" if pipe.overlap == "three_stream" else "sequential"})
 
 
 def with_model_group_limit(s: Scenario) -> Scenario:

@@ -165,8 +165,9 @@ def logits_bytes(s: Scenario, layers=None) -> float:
 
 def micro_batches_in_flight(s: Scenario) -> int:
     """Micro-batches whose activations are held at once: lockstep runs every forward before any
-    backward; dualpipe holds the one whose backward runs beside the next one's forward."""
-    if s.workload.mode != "train":
+    backward; dualpipe holds the one whose backward runs beside the next one's forward; sequential
+    frees a micro-batch's activations in its backward, before the next forward."""
+    if s.workload.mode != "train" or s.pipeline.schedule == "sequential":
         return 1
     if s.pipeline.schedule == "dualpipe":
         return min(2, s.workload.micro_batches)

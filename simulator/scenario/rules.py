@@ -186,6 +186,9 @@ def check_layout(s: Scenario) -> None:
     if s.workload.tokens_per_gpu < s.pipeline.chunks:
         raise ScenarioError("pipeline.chunks", s.pipeline.chunks,
                             f"must be <= workload.tokens_per_gpu={s.workload.tokens_per_gpu}")
+    if s.pipeline.schedule == "sequential" and s.workload.mode != "train":
+        raise ScenarioError("pipeline.schedule", "sequential",
+                            "runs each micro-batch's forward then its backward: needs workload.mode=train")
     if s.pipeline.schedule == "dualpipe" and (s.workload.mode != "train" or s.pipeline.overlap != "three_stream"):
         raise ScenarioError("pipeline.schedule", "dualpipe",
                             "pairs a forward with a backward: needs workload.mode=train and pipeline.overlap=three_stream")

@@ -264,9 +264,11 @@ class PipelineSection(_Section):
     chunks: int = Field(default=2, gt=0, le=1 << 16)  # also <= tokens_per_gpu (rules.py)
     # lockstep: micro-batches run forward, then backward, side by side; dualpipe: the forward of
     # micro-batch m overlaps the backward of m-1 (DeepSeek-V3's DualPipe steady state, Megatron-Core's
-    # 1F1B all-to-all overlap); auto: dualpipe where a single stage trains with overlapping
-    # streams, lockstep otherwise (serving's two-batch overlap, PP, overlap none)
-    schedule: Literal["auto", "lockstep", "dualpipe"] = "auto"
+    # 1F1B all-to-all overlap); sequential: each micro-batch's forward then its backward, one at a
+    # time (gradient accumulation, Megatron-Core's forward_backward_no_pipelining); auto: dualpipe
+    # where a single stage trains with overlapping streams, sequential where it trains without,
+    # lockstep otherwise (serving's two-batch overlap, PP)
+    schedule: Literal["auto", "lockstep", "dualpipe", "sequential"] = "auto"
 
 
 SECTIONS = {
