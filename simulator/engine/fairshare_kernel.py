@@ -126,3 +126,31 @@ def component_labels(entry_flow, entry_port, num_flows, num_ports):
                         tail += 1
         label += 1
     return flow_label, port_label
+
+
+@njit(cache=True)
+def drop_flows(finished, entry_flow, entry_port, entry_weight, dirty, port_entries):
+    """The entries of the flows still running (not `finished`), in their order, with their flows
+    renumbered in order (a finished flow's index is taken by the next one); the finished flows'
+    ports marked in `dirty` and their entries taken off `port_entries`, in place. One pass."""
+    num_flows = finished.shape[0]
+    remap = np.empty(num_flows, np.int64)
+    kept = 0
+    for f in range(num_flows):
+        remap[f] = kept
+        if not finished[f]:
+            kept += 1
+    n = entry_flow.shape[0]
+    flow = np.empty(n, np.int64)
+    port = np.empty(n, np.int64)
+    weight = np.empty(n)
+    k = 0
+    for i in range(n):
+        f, p = entry_flow[i], entry_port[i]
+        if finished[f]:
+            dirty[p] = True
+            port_entries[p] -= 1
+        else:
+            flow[k], port[k], weight[k] = remap[f], p, entry_weight[i]
+            k += 1
+    return flow[:k].copy(), port[:k].copy(), weight[:k].copy()

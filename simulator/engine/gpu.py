@@ -12,6 +12,7 @@ from collections import deque
 from typing import NamedTuple
 
 import simpy
+from simpy.events import PENDING
 
 from simulator.engine.program import OpId
 
@@ -50,6 +51,29 @@ class Stream:
             self.waiters.popleft().succeed()  # handed straight to the next caller
         else:
             self.busy = False
+
+
+class FirstOf(simpy.Event):
+    """Succeeds once either of two events is processed: simpy's `a | b` in the same event order
+    (scheduled from inside the first one's callbacks), without the Condition's value bookkeeping,
+    which was a fifth of a compute op's cost; which of them was processed, the waiter reads off
+    the events (`callbacks is None`), as `a | b`'s value lists them. Its callback is taken off the
+    other."""
+
+    def __init__(self, env: simpy.Environment, a: simpy.Event, b: simpy.Event):
+        self.env, self.callbacks, self._value = env, [], PENDING
+        self._a, self._b, self._fire_cb = a, b, self._fire
+        a.callbacks.append(self._fire_cb)
+        b.callbacks.append(self._fire_cb)
+
+    def _fire(self, event: simpy.Event) -> None:
+        if self._value is not PENDING:
+            return
+        other = self._b if event is self._a else self._a
+        if other.callbacks is not None:
+            other.callbacks.remove(self._fire_cb)
+        self._ok, self._value = True, None
+        self.env.schedule(self)
 
 
 class GPU:
@@ -100,8 +124,8 @@ class GPU:
             rate = self.compute_rate
             t0 = self.env.now
             finish = self.env.timeout(remaining / rate)
-            result = yield finish | self._rate_changed
-            if finish in result:
+            yield FirstOf(self.env, finish, self._rate_changed)
+            if finish.callbacks is None:  # processed (also when the rate changed first at that instant: `a | b`'s value)
                 break
             remaining -= (self.env.now - t0) * rate
         self.intervals.append(Interval(COMPUTE, start, self.env.now, op))

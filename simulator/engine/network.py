@@ -22,7 +22,7 @@ import simpy
 
 from hardware.topology import Topology
 from simulator.engine.fairshare import SolverStalled, resolve_reached
-from simulator.engine.fairshare_kernel import component_labels
+from simulator.engine.fairshare_kernel import component_labels, drop_flows
 
 COALESCE = 1e-3
 UPDATE_SLACK = 16  # updates allowed beyond 2 x (batches + flows): a margin, never needed
@@ -161,17 +161,12 @@ class Network:
                             f"{self.update_bound}); in flight: {self._describe_active()}", self._active())
 
     def _finish(self, finished: np.ndarray, now: float) -> None:
-        gone = self._e_port[finished[self._e_flow]]
-        self._dirty[gone] = True  # the others through these ports speed up
-        self._port_entries -= np.bincount(gone, minlength=len(self.capacity))
+        # the finished flows' ports are dirty (the others through them speed up)
+        self._e_flow, self._e_port, self._e_weight = drop_flows(finished, self._e_flow, self._e_port, self._e_weight,
+                                                                self._dirty, self._port_entries)
         done_batches = self._batch_of[finished]
         done_local = self._local[finished]
         keep = ~finished
-        remap = np.cumsum(keep) - 1
-        entry_keep = keep[self._e_flow]
-        self._e_flow = remap[self._e_flow[entry_keep]]
-        self._e_port = self._e_port[entry_keep]
-        self._e_weight = self._e_weight[entry_keep]
         self._remaining = self._remaining[keep]
         self._rate = self._rate[keep]
         self._cap = self._cap[keep]
