@@ -300,8 +300,10 @@ def data_parallel_provenance(s) -> str:
     bucket = f"{t.grad_bucket_params:,}" if t.grad_bucket_params else "Megatron's max(40M, 1M x DP)"
     overlap = "overlapped with the backward" if t.grad_overlap and s.pipeline.overlap == "three_stream" \
         else "after the whole backward"
+    algorithm = ("rings" if t.distributed_optimizer or s.network.allreduce_algorithm == "ring"
+                 else "double binary trees (a chain inside each node)")
     return (f"gradient {sync} in {t.grad_reduce_dtype}, buckets of {bucket} parameters of whole layers, "
-            f"{overlap}; NCCL-style rings over dense DP {s.ranks.dp_size} and expert DP {s.ranks.expert_dp_size} "
+            f"{overlap}; NCCL-style {algorithm} over dense DP {s.ranks.dp_size} and expert DP {s.ranks.expert_dp_size} "
             f"holding {s.cluster.nccl_sms} SMs; {'a gradient-norm pass (clipping) and ' if t.grad_clipping else ''}"
             f"Adam step memory-bound at {adam_bytes_per_param(s)} B per parameter over "
             f"{'the DP shard' if t.distributed_optimizer else 'all local parameters'}")

@@ -2,6 +2,7 @@
 form, ZeRO-1, overlap with the backward, and the optimizer step."""
 import numpy as np
 import pytest
+import simpy
 
 from hardware.topology import Topology
 from simulator.engine import Run, simulate
@@ -15,11 +16,11 @@ from tests.conftest import make_scenario
 GB = 1e9
 
 
-def ring_time_s(env, topo, op, gpus, num_bytes, setup_s=0.0):
+def ring_time_s(env, topo, op, gpus, num_bytes, setup_s=0.0, algorithm="ring"):
     """Run one ring collective alone on an idle network; returns its time on every member."""
     net = Network(env, topo)
     gpus = np.asarray(gpus)
-    coll = Collective(env, net, gpus, lambda: ring_paths(op, gpus, num_bytes, topo), True, setup_s)
+    coll = Collective(env, net, gpus, lambda: ring_paths(op, gpus, num_bytes, topo, algorithm), True, setup_s)
     for i in range(len(gpus)):
         coll.arrive(i)
     env.run()
@@ -65,6 +66,50 @@ def test_ring_over_whole_nodes_is_bound_by_the_slower_of_nvlink_and_the_nic_shar
                       2 * 1 / 2 * size / 8 / spec.ib.achievable_bytes_per_s)
     latency_s = 2 * (7 * spec.nvlink.latency_s + 1 * spec.ib.latency_s)
     assert took == pytest.approx(np.full(16, bandwidth_s + latency_s), rel=1e-9)
+
+
+def test_tree_all_reduce_over_nodes_has_the_rings_bandwidth_and_logarithmic_latency(env):
+    # NCCL's double binary tree over 16 nodes of one GPU each: 2 S through each NIC (the ring: 2 x 15/16 S),
+    # latency two passes of ceil(log2 16) = 4 IB hops (the ring: 15)
+    topo = Topology(make_scenario(hardware={"nodes": 16, "gpus_per_node": 8}).cluster)
+    gpus, size = np.arange(16) * 8, 0.5 * GB
+    ib = topo.spec.ib
+    tree = ring_time_s(env, topo, "allreduce", gpus, size, algorithm="tree")
+    assert tree == pytest.approx(np.full(16, 2 * size / ib.achievable_bytes_per_s + 2 * 4 * ib.latency_s), rel=1e-9)
+    ring = ring_time_s(simpy.Environment(), topo, "allreduce", gpus, size)
+    assert ring == pytest.approx(np.full(16, 2 * 15 / 16 * size / ib.achievable_bytes_per_s + 2 * 15 * ib.latency_s),
+                                 rel=1e-9)
+    # a small buffer is latency-bound: there the tree is the faster
+    small_tree = ring_time_s(simpy.Environment(), topo, "allreduce", gpus, 1e3, algorithm="tree")
+    small_ring = ring_time_s(simpy.Environment(), topo, "allreduce", gpus, 1e3)
+    assert small_tree[0] < small_ring[0] / 2
+
+
+def test_tree_is_the_ring_inside_one_node_and_leaves_reduce_scatter_a_ring():
+    topo = Topology(make_scenario(hardware={"nodes": 2, "gpus_per_node": 8}).cluster)
+    for op, gpus in (("allreduce", np.arange(8)), ("reducescatter", np.arange(16)), ("allgather", np.arange(16))):
+        ring, tree = ring_paths(op, gpus, GB, topo), ring_paths(op, gpus, GB, topo, "tree")
+        assert np.array_equal(ring.entry_port, tree.entry_port)
+        assert np.array_equal(ring.entry_bytes, tree.entry_bytes)
+        assert np.array_equal(ring.pair_latency_s, tree.pair_latency_s)
+    # over whole nodes: the chain's NVLink bytes are the ring's, each member's NIC carries 2 S / k
+    paths = ring_paths("allreduce", np.arange(16), GB, topo, "tree")
+    load = np.bincount(paths.entry_port, paths.entry_bytes, minlength=topo.num_ports)
+    assert load[topo.nvl_out(0)] == pytest.approx(2 * 7 / 8 * GB)
+    assert load[topo.nic_out(np.arange(16))] == pytest.approx(np.full(16, 2 * GB / 8))
+
+
+def test_allreduce_algorithm_reaches_the_gradient_sync_and_its_provenance():
+    base = dict(hardware={"nodes": 4, "gpus_per_node": 4}, parallel={"ep_size": 4}, pipeline={"chunks": 1})
+    ring = summarize(simulate(make_scenario(**base)))
+    tree = summarize(simulate(make_scenario(**base, network={"allreduce_algorithm": "tree"})))
+    assert "double binary trees" in tree["provenance"]["data_parallel"]
+    assert "rings" in ring["provenance"]["data_parallel"]
+    # dense DP 16 over four nodes: each member's NIC carries 2 S / k, the ring's 2 x 3/4 S / k; NVLink the same
+    t, r = tree["collectives"]["grad_allreduce"], ring["collectives"]["grad_allreduce"]
+    assert t["mean_ib_bytes_per_gpu"] == pytest.approx(r["mean_ib_bytes_per_gpu"] * 4 / 3, rel=1e-12)
+    assert t["mean_nvlink_bytes_per_gpu"] == pytest.approx(r["mean_nvlink_bytes_per_gpu"], rel=1e-12)
+    assert t["mean_time_s"] != r["mean_time_s"]
 
 
 def test_buckets_fill_in_backward_order_until_they_hold_the_bucket_size():

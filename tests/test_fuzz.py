@@ -75,10 +75,10 @@ SECTIONS = {
     "network": _some(
         all_to_all=st.sampled_from(["direct", "hierarchical", "low_latency"]),
         dispatch_dtype=st.sampled_from(["fp8", "bf16"]), combine_dtype=st.sampled_from(["fp8", "bf16"]),
-        comm_sms=st.integers(0, 40)),
+        comm_sms=st.integers(0, 40), allreduce_algorithm=st.sampled_from(["ring", "tree"])),
     "pipeline": _some(
         overlap=st.sampled_from(["none", "three_stream"]), chunks=st.integers(1, 4),
-        schedule=st.sampled_from(["auto", "lockstep", "dualpipe"])),
+        schedule=st.sampled_from(["auto", "lockstep", "dualpipe", "sequential"])),
 }
 # one hostile value for a random key of any section, in about a quarter of the inputs
 HOSTILE = st.sampled_from([-1, 0, 1e300, float("nan"), float("inf"), "x", None, True, 10**30, [1], {"a": 1}])
@@ -90,8 +90,8 @@ HOSTILE_KEYS = {
     "training": ["global_batch_size", "recompute", "micro_batch_size"],
     "workload": ["tokens_per_gpu", "seq_len", "micro_batches", "mode"],
     "routing": ["zipf_alpha", "seed", "max_nodes_per_token", "distribution", "dirichlet_concentration"],
-    "network": ["comm_sms", "all_to_all"],
-    "pipeline": ["chunks", "overlap"],
+    "network": ["comm_sms", "all_to_all", "allreduce_algorithm"],
+    "pipeline": ["chunks", "overlap", "schedule"],
 }
 HOSTILE_KEY = st.sampled_from([f"{section}.{key}" for section, keys in HOSTILE_KEYS.items() for key in keys])
 

@@ -12,13 +12,27 @@ for N nodes; the two add up to 2 (n - 1) / n x S (resp. (n - 1) / n x S) with n 
 intra-node hop goes to the next member on the same node, an inter-node hop to the member of the
 same position on the next node (through the spine when the rails differ).
 
-A ring moves in lock-step: every member forwards what it received a moment ago, so it progresses at
+NCCL's tree all-reduce (`network.allreduce_algorithm: tree`; NCCL 2.4's double binary trees,
+S. Jeaugey, "Massively Scale Your Deep Learning Training with NCCL 2.4", NVIDIA developer blog,
+2019): inside a node a chain through its k members, between nodes two binary trees over the N
+nodes, each carrying half the buffer, in which every node is interior in one tree and a leaf in the
+other. Reducing up and broadcasting down, an interior node sends S/2 up and 2 x S/2 down in its
+tree, a leaf S/2 up in the other: 2 S per node over its NICs, which NCCL's channels spread over the
+members (2 S / k each, against the ring's 2 (N - 1) / N x S / k), and the chain's k - 1 links carry
+S each way, 2 (k - 1) / k x S per member over NVLink as in the ring. Its latency is two passes of
+the chain's k - 1 NVLink hops and the trees' depth, ceil(log2 N) IB hops, instead of the ring's
+N - 1: the same bandwidth, logarithmic latency. NCCL implements trees for all-reduce only;
+reduce-scatter and all-gather stay rings.
+
+A ring (or a pipelined tree) moves in lock-step: every member forwards what it received a moment ago, so it progresses at
 the rate of its slowest link. epsim therefore makes the whole ring ONE flow whose entries are all
 its members' ports; max-min sharing then slows the ring wherever any of its links is contended
 (by another ring or by the all-to-all). The latency term is the ring's hop latencies, one pass for
 reduce-scatter and all-gather, two for all-reduce: (k - 1) NVLink hops and (N - 1) IB hops a pass.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -48,14 +62,19 @@ def ring_layout(gpus: np.ndarray, topo: Topology) -> tuple[np.ndarray, np.ndarra
     return intra, inter, k, num_nodes
 
 
-def ring_paths(op: str, gpus: np.ndarray, num_bytes: float, topo: Topology) -> Paths:
-    """The ring collective `op` of a num_bytes buffer over `gpus`, as one flow (index 0)."""
+def ring_paths(op: str, gpus: np.ndarray, num_bytes: float, topo: Topology, algorithm: str = "ring") -> Paths:
+    """The ring collective `op` of a num_bytes buffer over `gpus`, as one flow (index 0); an
+    all-reduce with algorithm "tree" as NCCL's double binary tree (module docstring)."""
     passes = PASSES[op]
+    tree = algorithm == "tree" and op == "allreduce"
     intra, inter, k, num_nodes = ring_layout(gpus, topo)
     n = len(gpus)
     members = np.arange(n)
     nvlink_bytes = passes * (k - 1) / k * num_bytes
-    nic_bytes = passes * (num_nodes - 1) / num_nodes * num_bytes / k
+    if tree:
+        nic_bytes = passes * num_bytes / k if num_nodes > 1 else 0.0
+    else:
+        nic_bytes = passes * (num_nodes - 1) / num_nodes * num_bytes / k
     ports, nbytes = [], []
     if nvlink_bytes > 0:
         ports += [topo.nvl_out(gpus), topo.nvl_in(gpus[intra])]
@@ -77,7 +96,8 @@ def ring_paths(op: str, gpus: np.ndarray, num_bytes: float, topo: Topology) -> P
     spec = topo.spec
     hop_ib = spec.ib.latency_s if (topo.rail_of(gpus) == topo.rail_of(gpus[inter])).all() \
         else spec.ib_cross_rail_latency_s
-    latency = passes * ((k - 1) * spec.nvlink.latency_s + (num_nodes - 1) * hop_ib)
+    ib_hops = math.ceil(math.log2(num_nodes)) if tree else num_nodes - 1  # a tree's depth, a ring's length
+    latency = passes * ((k - 1) * spec.nvlink.latency_s + ib_hops * hop_ib)
     if not len(port):  # nothing to move (an expert-TP group whose GPUs hold no expert): no flow, no wait
         empty = np.zeros(0, dtype=np.int64)
         return Paths(empty, empty, np.zeros(0), empty, empty, np.zeros(0))

@@ -248,7 +248,9 @@ class Run(UpdateProcesses):
         coll = self.collectives.get(cid)
         if coll is None:
             op, size = COLLECTIVES[cid.kind].op, num_bytes()
-            coll = Collective(self.env, self.network, members, lambda: ring_paths(op, members, size, self.topology),
+            algorithm = self.s.network.allreduce_algorithm
+            coll = Collective(self.env, self.network, members,
+                              lambda: ring_paths(op, members, size, self.topology, algorithm),
                               True, self.s.cluster.gpu.kernel_launch_s, keep_paths=self.keep_paths)
             self.collectives[cid] = coll
         return coll

@@ -225,6 +225,10 @@ class NetworkSection(_Section):
     dispatch_dtype: Literal["fp8", "bf16"] = "fp8"
     combine_dtype: Literal["fp8", "bf16"] = "bf16"
     comm_sms: int = Field(default=20, ge=0)
+    # the all-reduces' algorithm (gradients without ZeRO-1, TP without sequence parallel, DualPipe's
+    # mirror sums): NCCL's ring, or its double binary tree over nodes with a chain inside each node
+    # (same bytes per port, latency logarithmic in the nodes: simulator/engine/rings.py)
+    allreduce_algorithm: Literal["ring", "tree"] = "ring"
 
 
 RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "moe_act")
