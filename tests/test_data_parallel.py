@@ -197,3 +197,32 @@ def test_gradient_sync_shows_in_the_summary_per_kind_with_calls_per_gpu():
     dense, expert = summary["collectives"]["grad_allreduce"], summary["collectives"]["expert_grad_allreduce"]
     assert dense["count"] == 2 and expert["count"] == 2  # one bucket per layer, two layers
     assert dense["mean_time_s"] > 0 and expert["mean_bytes_per_gpu"] > 0
+
+
+def test_fp8_training_casts_every_held_gemm_weight_once_a_step():
+    # 5 B per weight: read BF16, write FP8 (+ a scale per 128x128 block), the transposed FP8 copy
+    from simulator.engine.data_parallel import WEIGHT_CAST_BYTES
+    s = make_scenario(workload={"gemm_dtype": "fp8"}, training={"distributed_optimizer": True})
+    run = Run(s)
+    r = run.simulate()
+    for gpu in (0, s.num_gpus - 1):
+        casts = [iv for iv in r.intervals[gpu] if iv.op.op == "weight_cast"]
+        assert len(casts) == 1
+        held = sum(b.num_params for b in run.programs[gpu].buckets)  # all it holds, not its ZeRO-1 shard
+        assert casts[0].end_s - casts[0].start_s == pytest.approx(
+            run.compute_model.memory_s(held * WEIGHT_CAST_BYTES), rel=1e-9)
+    assert WEIGHT_CAST_BYTES == pytest.approx(5.0, abs=1e-3)
+    assert summarize(r)["compute_by_kernel_class_s"]["quantisation"] > 0
+    bf16 = Run(make_scenario(training={"distributed_optimizer": True})).simulate()
+    assert not any(iv.op.op == "weight_cast" for ivs in bf16.intervals for iv in ivs)
+
+
+def test_embedding_and_lm_head_stay_bf16_in_the_weight_cast():
+    s = make_scenario(workload={"gemm_dtype": "fp8", "embedding_and_head": True})
+    run = Run(s)
+    program = run.programs[0]
+    held = sum(b.num_params for b in program.buckets)
+    vocab = 2 * s.model.vocab_params(1)  # PP = 1: the one stage holds the embedding and the head
+    from simulator.engine.data_parallel import WEIGHT_CAST_BYTES
+    assert run.dp.weight_cast_s(run.compute_model, program) == pytest.approx(
+        run.compute_model.memory_s((held - vocab) * WEIGHT_CAST_BYTES), rel=1e-12)

@@ -9,6 +9,13 @@ from simulator.scenario import Scenario
 from simulator.scenario.memory import MASTER_BYTES, WEIGHT_BYTES, optimizer_shards
 from simulator.wire import ELEMENT_BYTES
 
+# FP8 GEMMs' weights, cast once a step from the updated BF16 weights and cached across the
+# micro-batches (Transformer Engine's first-micro-batch cast; DeepSeek-V3's 128x128 weight blocks,
+# report 3.3): read BF16 (2 B), write FP8 (1 B) with an FP32 scale per 128 x 128 block, and the
+# transposed FP8 copy Hopper's FP8 GEMMs need for the input gradient (read 1 B, write 1 B; a 128 x 128
+# block keeps its scale). ASSUMED: the two passes are separate memory-bound kernels.
+WEIGHT_CAST_BYTES = 2 + 1 + 4 / (128 * 128) + 1 + 1
+
 
 def adam_bytes_per_param(s: Scenario) -> int:
     """Bytes Adam moves per parameter (Megatron's fused multi-tensor Adam, memory-bound): read the
@@ -46,6 +53,14 @@ class DataParallel:
         self.adam_bytes = adam_bytes_per_param(s)
         # global-norm clipping reads every gradient once more (the norm's all-reduce of one scalar: not simulated)
         self.clip_bytes = ELEMENT_BYTES[s.training.grad_reduce_dtype] if s.training.grad_clipping else 0
+        self.fp8 = s.workload.gemm_dtype == "fp8"
+        m = s.model
+        # the embedding and LM head stay BF16 in FP8 training (DeepSeek-V3 report 3.3.1; Transformer Engine
+        # runs FP8 in its Linear layers only): the weights a stage casts are its parameters less those
+        self.vocab = {0: 0, m.num_layers - 1: 0}
+        if s.workload.embedding_and_head and s.workload.scope == "model":
+            for layer in self.vocab:
+                self.vocab[layer] += m.vocab_params(s.parallel.tp_size)
 
     def group_of(self, group: str, gpu: int) -> tuple[int, int, np.ndarray]:
         g, rank = self.index[group][gpu]
@@ -54,6 +69,15 @@ class DataParallel:
     def shard_params(self, program: Program) -> float:
         """The parameters this GPU updates: its shard of each family with ZeRO-1, else all it holds."""
         return sum(b.num_params / self.shards[b.family] for b in program.buckets)
+
+    def weight_cast_s(self, compute, program: Program) -> float:
+        """FP8 training: the cast of every GEMM weight this GPU holds (all of them, not its ZeRO-1
+        shard: each GPU casts what it computes with), once a step (WEIGHT_CAST_BYTES); 0 in BF16."""
+        if not self.fp8:
+            return 0.0
+        layers = {layer for b in program.buckets for layer in b.layers}
+        params = sum(b.num_params for b in program.buckets) - sum(v for layer, v in self.vocab.items() if layer in layers)
+        return compute.memory_s(params * WEIGHT_CAST_BYTES)
 
     def optimizer_s(self, compute, program: Program) -> float:
         """Gradient clipping's norm and Adam over the parameters this GPU updates."""

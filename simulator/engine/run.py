@@ -497,6 +497,7 @@ class Run(UpdateProcesses):
             out["experts_bwd"] = ({cls: v / total_bwd for cls, v in experts_bwd.items()} if total_bwd > 0
                                   else out["experts"])
         out["optimizer"] = {"optimizer": 1.0}
+        out["weight_cast"] = {"quantisation": 1.0}
         return out
 
 

@@ -71,5 +71,9 @@ class UpdateProcesses:
             yield from self.mirror_allreduce(gpu, program)
         yield from self.gpus[gpu].compute(self.dp.optimizer_s(self.compute_model, program),
                                           OpId(-1, "optimizer", UPDATE, -1, -1))
+        # FP8: the updated weights cast for the next step's GEMMs (Transformer Engine casts them in the
+        # first micro-batch's forward, after ZeRO-1's gather: the same GPU time, placed here)
+        yield from self.gpus[gpu].compute(self.dp.weight_cast_s(self.compute_model, program),
+                                          OpId(-1, "weight_cast", UPDATE, -1, -1))
         if self.dp.distributed and not self.dp.gathers_before_forward:
             yield from self.gather_params(gpu)
