@@ -306,7 +306,8 @@ def data_parallel_provenance(s) -> str:
             f"{overlap}; NCCL-style {algorithm} over dense DP {s.ranks.dp_size} and expert DP {s.ranks.expert_dp_size} "
             f"holding {s.cluster.nccl_sms} SMs; {'a gradient-norm pass (clipping) and ' if t.grad_clipping else ''}"
             f"Adam step memory-bound at {adam_bytes_per_param(s)} B per parameter over "
-            f"{'the DP shard' if t.distributed_optimizer else 'all local parameters'}")
+            f"{'the DP shard' if t.distributed_optimizer else 'all local parameters'}"
+            f"{'; then every held GEMM weight cast to FP8 (and its transposed copy), once a step' if s.workload.gemm_dtype == 'fp8' else ''}")
 
 
 def memory_provenance(s) -> str:
