@@ -302,12 +302,13 @@ def data_parallel_provenance(s) -> str:
         else "after the whole backward"
     algorithm = ("rings" if t.distributed_optimizer or s.network.allreduce_algorithm == "ring"
                  else "double binary trees (a chain inside each node)")
+    cast = ("; then every held GEMM weight cast to FP8 (and its transposed copy), once a step"
+            if s.workload.gemm_dtype == "fp8" else "")
     return (f"gradient {sync} in {t.grad_reduce_dtype}, buckets of {bucket} parameters of whole layers, "
             f"{overlap}; NCCL-style {algorithm} over dense DP {s.ranks.dp_size} and expert DP {s.ranks.expert_dp_size} "
             f"holding {s.cluster.nccl_sms} SMs; {'a gradient-norm pass (clipping) and ' if t.grad_clipping else ''}"
             f"Adam step memory-bound at {adam_bytes_per_param(s)} B per parameter over "
-            f"{'the DP shard' if t.distributed_optimizer else 'all local parameters'}"
-            f"{'; then every held GEMM weight cast to FP8 (and its transposed copy), once a step' if s.workload.gemm_dtype == 'fp8' else ''}")
+            f"{'the DP shard' if t.distributed_optimizer else 'all local parameters'}{cast}")
 
 
 def memory_provenance(s) -> str:

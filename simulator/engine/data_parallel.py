@@ -76,7 +76,8 @@ class DataParallel:
         if not self.fp8:
             return 0.0
         layers = {layer for b in program.buckets for layer in b.layers}
-        params = sum(b.num_params for b in program.buckets) - sum(v for layer, v in self.vocab.items() if layer in layers)
+        vocab = sum(v for layer, v in self.vocab.items() if layer in layers)
+        params = sum(b.num_params for b in program.buckets) - vocab
         return compute.memory_s(params * WEIGHT_CAST_BYTES)
 
     def optimizer_s(self, compute, program: Program) -> float:

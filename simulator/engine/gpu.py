@@ -125,7 +125,7 @@ class GPU:
             t0 = self.env.now
             finish = self.env.timeout(remaining / rate)
             yield FirstOf(self.env, finish, self._rate_changed)
-            if finish.callbacks is None:  # processed (also when the rate changed first at that instant: `a | b`'s value)
+            if finish.callbacks is None:  # processed, even if the rate changed first that instant (as `a | b`)
                 break
             remaining -= (self.env.now - t0) * rate
         self.intervals.append(Interval(COMPUTE, start, self.env.now, op))
