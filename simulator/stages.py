@@ -37,7 +37,7 @@ def gpipe(p: int, m: int, v: int, rank: int) -> list[Task]:
 
 
 def one_f_one_b(p: int, m: int, v: int, rank: int) -> list[Task]:
-    warmup = min(p - rank - 1, m)
+    warmup = warmup_forwards("1f1b", p, m, v, rank)
     order = [Task(FWD, mb, 0) for mb in range(warmup)]
     for i in range(m - warmup):
         order += [Task(FWD, warmup + i, 0), Task(BWD, i, 0)]
@@ -56,7 +56,7 @@ def _interleaved_task(k: int, p: int, v: int, phase: str) -> Task:
 
 def interleaved(p: int, m: int, v: int, rank: int) -> list[Task]:
     total = m * v
-    warmup = min((p - rank - 1) * 2 + (v - 1) * p, total)
+    warmup = warmup_forwards("interleaved", p, m, v, rank)
     order = [_interleaved_task(k, p, v, FWD) for k in range(warmup)]
     for i in range(total - warmup):
         order += [_interleaved_task(warmup + i, p, v, FWD), _interleaved_task(i, p, v, BWD)]
@@ -107,15 +107,41 @@ def dualpipe_slots(p: int, m: int, rank: int) -> list[tuple[Task, ...]]:
 SCHEDULES = {"1f1b": one_f_one_b, "interleaved": interleaved, "gpipe": gpipe}
 
 
-def slots(name: str, p: int, m: int, v: int, rank: int) -> list[tuple[Task, ...]]:
-    """The rank's tasks in order, grouped into slots run together (DualPipe's pairs)."""
+def warmup_forwards(name: str, p: int, m: int, v: int, rank: int) -> int:
+    """The forwards a 1F1B rank runs before its first backward (interleaved: Megatron-Core's count)."""
+    if name == "interleaved":
+        return min((p - rank - 1) * 2 + (v - 1) * p, m * v)
+    return min(p - rank - 1, m)
+
+
+def slots(name: str, p: int, m: int, v: int, rank: int, paired: bool = False) -> list[tuple[Task, ...]]:
+    """The rank's tasks in order, grouped into slots run together (DualPipe's pairs). paired: the
+    interleaved schedule's steady-state steps, a forward and the backward after it, each run as one
+    slot with their ops interleaved, as Megatron-Core's EP all-to-all overlap does under PP (combined
+    1F1B, `overlap_moe_expert_parallel_comm`: the all-to-all of one hidden by the other's compute).
+    A step waits for both inputs and sends both outputs at its end, as Megatron's interleaved steady
+    state does (send_forward_backward_recv_forward_backward), so the pairs cannot wait on each other
+    across ranks: every rank has forwards to warm up with (v > 1). The warm-up forwards and
+    cool-down backwards stay alone, and a step whose backward is its own forward's (on the last
+    virtual stage) runs as two. The order of the tasks does not change."""
     if name == "dualpipe":
         return dualpipe_slots(p, m, rank)
     try:
         fn = SCHEDULES[name]
     except KeyError:
         raise KeyError(f"unknown pipeline schedule {name!r}; valid: {', '.join([*SCHEDULES, 'dualpipe'])}") from None
-    return [(t,) for t in fn(p, m, v, rank)]
+    order = fn(p, m, v, rank)
+    if not paired or name != "interleaved":
+        return [(t,) for t in order]
+    # the steady state's steps, (forward warm-up + i, backward i), each one slot; on the last
+    # virtual stage a step's backward can be its own forward's, which then run one after the other
+    warmup = warmup_forwards(name, p, m, v, rank)
+    end = len(order) - warmup  # the cool-down's backwards start here
+    out = [(t,) for t in order[:warmup]]
+    for i in range(warmup, end, 2):
+        f, b = order[i], order[i + 1]
+        out += [(f,), (b,)] if (f.micro_batch, f.chunk) == (b.micro_batch, b.chunk) else [(f, b)]
+    return out + [(t,) for t in order[end:]]
 
 
 def schedule(name: str, p: int, m: int, v: int, rank: int) -> list[Task]:

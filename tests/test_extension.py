@@ -71,3 +71,16 @@ def test_lockstep_micro_batches_are_simulated_whole():
 def test_auto_simulates_small_steps_whole():
     assert sample_micro_batches(layout("1f1b", 16, "auto")) is None
     assert sample_micro_batches(layout("1f1b", 16, "always")) is not None
+
+
+def test_the_paired_interleaved_schedule_extends_too():
+    # Megatron-Core's EP all-to-all overlap under PP repeats per group of p micro-batches like interleaved
+    def lay(extend):
+        return make_scenario(hardware={"nodes": 2, "gpus_per_node": 4}, model={"num_layers": 8},
+                             parallel={"ep_size": 4, "pp_size": 2, "vpp_size": 2, "pp_schedule": "interleaved"},
+                             workload={"micro_batches": 24, "extend_micro_batches": extend},
+                             pipeline={"chunks": 1, "schedule": "dualpipe"})
+    whole, _, _ = simulate_scenario(lay("never"))
+    extended, _, _ = simulate_scenario(lay("always"))
+    assert extended["step_time_s"] == pytest.approx(whole["step_time_s"], rel=0.01)
+    assert "8 and 16 of the step's 24" in extended["provenance"]["simulated"]

@@ -246,3 +246,39 @@ def test_a_pipeline_stage_split_unevenly_over_nodes_is_rejected():
     with pytest.raises(ScenarioError) as exc:
         make_scenario(hardware={"nodes": 3, "gpus_per_node": 4}, parallel={"ep_size": 1, "pp_size": 2})
     assert exc.value.key == "parallel.pp_size" and "whole nodes" in exc.value.rule
+
+
+# -- 1F1B with the EP all-to-all overlap (Megatron-Core's combined 1F1B) ---------------------------
+@pytest.mark.parametrize("name, p, m, v", [("interleaved", 4, 8, 2), ("interleaved", 8, 16, 4), ("interleaved", 2, 6, 3)])
+def test_paired_1f1b_keeps_the_order_and_pairs_only_independent_forward_backward(name, p, m, v):
+    from simulator.stages import slots
+    for rank in range(p):
+        paired = slots(name, p, m, v, rank, paired=True)
+        assert [t for slot in paired for t in slot] == schedule(name, p, m, v, rank)
+        for slot in paired:
+            if len(slot) == 2:  # one forward, one backward, of different (micro-batch, chunk)
+                assert {slot[0].phase, slot[1].phase} == {FWD, BWD}
+                assert (slot[0].micro_batch, slot[0].chunk) != (slot[1].micro_batch, slot[1].chunk)
+        if m > p:  # the steady state pairs
+            assert any(len(slot) == 2 for slot in paired)
+
+
+def test_paired_1f1b_hides_the_all_to_all_behind_the_other_micro_batch():
+    base = dict(hardware={"nodes": 2, "gpus_per_node": 4}, model={"num_layers": 8},
+                parallel={"ep_size": 4, "pp_size": 2, "vpp_size": 2, "pp_schedule": "interleaved"},
+                workload={"micro_batches": 8}, pipeline={"chunks": 1})
+    lock = make_scenario(**base)
+    assert lock.pipeline.schedule == "lockstep"  # Megatron's default: no overlap
+    pair = make_scenario(**{**base, "pipeline": {"chunks": 1, "schedule": "dualpipe"}})
+    a, b = summarize(simulate(lock)), summarize(simulate(pair))
+    assert b["step_time_s"] < a["step_time_s"]
+    assert b["breakdown_s"]["exposed_comm"] < a["breakdown_s"]["exposed_comm"]
+    assert b["model_flop_per_step"] == a["model_flop_per_step"]
+
+
+@pytest.mark.parametrize("pp_schedule", ["1f1b", "gpipe"])
+def test_paired_needs_the_interleaved_schedule(pp_schedule):
+    with pytest.raises(ScenarioError, match="pipeline.schedule"):
+        make_scenario(hardware={"nodes": 2, "gpus_per_node": 4}, model={"num_layers": 8},
+                      parallel={"ep_size": 4, "pp_size": 2, "pp_schedule": pp_schedule}, workload={"micro_batches": 4},
+                      pipeline={"schedule": "dualpipe"})

@@ -281,7 +281,8 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
                               if train else ())
                              for layers in chunks)
         forward = [op for fwd, _ in chunk_phases for op in fwd]
-        order = slots(par.pp_schedule, par.pp_size, s.workload.micro_batches, par.vpp_size, rank)
+        order = slots(par.pp_schedule, par.pp_size, s.workload.micro_batches, par.vpp_size, rank,
+                      paired=s.pipeline.schedule == "dualpipe")
         tasks = tuple(slot for slot in (tuple(t for t in slot if train or t.phase == FWD) for slot in order) if slot)
     backward = [op for _, bwd in chunk_phases for op in bwd] if chunk_phases else (
         parallel(backward_ops(base, recompute)) if train else [])

@@ -69,9 +69,14 @@ def check_pipeline(s: Scenario) -> None:
     if m.num_layers < p * v:
         raise ScenarioError("parallel.pp_size", p, f"x parallel.vpp_size={v} virtual stages need at least one layer "
                             f"each; model.num_layers={m.num_layers}")
-    if s.pipeline.schedule != "lockstep":
-        raise ScenarioError("pipeline.schedule", s.pipeline.schedule, "pairs micro-batches on a single stage; with "
-                            "parallel.pp_size > 1 the schedule is parallel.pp_schedule")
+    if s.pipeline.schedule == "dualpipe" and par.pp_schedule != "interleaved":
+        raise ScenarioError("pipeline.schedule", "dualpipe", f"with parallel.pp_size > 1 pairs the interleaved "
+                            f"schedule's steady-state forwards and backwards (Megatron-Core's EP all-to-all overlap "
+                            f"under PP; its warm-up keeps the pairs from waiting on each other): needs "
+                            f"parallel.pp_schedule=interleaved, not {par.pp_schedule}")
+    if s.pipeline.schedule not in ("lockstep", "dualpipe"):
+        raise ScenarioError("pipeline.schedule", s.pipeline.schedule, "orders micro-batches on a single stage; with "
+                            "parallel.pp_size > 1 the schedule is parallel.pp_schedule (or dualpipe: 1F1B's pairs)")
     if par.pp_schedule == "dualpipe":
         m_ = s.workload.micro_batches
         if p % 2 or m_ % 2 or m_ < 2 * p:

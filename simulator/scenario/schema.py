@@ -271,7 +271,9 @@ class PipelineSection(_Section):
     # 1F1B all-to-all overlap); sequential: each micro-batch's forward then its backward, one at a
     # time (gradient accumulation, Megatron-Core's forward_backward_no_pipelining); auto: dualpipe
     # where a single stage trains with overlapping streams, sequential where it trains without,
-    # lockstep otherwise (serving's two-batch overlap, PP)
+    # lockstep otherwise (serving's two-batch overlap, PP). With PP, dualpipe pairs each steady-state
+    # 1F1B forward with the backward after it in one slot (Megatron-Core's EP all-to-all overlap,
+    # overlap_moe_expert_parallel_comm); auto leaves it off there, as Megatron's default does
     schedule: Literal["auto", "lockstep", "dualpipe", "sequential"] = "auto"
 
 
