@@ -76,7 +76,7 @@ def check_pipeline(s: Scenario) -> None:
                             f"parallel.pp_schedule=interleaved, not {par.pp_schedule}")
     if s.pipeline.schedule not in ("lockstep", "dualpipe"):
         raise ScenarioError("pipeline.schedule", s.pipeline.schedule, "orders micro-batches on a single stage; with "
-                            "parallel.pp_size > 1 the schedule is parallel.pp_schedule (or dualpipe: 1F1B's pairs)")
+                            "parallel.pp_size > 1 the schedule is parallel.pp_schedule's (dualpipe: its steps paired)")
     if par.pp_schedule == "dualpipe":
         m_ = s.workload.micro_batches
         if p % 2 or m_ % 2 or m_ < 2 * p:
