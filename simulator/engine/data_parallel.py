@@ -6,7 +6,7 @@ import numpy as np
 
 from simulator.engine.program import Program
 from simulator.scenario import Scenario
-from simulator.scenario.memory import MASTER_BYTES, WEIGHT_BYTES, optimizer_shards
+from simulator.scenario.memory import MASTER_BYTES, WEIGHT_BYTES, optimizer_shards, vocab_params_held
 from simulator.wire import ELEMENT_BYTES
 
 # FP8 GEMMs' weights, cast once a step from the updated BF16 weights and cached across the
@@ -53,14 +53,7 @@ class DataParallel:
         self.adam_bytes = adam_bytes_per_param(s)
         # global-norm clipping reads every gradient once more (the norm's all-reduce of one scalar: not simulated)
         self.clip_bytes = ELEMENT_BYTES[s.training.grad_reduce_dtype] if s.training.grad_clipping else 0
-        self.fp8 = s.workload.gemm_dtype == "fp8"
-        m = s.model
-        # the embedding and LM head stay BF16 in FP8 training (DeepSeek-V3 report 3.3.1; Transformer Engine
-        # runs FP8 in its Linear layers only): the weights a stage casts are its parameters less those
-        self.vocab = {0: 0, m.num_layers - 1: 0}
-        if s.workload.embedding_and_head and s.workload.scope == "model":
-            for layer in self.vocab:
-                self.vocab[layer] += m.vocab_params(s.parallel.tp_size)
+        self.s = s
 
     def group_of(self, group: str, gpu: int) -> tuple[int, int, np.ndarray]:
         g, rank = self.index[group][gpu]
@@ -73,11 +66,12 @@ class DataParallel:
     def weight_cast_s(self, compute, program: Program) -> float:
         """FP8 training: the cast of every GEMM weight this GPU holds (all of them, not its ZeRO-1
         shard: each GPU casts what it computes with), once a step (WEIGHT_CAST_BYTES); 0 in BF16."""
-        if not self.fp8:
+        if self.s.workload.gemm_dtype != "fp8":
             return 0.0
+        # the embedding and LM head stay BF16 in FP8 training (DeepSeek-V3 report 3.3.1; Transformer
+        # Engine runs FP8 in its Linear layers only): the weights cast are the held ones less those
         layers = {layer for b in program.buckets for layer in b.layers}
-        vocab = sum(v for layer, v in self.vocab.items() if layer in layers)
-        params = sum(b.num_params for b in program.buckets) - vocab
+        params = sum(b.num_params for b in program.buckets) - vocab_params_held(self.s, layers)
         return compute.memory_s(params * WEIGHT_CAST_BYTES)
 
     def optimizer_s(self, compute, program: Program) -> float:

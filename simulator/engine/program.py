@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
+from simulator.scenario.memory import vocab_params_held
 from simulator.stages import FWD, Task, rank_layers, slots
 
 FORWARD, BACKWARD, UPDATE = "forward", "backward", "update"  # update: gradient sync and optimizer
@@ -294,9 +295,7 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
         params = []
         for layer in dict.fromkeys(op.layer for op in forward):
             moe = layer >= m.num_dense_layers or s.workload.scope == "moe_layer"
-            dense = m.dense_layer_params(moe, with_attention, tp=par.tp_size)
-            if s.workload.embedding_and_head and with_attention and layer in (0, m.num_layers - 1):
-                dense += m.vocab_params(par.tp_size) * ((layer == 0) + (layer == m.num_layers - 1))
+            dense = m.dense_layer_params(moe, with_attention, tp=par.tp_size) + vocab_params_held(s, (layer,))
             params.append((layer, dense, experts * (m.expert_params // etp) if moe else 0))
         buckets = grad_buckets(params, bucket_params)
     return Program((tuple(forward), tuple(backward)), chains, buckets, chunk_phases, tasks, rank)

@@ -27,8 +27,9 @@ reduce-scatter and all-gather stay rings.
 A ring (or a pipelined tree) moves in lock-step: every member forwards what it received a moment
 ago, so it progresses at the rate of its slowest link. epsim therefore makes the whole ring ONE
 flow whose entries are all its members' ports; max-min sharing then slows the ring wherever any of
-its links is contended (by another ring or by the all-to-all). The latency term is the ring's hop latencies, one pass for
-reduce-scatter and all-gather, two for all-reduce: (k - 1) NVLink hops and (N - 1) IB hops a pass.
+its links is contended (by another ring or by the all-to-all). The latency term is the ring's hop
+latencies, one pass for reduce-scatter and all-gather, two for all-reduce: (k - 1) NVLink hops and
+(N - 1) IB hops a pass.
 """
 from __future__ import annotations
 

@@ -69,6 +69,16 @@ def stage_layers(s: Scenario, rank: int) -> list[range]:
     return rank_layers(s.model.num_layers, s.parallel.pp_size, s.parallel.vpp_size, rank, s.parallel.pp_schedule)
 
 
+def vocab_params_held(s: Scenario, layers) -> int:
+    """The token embedding's and the LM head's parameters (each on this rank's TP shard) that the
+    stage holding `layers` keeps: the embedding with layer 0, the head with the last layer, with
+    workload.embedding_and_head over the whole model; 0 otherwise."""
+    if not (s.workload.embedding_and_head and s.workload.scope == "model"):
+        return 0
+    m = s.model
+    return m.vocab_params(s.parallel.tp_size) * ((0 in layers) + (m.num_layers - 1 in layers))
+
+
 def local_params(s: Scenario, rank: int | None = None) -> dict[str, int]:
     """Parameters on a GPU of PP rank `rank` (None: the busiest): dense (replicated over the EP
     group) and routed experts."""
@@ -84,7 +94,7 @@ def local_params(s: Scenario, rank: int | None = None) -> dict[str, int]:
                 "expert": experts_per_gpu(s) * expert_slice_params(s)}
     layers = [layer for chunk in stage_layers(s, rank or 0) for layer in chunk]
     moe = sum(1 for layer in layers if layer >= m.num_dense_layers)
-    vocab = m.vocab_params(tp) * ((0 in layers) + (m.num_layers - 1 in layers)) if whole else 0
+    vocab = vocab_params_held(s, layers)
     return {"dense": vocab + sum(m.dense_layer_params(moe=layer >= m.num_dense_layers, tp=tp) for layer in layers),
             "expert": experts_per_gpu(s) * moe * expert_slice_params(s)}
 
