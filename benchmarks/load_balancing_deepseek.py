@@ -3,10 +3,12 @@ expected per-GPU imbalance under round-robin is 2.5x (alpha from the law, benchm
 step time and imbalance for round-robin, topology-aware and EPLB with 0/16/32/64 redundant experts;
 adaptive gating (alpha 0.1/0.2/0.3) after 0, 1, 5 and 20 gate updates; EPLB rebalanced every 5 steps
 under a drifting law with its weight migration; and how long each placement solve takes at EP 256
-and EP 1024; and seed 2.1's threshold gate (experts kept per token). 4 MoE layers (num_layers 4, no dense layer), 4096 tokens per GPU, one micro-batch,
+and EP 1024; seed 2.1's threshold gate (experts kept per token); and (--part train) redundant experts
+in a training step, their gradient sums included. 4 MoE layers (num_layers 4, no dense layer), 4096 tokens per GPU, one micro-batch,
 H800, DeepEP normal kernels, routing without a node limit. Prints markdown tables; not in the suite.
 
-    python benchmarks/load_balancing_deepseek.py [--part placement adaptive rebalance solve threshold] [--ep 32 64]
+    python benchmarks/load_balancing_deepseek.py [--part placement adaptive rebalance solve threshold train]
+        [--ep 32 64]
         [--out DIR]
 """
 from __future__ import annotations
@@ -129,6 +131,39 @@ def threshold_table(eps, thresholds=(0.02, 0.05, 0.1, 0.2)) -> None:
                   f"{r['load_imbalance']:.2f} | {r['mfu'] * 100:.1f} | {wall:.0f} |", flush=True)
 
 
+def train_table(eps, redundant=(0, 16, 32, 64)) -> None:
+    """Redundant experts in training: the same 4 MoE layers as a training step (4096-token sequences,
+    2 micro-batches, FP8 GEMMs, FP32 gradient reduction, ZeRO-1), where every copy holds its
+    gradients and optimizer state and the copies' gradients are summed before the expert-DP
+    reduction; one EP group (expert DP 1), and two (expert DP 2: the groups' Zipf laws have their
+    own hot experts, and one placement per layer balances their sum)."""
+    print("| EP | expert DP | placement | redundant | step ms | GPU load max/mean | replica sums per GPU | "
+          "replica sum mean ms | exposed comm ms | memory peak GB | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for ep in eps:
+        alpha = alpha_for(2.5, 256, ep)
+        for edp in (1, 2):
+            for strategy, r in (("round_robin", 0), *(("eplb", n) for n in redundant)):
+                data = copy.deepcopy(BASE)
+                data.update(name=f"lb-train-ep{ep}", parallel={"ep_size": ep},
+                            routing={"distribution": "zipf", "zipf_alpha": alpha, "seed": 0},
+                            placement={"strategy": strategy, "redundant_experts": r},
+                            training={"distributed_optimizer": True})
+                data["hardware"]["nodes"] = edp * ep // 8
+                data["workload"] = {"mode": "train", "seq_len": 4096, "micro_batches": 2, "gemm_dtype": "fp8"}
+                try:
+                    s = build_scenario(data)
+                except ScenarioError as exc:
+                    print(f"| {ep} | {edp} | {strategy} | {r} | rejected: {exc.rule} ||||||")
+                    continue
+                out, wall = timed(s)
+                rep = out["collectives"].get("expert_replica_grad_allreduce", {"count": 0, "mean_time_s": 0.0})
+                print(f"| {ep} | {edp} | {strategy} | {r} | {out['step_time_s'] * 1e3:.1f} | "
+                      f"{out['load_imbalance']:.2f} | {rep['count']} | {rep['mean_time_s'] * 1e3:.2f} | "
+                      f"{out['breakdown_s']['exposed_comm'] * 1e3:.1f} | "
+                      f"{out['memory_per_gpu']['peak'] / 1e9:.1f} | {wall:.0f} |", flush=True)
+
+
 def solve_table() -> None:
     print("| EP | solver | slots | solve s |")
     print("|---|---|---|---|")
@@ -156,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     parts = {"placement": lambda: placement_table(args.ep), "adaptive": lambda: adaptive_table(args.ep, Path(args.out)),
              "rebalance": lambda: rebalance_table(args.ep), "solve": solve_table,
-             "threshold": lambda: threshold_table(args.ep)}
+             "threshold": lambda: threshold_table(args.ep), "train": lambda: train_table(args.ep)}
     for part in args.part:
         parts[part]()
         print()

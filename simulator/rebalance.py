@@ -62,17 +62,28 @@ def keep_in_place(new: Placement, old: Placement, node: np.ndarray) -> Placement
 def rebalanced(s, observed_tokens: dict, old: dict) -> dict:
     """(EP group, MoE layer) -> EPLB's placement of the tokens per logical expert observed
     (expert_tokens' totals), on the same slots as the old placement, each GPU's set of experts on
-    the GPU of its node that moves the fewest weights (keep_in_place)."""
+    the GPU of its node that moves the fewest weights (keep_in_place). In training every EP group
+    of a layer holds the same placement, solved from their summed loads (their gradients are
+    summed slot by slot)."""
     p = s.parallel.ep_size
-    out = {}
-    for (group, layer), tokens in observed_tokens.items():
+    loads = {key: np.asarray(tokens, dtype=np.float64) for key, tokens in observed_tokens.items()}
+    if s.backward:  # training: one placement per layer, from the load all its EP groups saw (build.training_law)
+        by_layer: dict = {}
+        for group, layer in sorted(loads):
+            by_layer[layer] = by_layer.get(layer, 0) + loads[group, layer]
+        loads = {(group, layer): by_layer[layer] for group, layer in loads}
+    out, solved = {}, {}
+    for group, layer in sorted(loads):
+        load = loads[group, layer]
+        if s.backward and layer in solved:
+            out[group, layer] = solved[layer]
+            continue
         members = s.ranks.ep_group(group)
-        load = np.asarray(tokens, dtype=np.float64)
         if load.sum() == 0:
             load = np.ones_like(load)
         fresh = eplb_placement(load, old[group, layer].num_slots, p, members.num_nodes,
                                hierarchical=s.routing.max_nodes_per_token is not None)
-        out[group, layer] = keep_in_place(fresh, old[group, layer], members.node)
+        out[group, layer] = solved[layer] = keep_in_place(fresh, old[group, layer], members.node)
     return out
 
 

@@ -61,6 +61,12 @@ COLLECTIVES = {kind.name: kind for kind in (
                    "training.grad_reduce_dtype", BACKWARD, "gradients of routed-expert parameters, sharded"),
     CollectiveKind("expert_param_allgather", "allgather", "edp", DP_COMM, True, "bf16", FORWARD,
                    "updated routed-expert parameters from their optimizer shards"),
+    # Redundant experts in training (placement.redundant_experts with eplb): the copies of one
+    # logical expert inside an EP group are data-parallel replicas, their gradients summed among
+    # the GPUs holding them before the expert-DP reduction (FlexMoE, Nie et al., SIGMOD 2023)
+    CollectiveKind("expert_replica_grad_allreduce", "allreduce", "replicas", DP_COMM, True,
+                   "training.grad_reduce_dtype", BACKWARD,
+                   "gradients of a replicated expert, among the GPUs of its EP group holding a copy"),
     # DualPipe keeps two copies of every stage (on ranks r and p-1-r): their gradients are summed
     # between the two before the update (deepseek-ai/DualPipe examples/example_dualpipe.py)
     CollectiveKind("mirror_grad_allreduce", "allreduce", "mirror", DP_COMM, True, "training.grad_reduce_dtype",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
-from simulator.scenario.memory import vocab_params_held
+from simulator.scenario.memory import experts_per_gpu, vocab_params_held
 from simulator.stages import FWD, Task, rank_layers, slots
 
 FORWARD, BACKWARD, UPDATE = "forward", "backward", "update"  # update: gradient sync and optimizer
@@ -291,7 +291,8 @@ def build_program(s, num_chunks: int, gpu: int, bucket_params: dict[str, int] | 
     buckets = ()
     if train and bucket_params:
         with_attention = s.workload.scope == "model"
-        experts = experts_on(m.num_experts, s.parallel.ep_size, int(s.ranks.ep_rank[gpu]))
+        experts = (experts_per_gpu(s) if s.placement.strategy == "eplb"  # (E + redundant) / G slots each
+                   else experts_on(m.num_experts, s.parallel.ep_size, int(s.ranks.ep_rank[gpu])))
         params = []
         for layer in dict.fromkeys(op.layer for op in forward):
             moe = layer >= m.num_dense_layers or s.workload.scope == "moe_layer"

@@ -43,23 +43,28 @@ from simulator.engine.paths import Paths
 PASSES = {"allreduce": 2, "reducescatter": 1, "allgather": 1}
 
 
-def ring_layout(gpus: np.ndarray, topo: Topology) -> tuple[np.ndarray, np.ndarray, int, int]:
-    """(intra-node successor, inter-node successor, members per node k, nodes N) of each member."""
+def ring_layout(gpus: np.ndarray, topo: Topology) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(intra-node successor, inter-node successor, members on its node k, nodes N) of each member.
+
+    A group with unequal members per node (the holders of a replicated expert) keeps the same
+    accounting with its own node's k: a member's inter-node successor is the next node's member
+    at its position modulo that node's count, and a node with fewer members spreads the same
+    inter-node bytes over fewer NICs, so the ring moves at its sparsest node's rate."""
     gpus = np.asarray(gpus)
     node = topo.node_of(gpus)
     nodes, node_index = np.unique(node, return_inverse=True)
     num_nodes = len(nodes)
     counts = np.bincount(node_index)
-    if (counts != counts[0]).any():
-        raise ValueError("a ring group needs the same number of GPUs on every node it spans")
-    k = int(counts[0])
     order = np.lexsort((gpus, node_index))  # members by (node, GPU)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     slot = np.empty(len(gpus), dtype=np.int64)
-    slot[order] = np.arange(len(gpus)) % k  # a member's position on its node
-    at = np.empty((num_nodes, k), dtype=np.int64)  # member index at (node, position)
-    at[node_index, slot] = np.arange(len(gpus))
-    intra = at[node_index, (slot + 1) % k]
-    inter = at[(node_index + 1) % num_nodes, slot]
+    slot[order] = np.arange(len(gpus)) - first[node_index[order]]  # a member's position on its node
+    at = np.empty(len(gpus), dtype=np.int64)  # member index at (node, position), node by node
+    at[first[node_index] + slot] = np.arange(len(gpus))
+    k = counts[node_index]
+    intra = at[first[node_index] + (slot + 1) % k]
+    after = (node_index + 1) % num_nodes
+    inter = at[first[after] + slot % counts[after]]
     return intra, inter, k, num_nodes
 
 
@@ -73,21 +78,26 @@ def ring_paths(op: str, gpus: np.ndarray, num_bytes: float, topo: Topology, algo
     members = np.arange(n)
     nvlink_bytes = passes * (k - 1) / k * num_bytes
     if tree:
-        nic_bytes = passes * num_bytes / k if num_nodes > 1 else 0.0
+        nic_bytes = passes * num_bytes / k if num_nodes > 1 else np.zeros(n)
     else:
         nic_bytes = passes * (num_nodes - 1) / num_nodes * num_bytes / k
     ports, nbytes = [], []
-    if nvlink_bytes > 0:
-        ports += [topo.nvl_out(gpus), topo.nvl_in(gpus[intra])]
-        nbytes += [np.full(n, nvlink_bytes)] * 2
-    if nic_bytes > 0:
+    on = np.nonzero(nvlink_bytes > 0)[0]
+    if len(on):
+        ports += [topo.nvl_out(gpus[on]), topo.nvl_in(gpus[intra[on]])]
+        nbytes += [nvlink_bytes[on]] * 2
+    if num_nodes > 1 and nic_bytes.max() > 0:
         ports += [topo.nic_out(gpus), topo.nic_in(gpus[inter])]
-        nbytes += [np.full(n, nic_bytes)] * 2
+        nbytes += [nic_bytes] * 2
         if topo.has_spine:
             rail, next_rail = topo.rail_of(gpus), topo.rail_of(gpus[inter])
             cross = rail != next_rail
-            up = np.bincount(rail[cross], minlength=topo.spec.gpus_per_node) * nic_bytes
-            down = np.bincount(next_rail[cross], minlength=topo.spec.gpus_per_node) * nic_bytes
+            if (k == k[0]).all():  # every member sends the same: crossings per rail x bytes
+                up = np.bincount(rail[cross], minlength=topo.spec.gpus_per_node) * nic_bytes[0]
+                down = np.bincount(next_rail[cross], minlength=topo.spec.gpus_per_node) * nic_bytes[0]
+            else:
+                up = np.bincount(rail[cross], weights=nic_bytes[cross], minlength=topo.spec.gpus_per_node)
+                down = np.bincount(next_rail[cross], weights=nic_bytes[cross], minlength=topo.spec.gpus_per_node)
             for port_of, load in ((topo.spine_up, up), (topo.spine_down, down)):
                 used = np.nonzero(load)[0]
                 ports.append(port_of(used))
@@ -98,7 +108,7 @@ def ring_paths(op: str, gpus: np.ndarray, num_bytes: float, topo: Topology, algo
     hop_ib = spec.ib.latency_s if (topo.rail_of(gpus) == topo.rail_of(gpus[inter])).all() \
         else spec.ib_cross_rail_latency_s
     ib_hops = math.ceil(math.log2(num_nodes)) if tree else num_nodes - 1  # a tree's depth, a ring's length
-    latency = passes * ((k - 1) * spec.nvlink.latency_s + ib_hops * hop_ib)
+    latency = passes * ((int(k.max()) - 1) * spec.nvlink.latency_s + ib_hops * hop_ib)
     if not len(port):  # nothing to move (an expert-TP group whose GPUs hold no expert): no flow, no wait
         empty = np.zeros(0, dtype=np.int64)
         return Paths(empty, empty, np.zeros(0), empty, empty, np.zeros(0))

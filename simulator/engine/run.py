@@ -68,6 +68,7 @@ class Run(UpdateProcesses):
         self.attention_scale = context_spread(s)  # decode: (GPU, micro-batch) -> its KV over the mean's
         self.ep_groups = [self.ranks.ep_group(i) for i in range(self.ranks.num_ep_groups)]
         self.group_of = [self.ranks.ep_group_of(g) for g in range(s.num_gpus)]  # GPU -> EP group
+        self._replicas: dict = {}  # (EP group, MoE layer) -> its replicated experts' holders (replica_sets)
         self.ep_rank = self.ranks.ep_rank.tolist()  # GPU -> its rank in that group
         self.train = s.backward
         self.dp = DataParallel(s) if self.train else None

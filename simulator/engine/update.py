@@ -42,6 +42,41 @@ class UpdateProcesses:
         index = int(np.nonzero(pair == gpu)[0][0])
         yield from self.gpus[gpu].communicate(DP_COMM, None, lambda: coll.arrive(index), self.dp.comm_sms, op)
 
+    def replica_sets(self, group: int, moe_layer: int) -> list[tuple[int, np.ndarray]]:
+        """(logical expert, the EP ranks holding a copy) for each expert of the layer's placement
+        held by more than one GPU of EP group `group`, by expert id (every GPU meets them in that
+        order). Copies on one GPU are summed in place."""
+        key = (group, moe_layer)
+        if key not in self._replicas:
+            place = self.workload.placements[key]
+            sets = []
+            for expert in np.nonzero(place.replicas() > 1)[0]:
+                holders = np.unique(place.slot_gpu[place.slot_expert == expert])
+                if len(holders) > 1:
+                    sets.append((int(expert), holders))
+            self._replicas[key] = sets
+        return self._replicas[key]
+
+    def replica_allreduce(self, gpu: int, bucket: Bucket):
+        """Redundant experts in training: before an expert bucket's expert-DP reduction, sum the
+        gradients of each replicated expert of its layers among the GPUs of this GPU's EP group
+        that hold a copy (a ring of them; one expert's gradient each)."""
+        kind = COLLECTIVES["expert_replica_grad_allreduce"]
+        group, rank = self.ranks.ep_group_of(gpu), int(self.ranks.ep_rank[gpu])
+        gpus = self.ranks.ep_groups[group]
+        m = self.s.model
+        num_bytes = m.expert_params * ELEMENT_BYTES[kind.wire_dtype(self.s)]
+        for layer in bucket.layers:
+            for expert, holders in self.replica_sets(group, layer - m.num_dense_layers):
+                where = np.nonzero(holders == rank)[0]
+                if not len(where):
+                    continue
+                coll = self.ring(CollectiveId(kind.name, group, layer * m.num_experts + expert, -1, -1),
+                                 gpus[holders], lambda: num_bytes)
+                op = OpId(layer, kind.name, UPDATE, -1, -1)
+                index = int(where[0])
+                yield from self.gpus[gpu].communicate(DP_COMM, None, lambda: coll.arrive(index), self.dp.comm_sms, op)
+
     def gather_params(self, gpu: int):
         """ZeRO-1: all-gather each bucket's updated parameters, in forward order; each layer's
         first forward waits for its bucket."""
@@ -65,6 +100,8 @@ class UpdateProcesses:
             yield self.env.all_of(chains)
         for bucket in program.buckets:
             yield self.env.all_of([self._layer_grads(gpu, layer)[1] for layer in bucket.layers])
+            if bucket.family == "expert" and self.s.placement.redundant_experts:
+                yield from self.replica_allreduce(gpu, bucket)
             yield from self.dp_collective(self.dp.reduce_kind[bucket.family], gpu, bucket)
         yield self.env.all_of(chains)
         if self.s.parallel.pp_schedule == "dualpipe" and self.pp:

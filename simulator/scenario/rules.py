@@ -119,10 +119,6 @@ def check_placement(s: Scenario) -> None:
         raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
                             f"model.num_experts={m.num_experts} + redundant experts must fill every GPU of "
                             f"parallel.ep_size={ep} equally (a multiple of it, e.g. {max(-(-slots // ep), 1) * ep - m.num_experts})")
-    if pl.redundant_experts and s.workload.mode == "train":
-        raise ScenarioError("placement.redundant_experts", pl.redundant_experts,
-                            "replicas in training would need their gradients summed, which is not simulated; "
-                            "redundant experts are simulated for workload.mode=prefill (serving, as DeepSeek deploys them)")
     if s.expert_tp > 1:
         raise ScenarioError("placement.strategy", "eplb", "is simulated with parallel.expert_tp_size=1")
     nodes = s.ranks.ep_group(0).num_nodes

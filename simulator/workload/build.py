@@ -109,6 +109,33 @@ def topology_aware(s, probabilities: np.ndarray, group: int) -> tuple[Placement,
                                                                 s.network.all_to_all))
 
 
+def law_router(s, group: int, layer: int, step: int, gate_scale: dict | None, expert_node: np.ndarray) -> Router:
+    """The seeded router of EP group `group`'s MoE layer `layer` at step `step`: its law (the
+    routing distribution, the layer's skew, drift, the adaptive gate's scales), with expert_node
+    the node of each expert under the placement it routes over (group-limited routing)."""
+    m, r = s.model, s.routing
+    drift = drift_order(m.num_experts, r.drift, step, np.random.default_rng([r.seed, group, layer, 3]))
+    scale = None if gate_scale is None else gate_scale.get((group, layer))
+    return Router(m.num_experts, m.top_k, r.distribution, layer_zipf_alpha(r, layer), expert_node,
+                  r.max_nodes_per_token, np.random.default_rng([r.seed, group, layer]), scale,
+                  r.dirichlet_concentration, drift)
+
+
+def training_law(s, layer: int, step: int, gate_scale: dict | None) -> np.ndarray:
+    """Training: MoE layer `layer`'s expected tokens per expert summed over every EP group that
+    runs it (the expert-DP replicas, and DualPipe's two copies of its stage). Their gradients are
+    summed slot by slot, so they must all hold the same experts in the same slots: EPLB packs
+    one placement per layer from the whole step's load, as a trainer keeping its replicas in sync
+    would (serving instances are independent, and each EP group packs its own)."""
+    base = round_robin_placement(s.model.num_experts, s.parallel.ep_size).expert_gpu()
+    total = np.zeros(s.model.num_experts)
+    for group in range(s.ranks.num_ep_groups):
+        rank = int(s.ranks.pp_rank[s.ranks.ep_groups[group][0]])
+        if any(moe == layer for moe, _ in stage_moe_work(s, rank)):
+            total += law_router(s, group, layer, step, gate_scale, s.ranks.ep_group(group).node[base]).probabilities
+    return total
+
+
 def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, step: int = 0,
                    placements_in: dict | None = None, keep_routing: bool = False) -> Workload:
     """The workload of step `step` (0: the first; later steps draw fresh tokens) with the adaptive
@@ -124,6 +151,8 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     on_gpu = [np.nonzero(slot_gpu == g)[0] for g in range(p)]  # the slots each GPU holds
     traffic, work, work_bwd, placements = {}, {}, {}, {}
     solved, reports = {}, {}  # topology_aware: one solve per (group, law), its report per layer
+    shared: dict = {}  # training with eplb: moe_layer -> the one placement all its EP groups hold
+    hierarchical = s.routing.max_nodes_per_token is not None
     cf = s.routing.capacity_factor  # per source GPU and expert, as Megatron's moe_expert_capacity_factor
     capacity = None if cf is None else math.ceil(cf * s.workload.tokens_per_gpu * m.top_k / m.num_experts)
     dropped = ungated = 0
@@ -155,29 +184,27 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
         for group in range(s.ranks.num_ep_groups):
             member_node = s.ranks.ep_group(group).node
             for layer, mbs in stage_moe_work(s, int(s.ranks.pp_rank[s.ranks.ep_groups[group][0]])):
-                scale = None if gate_scale is None else gate_scale.get((group, layer))
-
-                drift = drift_order(m.num_experts, s.routing.drift, step,
-                                    np.random.default_rng([s.routing.seed, group, layer, 3]))
-
                 def router_for(place: Placement):
                     if trace is not None:
                         if layer not in trace_routers:
                             trace_routers[layer] = TraceRouter(trace, step, layer, m.top_k, m.num_experts)
                         return trace_routers[layer]
-                    router = Router(m.num_experts, m.top_k, s.routing.distribution, layer_zipf_alpha(s.routing, layer),
-                                    member_node[place.expert_gpu()], s.routing.max_nodes_per_token,
-                                    np.random.default_rng([s.routing.seed, group, layer]), scale,
-                                    s.routing.dirichlet_concentration, drift)
+                    router = law_router(s, group, layer, step, gate_scale, member_node[place.expert_gpu()])
                     return router if s.routing.threshold is None else ThresholdRouter(router, s.routing.threshold)
 
                 router, place = router_for(base), base
                 if placements_in is not None:  # EPLB rebalanced from the loads observed so far
                     place = placements_in[group, layer]
                     router = router_for(place)
-                elif s.placement.strategy == "eplb":  # balance the router's expected loads, then route over them
-                    place = eplb_placement(router.probabilities, len(slot_gpu), p, int(member_node.max()) + 1,
-                                           hierarchical=s.routing.max_nodes_per_token is not None)
+                elif s.placement.strategy == "eplb":  # balance the expected loads, then route over them
+                    if s.backward and trace is None:  # one placement per layer for all its replicas
+                        if layer not in shared:
+                            shared[layer] = eplb_placement(training_law(s, layer, step, gate_scale), len(slot_gpu),
+                                                           p, int(member_node.max()) + 1, hierarchical=hierarchical)
+                        place = shared[layer]
+                    else:  # a trace's law is the layer's in every group
+                        place = eplb_placement(router.probabilities, len(slot_gpu), p, int(member_node.max()) + 1,
+                                               hierarchical=hierarchical)
                     router = router_for(place)
                 elif s.placement.strategy == "topology_aware":  # seed 1.2: the busiest port's expected load, minimised
                     key = (group, router.probabilities.tobytes())
