@@ -87,3 +87,12 @@ def test_topology_aware_placement_is_wired_in_and_never_worse_than_round_robin_o
         assert run.workload.expert_work_s[key][g] == pytest.approx(expected, rel=1e-12)
     uniform = simulate_scenario(make_scenario(workload=PREFILL, placement={"strategy": "topology_aware"}))[0]
     assert uniform["placement_solver"]["objective_vs_round_robin"] == pytest.approx(1.0)
+
+
+def test_the_routers_law_is_the_models_in_every_ep_group_and_their_tokens_their_own():
+    run = Run(eplb(8, hardware={"nodes": 4}))  # 16 GPUs: two EP groups of 8, serving
+    assert run.ranks.num_ep_groups == 2
+    for layer in range(run.s.model.num_moe_layers):  # the same law: EPLB packs both groups alike
+        assert (run.workload.placements[0, layer].slot_expert == run.workload.placements[1, layer].slot_expert).all()
+    tokens = [run.workload.traffic[g, 0, 0, 0].expert_tokens for g in (0, 1)]
+    assert not np.array_equal(tokens[0], tokens[1])  # each group draws its own tokens

@@ -79,6 +79,9 @@ SECTIONS = {
     "pipeline": _some(
         overlap=st.sampled_from(["none", "three_stream"]), chunks=st.integers(1, 4),
         schedule=st.sampled_from(["auto", "lockstep", "dualpipe", "sequential"])),
+    "placement": _some(
+        strategy=st.sampled_from(["round_robin", "eplb", "topology_aware"]),
+        redundant_experts=st.sampled_from([0, 0, 4, 8, 16])),
 }
 # one hostile value for a random key of any section, in about a quarter of the inputs
 HOSTILE = st.sampled_from([-1, 0, 1e300, float("nan"), float("inf"), "x", None, True, 10**30, [1], {"a": 1}])
@@ -92,6 +95,7 @@ HOSTILE_KEYS = {
     "routing": ["zipf_alpha", "seed", "max_nodes_per_token", "distribution", "dirichlet_concentration"],
     "network": ["comm_sms", "all_to_all", "allreduce_algorithm"],
     "pipeline": ["chunks", "overlap", "schedule"],
+    "placement": ["strategy", "redundant_experts"],
 }
 HOSTILE_KEY = st.sampled_from([f"{section}.{key}" for section, keys in HOSTILE_KEYS.items() for key in keys])
 

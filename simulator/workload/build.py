@@ -112,12 +112,17 @@ def topology_aware(s, probabilities: np.ndarray, group: int) -> tuple[Placement,
 def law_router(s, group: int, layer: int, step: int, gate_scale: dict | None, expert_node: np.ndarray) -> Router:
     """The seeded router of EP group `group`'s MoE layer `layer` at step `step`: its law (the
     routing distribution, the layer's skew, drift, the adaptive gate's scales), with expert_node
-    the node of each expert under the placement it routes over (group-limited routing)."""
+    the node of each expert under the placement it routes over (group-limited routing).
+
+    The law is the model's router, so it is the same in every EP group: which experts a Zipf or
+    Dirichlet law makes hot, and how drift moves them, are drawn once per layer (from the key of
+    group 0, which keeps one-group runs' streams). The adaptive gate's scales are per group, as
+    are the tokens each group draws."""
     m, r = s.model, s.routing
-    drift = drift_order(m.num_experts, r.drift, step, np.random.default_rng([r.seed, group, layer, 3]))
+    drift = drift_order(m.num_experts, r.drift, step, np.random.default_rng([r.seed, 0, layer, 3]))
     scale = None if gate_scale is None else gate_scale.get((group, layer))
     return Router(m.num_experts, m.top_k, r.distribution, layer_zipf_alpha(r, layer), expert_node,
-                  r.max_nodes_per_token, np.random.default_rng([r.seed, group, layer]), scale,
+                  r.max_nodes_per_token, np.random.default_rng([r.seed, 0, layer]), scale,
                   r.dirichlet_concentration, drift)
 
 
