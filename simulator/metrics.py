@@ -24,7 +24,8 @@ from simulator.scenario.memory import (
 )
 from simulator.scenario.serving import kv_cache_bytes, kv_cache_bytes_per_sequence, prefill_passes
 from simulator.wire import ELEMENT_BYTES, algorithm
-from simulator.workload.build import KERNEL_CLASSES, buffer_bytes_per_token
+from simulator.workload.build import buffer_bytes_per_token
+from simulator.workload.costs import KERNEL_CLASSES
 
 TRAIN_FLOP_FACTOR = 3.0  # forward + backward (2x forward)
 

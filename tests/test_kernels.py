@@ -4,7 +4,7 @@ import pytest
 
 from simulator.engine import Run
 from simulator.metrics import summarize
-from simulator.workload.build import QUANT_BYTES, dense_kernels
+from simulator.workload.costs import QUANT_BYTES, dense_kernels
 from tests.conftest import make_scenario
 
 ROOFLINE = {"calibration": None}  # the preset's roofline: every kernel's bytes at one HBM rate

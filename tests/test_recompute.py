@@ -9,7 +9,7 @@ from simulator.engine.program import RECOMPUTE
 from simulator.errors import ScenarioError
 from simulator.metrics import summarize
 from simulator.scenario.memory import activation_bytes_per_token, memory_per_gpu
-from simulator.workload.build import dense_work_s
+from simulator.workload.costs import dense_work_s
 from tests.conftest import make_scenario
 from tests.test_memory import dsv3_stage
 

@@ -129,7 +129,7 @@ def test_decode_at_batch_one_is_weight_read_bound():
 def test_mla_decode_attention_reads_the_latents_at_flashmlas_published_rate():
     """FlashMLA (h100-sxm calibration): compute-bound at 128 heads, 2 h s_k (576 + 512) FLOPs at 660 TFLOPS."""
     from hardware.calibrated import compute_model
-    from simulator.workload.build import decode_attention_s
+    from simulator.workload.costs import decode_attention_s
 
     s = decode(model={"preset": "deepseek-v3"}, hardware=BIG_NODE, parallel={"ep_size": 8},
                workload={"batch_per_gpu": 64, "context_len": 4096, "gemm_dtype": "fp8"})

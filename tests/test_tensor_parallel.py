@@ -7,7 +7,7 @@ from simulator.engine import Run
 from simulator.errors import ScenarioError
 from simulator.metrics import summarize
 from simulator.scenario.memory import local_params
-from simulator.workload.build import dense_work_s
+from simulator.workload.costs import dense_work_s
 from tests.conftest import make_scenario
 
 TP2 = dict(hardware={"nodes": 2, "gpus_per_node": 4}, model={"num_layers": 2, "num_dense_layers": 1},

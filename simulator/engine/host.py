@@ -30,7 +30,7 @@ import simpy
 
 from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, BACKWARD_FACTOR, GradientGemms, ffn_bwd_parts
 from simulator.engine.program import FORWARD, Op
-from simulator.workload.build import dense_kernels, ffn_split
+from simulator.workload.costs import dense_kernels, ffn_split
 
 COLLECTIVE_LAUNCHES = 1.0  # one comm kernel per call (its host-side preparation is not modelled)
 # Kernels the host may have issued ahead of the GPU before a launch blocks: CUDA's launch queue

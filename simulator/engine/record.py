@@ -72,7 +72,7 @@ class RunRecord:
     num_events: int
     network_solves: int
     task_spans: list[list[tuple[float, float]]] | None = None  # PP: per GPU, each task's (start, end)
-    # op name -> {kernel class: fraction of the op's time} (simulator/workload/build.py KERNEL_CLASSES)
+    # op name -> {kernel class: fraction of the op's time} (simulator/workload/costs.py KERNEL_CLASSES)
     kernel_classes: dict[str, dict[str, float]] | None = None
     # expert_load.csv: per step, EP group, MoE layer and expert, its tokens and Load_e (simulator/steps.py)
     expert_load_rows: list[dict] | None = None

@@ -33,14 +33,8 @@ from simulator.engine.update import UpdateProcesses
 from simulator.scenario import Scenario
 from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
 from simulator.wire import ELEMENT_BYTES, algorithm, token_bytes
-from simulator.workload.build import (
-    build_workload,
-    dense_kernels,
-    expert_bwd_extras,
-    ffn_bwd_kernels,
-    ffn_split,
-    op_seconds,
-)
+from simulator.workload.build import build_workload
+from simulator.workload.costs import dense_kernels, expert_bwd_extras, ffn_bwd_kernels, ffn_split, op_seconds
 from simulator.workload.serving import context_spread
 
 PROGRESS_EVENTS = 20_000  # events between two progress reports (a few per second of simulation)
