@@ -11,12 +11,15 @@ Both with the memory rule relaxed (hardware.hbm_gb=1000) where the step does not
 
 Each point runs in its own process so its peak memory (VmHWM) is its own. Prints a table; asserts
 nothing. `--layers N` times the model with N layers (3 dense + N-3 MoE) to extrapolate a point too
-slow to run whole; cost is linear in the MoE layers.
-    python benchmarks/scale.py [--workload stage model] [--ep 64 256 1024] [--layers N]
+slow to run whole; cost is linear in the MoE layers. `--extend-layers` also times the model through
+workload.extend_layers=always (rows `model~`: the model with 2 and 4 of its MoE layers simulated and
+extended, an estimate, not exact), so the two step times can be compared row by row.
+    python benchmarks/scale.py [--workload stage model] [--ep 64 256 1024] [--layers N] [--extend-layers]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -56,7 +59,7 @@ def overrides_for(workload: str, ep: int, layers: int | None) -> list[tuple[str,
     return out
 
 
-def one_point(workload: str, ep: int, layers: int | None, phases: bool) -> dict:
+def one_point(workload: str, ep: int, layers: int | None, phases: bool, extend: bool = False) -> dict:
     sys.path.insert(0, str(ROOT))
     from benchmarks.phases import PHASES, measured_phases
     from simulator.engine import Run
@@ -76,19 +79,32 @@ def one_point(workload: str, ep: int, layers: int | None, phases: bool) -> dict:
             raise
         relaxed = True
         scenario = load_scenario(ROOT / "scenarios" / "default.yaml", overrides + [("hardware.hbm_gb", 1000)])
-    with measured_phases() if phases else _no_phases(PHASES) as split:
-        run = Run(scenario)
-        t1 = time.perf_counter()
-        result = run.simulate()
-        t2 = time.perf_counter()
-    summary = summarize(result)
-    t3 = time.perf_counter()
+    if extend:  # workload.extend_layers: two shorter models through the API (the record is the longer one's)
+        from simulator.api import simulate_scenario
+
+        scenario = dataclasses.replace(
+            scenario, workload=scenario.workload.model_copy(update={"extend_layers": "always"}))
+        with measured_phases() if phases else _no_phases(PHASES) as split:
+            t1 = time.perf_counter()
+            summary, _, result = simulate_scenario(scenario)
+            t2 = t3 = time.perf_counter()
+    else:
+        with measured_phases() if phases else _no_phases(PHASES) as split:
+            run = Run(scenario)
+            t1 = time.perf_counter()
+            result = run.simulate()
+            t2 = time.perf_counter()
+        summary = summarize(result)
+        t3 = time.perf_counter()
     ops = sum(len(g) for g in result.intervals)
     split = dict(split)
-    if phases:  # what the accumulators did not claim: elaboration (programs, compute model) and SimPy + engine
+    if phases and extend:  # two runs' builds and simulations interleave: no split of the rest
+        split["engine"] = split["elaborate_other"] = float("nan")
+        split.pop("build_wall", None)
+    elif phases:  # what the accumulators did not claim: elaboration (programs, compute model) and SimPy + engine
         split["engine"] = (t2 - t1) - split["solves"] - split["bookkeeping"]
         split["elaborate_other"] = (t1 - t0) - split.pop("build_wall")  # the builds route and count on threads
-    return {"workload": workload, "ep": ep, "layers": scenario.model.num_layers, "wall_s": t3 - t0,
+    return {"workload": workload + ("~" if extend else ""), "ep": ep, "layers": scenario.model.num_layers, "wall_s": t3 - t0,
             "elaborate_s": t1 - t0, "simulate_s": t2 - t1, "metrics_s": t3 - t2, "phases": split,
             "events": result.num_events, "ops": ops, "solves": result.network_solves,
             "raw_event_s": raw_event_s, "peak_mb": peak_memory_mb(), "estimate_s": estimate(scenario).wall_s,
@@ -125,19 +141,24 @@ def main() -> None:
     parser.add_argument("--ep", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     parser.add_argument("--layers", type=int, help="model workload: this many layers (3 dense) instead of 61")
     parser.add_argument("--no-phases", action="store_true", help="time without the phase accumulators")
+    parser.add_argument("--extend-layers", action="store_true",
+                        help="model workload: also time workload.extend_layers=always (rows 'model~': two shorter "
+                             "models simulated, an estimate; events, ops and solves are the longer run's)")
     parser.add_argument("--json", help="also write the points as JSON lines to this file")
     parser.add_argument("--point", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.point:
         workload, ep = args.point[0], int(args.point[1])
-        print(json.dumps(one_point(workload, ep, args.layers, not args.no_phases)))
+        print(json.dumps(one_point(workload.rstrip("~"), ep, args.layers, not args.no_phases, workload.endswith("~"))))
         return
     head = (f"{'work':>6} {'lay':>3} {'EP':>5} {'wall s':>7} {'route':>6} {'traff':>6} {'solve':>6} {'books':>6} "
             f"{'engine':>6} {'elab':>6} {'metr':>6} {'events':>10} {'ops':>9} {'ev/op':>5} {'us/op':>7} "
             f"{'us/ev':>6} {'solves':>7} {'peak MB':>7} {'step ms':>9} {'est/t':>5} {'est/m':>5}")
     print(head)
     print("-" * len(head))
-    for workload in args.workload:
+    workloads = [w for name in args.workload for w in ([name, name + "~"] if args.extend_layers and name == "model"
+                                                        else [name])]
+    for workload in workloads:
         for ep in args.ep:
             cmd = [sys.executable, __file__, "--point", workload, str(ep)]
             cmd += ["--layers", str(args.layers)] if args.layers else []

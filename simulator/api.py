@@ -8,7 +8,14 @@ from simulator.engine import RunRecord
 from simulator.engine.fairshare import SolverStalled
 from simulator.engine.run import Run
 from simulator.errors import ScenarioError
-from simulator.extension import extend_summary, sample_micro_batches, with_micro_batches
+from simulator.extension import (
+    extend_layers_summary,
+    extend_summary,
+    sample_layers,
+    sample_micro_batches,
+    with_micro_batches,
+    with_moe_layers,
+)
 from simulator.metrics import per_layer_gpu_rows, summarize
 from simulator.rebalance import rebalance
 from simulator.scenario import Scenario
@@ -28,6 +35,9 @@ def simulate_scenario(scenario: Scenario, budget: Budget | None = None, save_rou
     progress(n): told the simulated events as they happen, n at a time, over every step and run."""
     if budget is not None:
         check_budget(scenario, budget)
+    if save_routing is not None and sample_layers(scenario) is not None:
+        raise ScenarioError("--save-routing", str(save_routing), "records a step simulated whole; "
+                            "workload.extend_layers=always simulates two shorter models")
     if save_routing is not None and sample_micro_batches(scenario) is not None:
         raise ScenarioError("--save-routing", str(save_routing), "records a step simulated whole; this pipeline step "
                             "is extended from two shorter ones (fewer micro-batches or pp_size 1)")
@@ -82,7 +92,15 @@ def simulate_scenario(scenario: Scenario, budget: Budget | None = None, save_rou
 
 def _simulate_step(scenario: Scenario, gate_scale: dict | None, step: int, placements: dict | None = None,
                    keep_routing: bool = False, progress=None) -> tuple[dict, list[dict], RunRecord, Run]:
-    """One step: whole, or extended from two shorter pipeline steps."""
+    """One step: whole, or extended from two shorter pipeline steps, or (extend_layers) from two
+    models with fewer MoE layers."""
+    layers = sample_layers(scenario)
+    if layers is not None:
+        n1, n2 = layers
+        one = _simulate_step(with_moe_layers(scenario, n1), gate_scale, step, placements, progress=progress)[0]
+        two, rows, record, run = _simulate_step(with_moe_layers(scenario, n2), gate_scale, step, placements,
+                                                progress=progress)
+        return extend_layers_summary(scenario, one, two, n1, n2), rows, record, run
     sample = sample_micro_batches(scenario)
     if sample is None:
         record, run = _simulate(scenario, gate_scale, step, placements, keep_routing, progress)

@@ -66,7 +66,8 @@ SECTIONS = {
         mode=st.sampled_from(["train", "prefill"]), scope=st.sampled_from(["model", "moe_layer"]),
         tokens_per_gpu=st.integers(1, 1024), micro_batches=st.integers(1, 4),
         seq_len=st.sampled_from([64, 256, 1024, 4096]), gemm_dtype=st.sampled_from(["bf16", "fp8"]),
-        embedding_and_head=st.booleans(), extend_micro_batches=st.sampled_from(["auto", "always", "never"])),
+        embedding_and_head=st.booleans(), extend_micro_batches=st.sampled_from(["auto", "always", "never"]),
+        extend_layers=st.sampled_from(["never", "always"])),
     "routing": _some(
         distribution=st.sampled_from(["uniform", "balanced", "zipf", "dirichlet"]), zipf_alpha=st.floats(0.05, 4),
         dirichlet_concentration=st.floats(1e-9, 1e3),

@@ -100,7 +100,20 @@ def _micro_batch_runs(s: Scenario) -> list[int]:
 
 
 def estimate(s: Scenario) -> Estimate:
-    """Routed copies, collectives, events, peak memory and wall time of simulating `s`."""
+    """Routed copies, collectives, events, peak memory and wall time of simulating `s` (with
+    workload.extend_layers, of its two shorter models)."""
+    from simulator.extension import sample_layers, with_moe_layers  # extension reads memory, which reads this package
+
+    layers = sample_layers(s)
+    if layers is not None:
+        parts = [_estimate(with_moe_layers(s, n)) for n in layers]
+        return Estimate(sum(e.num_runs for e in parts), sum(e.routed_copies for e in parts), parts[0].draws_per_copy,
+                        sum(e.num_collectives for e in parts), sum(e.num_events for e in parts),
+                        max(e.peak_memory_bytes for e in parts), sum(e.wall_s for e in parts))
+    return _estimate(s)
+
+
+def _estimate(s: Scenario) -> Estimate:
     from simulator.workload.build import batch_limit  # build reads the scenario package
 
     par, m, w = s.parallel, s.model, s.workload

@@ -140,6 +140,27 @@ def check_expert_groups(m) -> None:
                             f"{m.num_experts // groups} experts cannot hold top_k={m.top_k} experts")
 
 
+def check_layer_extension(s: Scenario) -> None:
+    """workload.extend_layers: the MoE layers simulated stand for the rest, so every MoE layer must be
+    alike: one stage holding them all, one law for every layer, one step."""
+    if s.workload.extend_layers != "always":
+        return
+    r = s.routing
+    rule = ("extends a whole model from its first MoE layers (simulator/extension.py), which stand for "
+            "the rest only when every MoE layer is alike")
+    if s.workload.scope != "model":
+        raise ScenarioError("workload.extend_layers", "always", f"{rule}: needs workload.scope=model")
+    if s.parallel.pp_size > 1:
+        raise ScenarioError("workload.extend_layers", "always",
+                            f"{rule}: needs parallel.pp_size=1 (a pipeline's stages hold different layers)")
+    if s.workload.steps > 1:
+        raise ScenarioError("workload.extend_layers", "always",
+                            f"{rule}: needs workload.steps=1 (loads and gates of later steps need every layer)")
+    if r.zipf_alpha_per_layer or r.distribution == "trace":
+        raise ScenarioError("workload.extend_layers", "always",
+                            f"{rule}: routing.zipf_alpha_per_layer and traces give each layer its own law")
+
+
 def check_layout(s: Scenario) -> None:
     ep = s.parallel.ep_size
     gpus = s.num_gpus
@@ -202,6 +223,7 @@ def check_layout(s: Scenario) -> None:
     if s.routing.adaptive_alpha > 0 and s.workload.steps < 2:
         raise ScenarioError("routing.adaptive_alpha", s.routing.adaptive_alpha,
                             "adjusts each step's gate from the previous step's loads: needs workload.steps >= 2")
+    check_layer_extension(s)
     check_placement(s)
     check_load_balancing(s)
     if s.routing.distribution == "balanced" and m.num_experts % m.top_k:

@@ -159,6 +159,9 @@ class WorkloadSection(_Section):
     # a pipeline step of many micro-batches from two shorter ones (simulator/extension.py): auto
     # when the whole step would be slow to simulate, always, or never
     extend_micro_batches: Literal["auto", "always", "never"] = "auto"
+    # a whole model's step from two with fewer MoE layers (simulator/extension.py; an estimate, not
+    # exact, so never unless asked)
+    extend_layers: Literal["never", "always"] = "never"
     # consecutive steps of fresh tokens, for per-expert load monitoring and adaptive gating (seed 2.3)
     steps: int = Field(default=1, gt=0, le=1000)
     # Serving (simulator/scenario/serving.py). decode: each GPU holds batch_per_gpu sequences whose
