@@ -23,7 +23,7 @@ def pair(**sections):
 
 @pytest.mark.parametrize("sections", [
     {},  # training, three streams, two micro-batches
-    {"routing": {"distribution": "zipf", "zipf_alpha": 1.0}},
+    {"routing": {"distribution": "balanced"}},
     {"workload": {"mode": "prefill"}},
     # ZeRO-1 over DP 16 / expert DP 2, each layer its own bucket as a real model's 40M-parameter
     # buckets are (the tiny model's default bucket holds every layer: one exposed reduction at the end)
@@ -74,6 +74,8 @@ def test_the_budget_charges_the_two_shorter_models():
     ({"parallel": {"ep_size": 8, "pp_size": 2}, "hardware": {"nodes": 4}}, "pp_size=1"),
     ({"workload": {"steps": 2}}, "steps=1"),
     ({"routing": {"distribution": "zipf", "zipf_alpha_per_layer": [0.5, 1.5]}}, "zipf_alpha_per_layer"),
+    ({"routing": {"distribution": "zipf", "zipf_alpha": 1.2}}, "draws each layer's hot experts"),
+    ({"routing": {"distribution": "dirichlet"}}, "draws each layer's hot experts"),
 ])
 def test_layers_that_cannot_stand_for_the_rest_are_refused(sections, words):
     workload = {"extend_layers": "always", **sections.pop("workload", {})}
