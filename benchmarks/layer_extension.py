@@ -42,7 +42,8 @@ def scenarios(only: list[str] | None):
         if sample_layers(extended) is not None:
             yield case["id"], s, extended
     for name, routing in (("default, 61 layers, EP 64", []),
-                          ("default, 61 layers, EP 64, balanced", [("routing.distribution", "balanced")])):
+                          ("default, 61 layers, EP 64, balanced", [("routing.distribution", "balanced"),
+                                                                   ("routing.max_nodes_per_token", None)])):
         if only and name not in only:
             continue
         s = load_scenario(ROOT / "scenarios" / "default.yaml", DEFAULT_61 + routing)
