@@ -58,6 +58,9 @@ def summary_tables(summary: dict) -> list[Table]:
         rows.append(("all-to-all actual / required (seed 5.2)",
                      f"{sb['actual_bytes_per_s'] / 1e9:,.0f} / {sb['required_bytes_per_s'] / 1e9:,.0f} GB/s "
                      f"= {sb['utilization'] * 100:.1f} %"))
+    simulated = summary.get("provenance", {}).get("simulated")
+    if simulated:  # an extended step: what ran (the trace and per-layer rows are that run's)
+        rows.append(("simulated", simulated.split("; ")[0]))
     for row in rows:
         head.add_row(*row)
 

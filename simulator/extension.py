@@ -68,7 +68,7 @@ def _extend_additive(one: dict, two: dict, f, step: float) -> dict:
     step: the extended step time (the utilisation and the host's busy fraction are over it)."""
     out = {
         "step_time_s": step,
-        "breakdown_s": {k: f(one["breakdown_s"][k], v) for k, v in two["breakdown_s"].items()},
+        "breakdown_s": _non_negative({k: f(one["breakdown_s"][k], v) for k, v in two["breakdown_s"].items()}, step),
         "compute_by_kernel_class_s": {k: f(one["compute_by_kernel_class_s"][k], v)
                                       for k, v in two["compute_by_kernel_class_s"].items()},
         "bandwidth_utilization_step": {
@@ -82,6 +82,18 @@ def _extend_additive(one: dict, two: dict, f, step: float) -> dict:
         "collectives": {kind: {**c, "count": round(f(one["collectives"].get(kind, {}).get("count", 0), c["count"]))}
                         for kind, c in two["collectives"].items()},
     }
+    return out
+
+
+def _non_negative(parts: dict, step: float) -> dict:
+    """A breakdown extended term by term, with a term the extension took below 0 (an idle time of
+    a few microseconds shrinking between the runs) at 0 and the largest term taking up the rest, so
+    the parts still add up to the step."""
+    if min(parts.values()) >= 0:
+        return parts
+    out = {k: max(v, 0.0) for k, v in parts.items()}
+    largest = max(out, key=out.get)
+    out[largest] = step - sum(v for k, v in out.items() if k != largest)
     return out
 
 
@@ -164,7 +176,7 @@ def extend_layers_summary(full, one: dict, two: dict, n1: int, n2: int) -> dict:
                       for k in ("comm_in_flight_s", "exposed_comm_s", "hidden_comm_s")}}}
     out["provenance"] = {**two["provenance"], "simulated": (
         f"the model with its {full.model.num_dense_layers} dense layers and {n1}, then {n2}, of its {n} MoE "
-        f"layers, whole (workload.extend_layers: always; an estimate, not exact); step time, its breakdown, "
+        f"layers, whole (workload.extend_layers: always, an estimate, not exact); step time, its breakdown, "
         f"calls, bytes and FLOPs extended linearly in MoE layers; per-call means, load imbalance, per-layer "
         f"rows and expert loads from the {n2}-MoE-layer run"
         + (f"; {two['provenance']['simulated']}" if "simulated" in two["provenance"] else ""))}

@@ -42,6 +42,7 @@ def test_the_extended_step_is_the_whole_models_within_one_percent(sections):
     assert extended["memory_per_gpu"] == whole["memory_per_gpu"]
     assert extended["parameters_per_gpu"] == whole["parameters_per_gpu"]
     assert sum(extended["breakdown_s"].values()) == pytest.approx(extended["step_time_s"], rel=1e-9)
+    assert min(extended["breakdown_s"].values()) >= 0
     assert "extend_layers: always" in extended["provenance"]["simulated"]
 
 
