@@ -21,7 +21,15 @@ from simulator.rebalance import rebalance
 from simulator.scenario import Scenario
 from simulator.scenario.budget import Budget, check_budget
 from simulator.seed_bandwidth import seed_bandwidth
-from simulator.steps import MIN_FACTOR, adapt, expert_loads, expert_tokens, load_rows, max_over_mean
+from simulator.steps import (
+    MIN_FACTOR,
+    adapt,
+    expert_loads,
+    expert_tokens,
+    load_rows,
+    max_over_mean,
+    summed_over_groups,
+)
 from simulator.workload.routing_trace import save_routing as save_routing_trace
 
 
@@ -58,8 +66,8 @@ def simulate_scenario(scenario: Scenario, budget: Budget | None = None, save_rou
         per_step.append({"step": step, "step_time_s": summary["step_time_s"], "mfu": summary["mfu"],
                          "load_imbalance": summary["load_imbalance"],
                          "expert_load_max_over_mean": summary["expert_load_max_over_mean"]})
-        if alpha > 0:
-            scale = adapt(scale, loads, alpha)
+        if alpha > 0:  # training: one gate for every replica, from the layer's whole load
+            scale = adapt(scale, expert_loads(summed_over_groups(tokens)) if scenario.backward else loads, alpha)
         if every:
             placements = placements or record.placements  # held from step 0 (the law's EPLB) until the first rebalance
             observed = {key: observed.get(key, 0) + t for key, t in tokens.items()}

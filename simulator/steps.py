@@ -50,6 +50,17 @@ def max_over_mean(loads: dict[tuple[int, int], np.ndarray]) -> float:
     return float(np.mean([load.max() * len(load) for load in loads.values()])) if loads else 1.0
 
 
+def summed_over_groups(tokens: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, int], np.ndarray]:
+    """Each (EP group, MoE layer) -> the layer's tokens per expert over all its EP groups: in
+    training the router is one parameter kept in sync over the data-parallel replicas, so its gate
+    adapts to the whole step's load (as DeepSeek-V3's bias update reads the batch's), the same in
+    every group."""
+    by_layer: dict[int, np.ndarray] = {}
+    for (group, layer) in sorted(tokens):
+        by_layer[layer] = by_layer[layer] + tokens[group, layer] if layer in by_layer else tokens[group, layer].copy()
+    return {(group, layer): by_layer[layer] for group, layer in tokens}
+
+
 def adapt(scale: dict | None, loads: dict[tuple[int, int], np.ndarray], alpha: float) -> dict:
     """Step t+1's gate scales from step t's (None: all 1) and its loads."""
     out = {}

@@ -118,3 +118,16 @@ def test_a_ring_over_unequal_nodes_moves_at_its_sparsest_nodes_rate():
     # inside node 0: 2 (k - 1) / k x S = S per member; the lone member has no NVLink hop
     assert by_port[int(topo.nvl_out(np.array([0]))[0])] == pytest.approx(size)
     assert int(topo.nvl_out(np.array([4]))[0]) not in by_port
+
+
+def test_in_training_the_adaptive_gate_is_one_for_every_replica(monkeypatch):
+    from simulator import api
+
+    s = make_scenario(**FOUR_NODES, routing={**ZIPF, "adaptive_alpha": 0.5}, workload={"steps": 2})
+    scales = {}
+    adapt = api.adapt
+    monkeypatch.setattr(api, "adapt", lambda scale, loads, alpha: scales.setdefault("out", adapt(scale, loads, alpha)))
+    simulate_scenario(s)
+    for layer in range(s.model.num_moe_layers):  # both EP groups (the expert-DP replicas) gate alike
+        assert np.array_equal(scales["out"][0, layer], scales["out"][1, layer])
+    assert not np.allclose(scales["out"][0, 0], 1.0)  # and it did adapt
