@@ -110,8 +110,9 @@ def law_router(s, group: int, layer: int, step: int, gate_scale: dict | None, ex
 
     The law is the model's router, so it is the same in every EP group: which experts a Zipf or
     Dirichlet law makes hot, and how drift moves them, are drawn once per layer (from the key of
-    group 0, which keeps one-group runs' streams). The adaptive gate's scales are per group, as
-    are the tokens each group draws."""
+    group 0, which keeps one-group runs' streams). Each group draws its own tokens; the adaptive
+    gate's scales are kept per group (in training every group of a layer gets the same ones,
+    simulator/steps.py summed_over_groups)."""
     m, r = s.model, s.routing
     drift = drift_order(m.num_experts, r.drift, step, np.random.default_rng([r.seed, 0, layer, 3]))
     scale = None if gate_scale is None else gate_scale.get((group, layer))
@@ -201,7 +202,7 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
                             shared[layer] = eplb_placement(training_law(s, layer, step, gate_scale), len(slot_gpu),
                                                            p, int(member_node.max()) + 1, hierarchical=hierarchical)
                         place = shared[layer]
-                    else:  # a trace's law is the layer's in every group
+                    else:  # serving: each group (instance) packs its own; a trace's law is the layer's
                         place = eplb_placement(router.probabilities, len(slot_gpu), p, int(member_node.max()) + 1,
                                                hierarchical=hierarchical)
                     router = router_for(place)
