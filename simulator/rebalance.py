@@ -28,6 +28,7 @@ from hardware.topology import Topology
 from simulator.engine.network import FlowBatch, Network
 from simulator.engine.rings import p2p_paths
 from simulator.scenario.memory import WEIGHT_BYTES, optimizer_bytes, serving_weight_bytes
+from simulator.steps import summed_over_groups
 from simulator.workload.placement import Placement, eplb_placement
 
 
@@ -68,10 +69,7 @@ def rebalanced(s, observed_tokens: dict, old: dict) -> dict:
     p = s.parallel.ep_size
     loads = {key: np.asarray(tokens, dtype=np.float64) for key, tokens in observed_tokens.items()}
     if s.backward:  # training: one placement per layer, from the load all its EP groups saw (build.training_law)
-        by_layer: dict = {}
-        for group, layer in sorted(loads):
-            by_layer[layer] = by_layer.get(layer, 0) + loads[group, layer]
-        loads = {(group, layer): by_layer[layer] for group, layer in loads}
+        loads = summed_over_groups(loads)
     out, solved = {}, {}
     for group, layer in sorted(loads):
         load = loads[group, layer]

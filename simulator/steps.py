@@ -51,10 +51,10 @@ def max_over_mean(loads: dict[tuple[int, int], np.ndarray]) -> float:
 
 
 def summed_over_groups(tokens: dict[tuple[int, int], np.ndarray]) -> dict[tuple[int, int], np.ndarray]:
-    """Each (EP group, MoE layer) -> the layer's tokens per expert over all its EP groups: in
+    """Each (EP group, MoE layer) -> the layer's tokens per expert over all its EP groups. In
     training the router is one parameter kept in sync over the data-parallel replicas, so its gate
-    adapts to the whole step's load (as DeepSeek-V3's bias update reads the batch's), the same in
-    every group."""
+    adapts to the whole step's load (as DeepSeek-V3's bias update reads the batch's), and EPLB
+    rebalances every replica of a layer alike (simulator/rebalance.py), the same in every group."""
     by_layer: dict[int, np.ndarray] = {}
     for (group, layer) in sorted(tokens):
         by_layer[layer] = by_layer[layer] + tokens[group, layer] if layer in by_layer else tokens[group, layer].copy()
