@@ -302,7 +302,9 @@ def data_parallel_provenance(s) -> str:
     overlap = "overlapped with the backward" if t.grad_overlap and s.pipeline.overlap == "three_stream" \
         else "after the whole backward"
     algorithm = ("rings" if t.distributed_optimizer or s.network.allreduce_algorithm == "ring"
-                 else "double binary trees (a chain inside each node)")
+                 else "double binary trees (a chain inside each node)" if s.network.allreduce_algorithm == "tree"
+                 else "all-reduces by size (a double binary tree where it would finish sooner alone on the network, "
+                      "else a ring; NCCL's protocols not modelled) and rings")
     cast = ("; then every held GEMM weight cast to FP8 (and its transposed copy), once a step"
             if s.workload.gemm_dtype == "fp8" else "")
     return (f"gradient {sync} in {t.grad_reduce_dtype}, buckets of {bucket} parameters of whole layers, "

@@ -9,7 +9,7 @@ from simulator.engine import Run, simulate
 from simulator.engine.collective import COLLECTIVES, Collective
 from simulator.engine.network import Network
 from simulator.engine.program import BACKWARD, UPDATE, grad_buckets
-from simulator.engine.rings import ring_paths
+from simulator.engine.rings import idle_time_s, ring_paths
 from simulator.metrics import summarize
 from tests.conftest import make_scenario
 
@@ -83,6 +83,20 @@ def test_tree_all_reduce_over_nodes_has_the_rings_bandwidth_and_logarithmic_late
     small_tree = ring_time_s(simpy.Environment(), topo, "allreduce", gpus, 1e3, algorithm="tree")
     small_ring = ring_time_s(simpy.Environment(), topo, "allreduce", gpus, 1e3)
     assert small_tree[0] < small_ring[0] / 2
+
+
+@pytest.mark.parametrize("size, picks", [(1e3, "tree"), (0.5 * GB, "ring")])
+def test_auto_takes_whichever_all_reduce_finishes_sooner(size, picks):
+    # 16 nodes of one GPU each: latency-bound small buffers go as a tree (4 IB hops a pass against
+    # 15), bandwidth-bound large ones as a ring (2 x 15/16 S through each NIC against 2 S)
+    topo = Topology(make_scenario(hardware={"nodes": 16, "gpus_per_node": 8}).cluster)
+    gpus = np.arange(16) * 8
+    times = {a: ring_time_s(simpy.Environment(), topo, "allreduce", gpus, size, algorithm=a)[0]
+             for a in ("ring", "tree", "auto")}
+    assert times["auto"] == times[picks] == min(times["ring"], times["tree"])
+    assert idle_time_s(ring_paths("allreduce", gpus, size, topo, picks), topo) == pytest.approx(times[picks], rel=1e-9)
+    scattered = ring_paths("reducescatter", gpus, 1e3, topo, "auto")  # trees are for all-reduce only
+    assert np.array_equal(scattered.entry_bytes, ring_paths("reducescatter", gpus, 1e3, topo).entry_bytes)
 
 
 def test_tree_is_the_ring_inside_one_node_and_leaves_reduce_scatter_a_ring():

@@ -76,7 +76,7 @@ SECTIONS = {
     "network": _some(
         all_to_all=st.sampled_from(["direct", "hierarchical", "low_latency"]),
         dispatch_dtype=st.sampled_from(["fp8", "bf16"]), combine_dtype=st.sampled_from(["fp8", "bf16"]),
-        comm_sms=st.integers(0, 40), allreduce_algorithm=st.sampled_from(["ring", "tree"])),
+        comm_sms=st.integers(0, 40), allreduce_algorithm=st.sampled_from(["ring", "tree", "auto"])),
     "pipeline": _some(
         overlap=st.sampled_from(["none", "three_stream"]), chunks=st.integers(1, 4),
         schedule=st.sampled_from(["auto", "lockstep", "dualpipe", "sequential"])),

@@ -22,7 +22,8 @@ members (2 S / k each, against the ring's 2 (N - 1) / N x S / k), and the chain'
 S each way, 2 (k - 1) / k x S per member over NVLink as in the ring. Its latency is two passes of
 the chain's k - 1 NVLink hops and the trees' depth, ceil(log2 N) IB hops, instead of the ring's
 N - 1: the same bandwidth, logarithmic latency. NCCL implements trees for all-reduce only;
-reduce-scatter and all-gather stay rings.
+reduce-scatter and all-gather stay rings. `auto` picks per all-reduce, as NCCL's tuner does by
+its own cost model, whichever of the two would finish sooner alone on the network.
 
 A ring (or a pipelined tree) moves in lock-step: every member forwards what it received a moment
 ago, so it progresses at the rate of its slowest link. epsim therefore makes the whole ring ONE
@@ -68,9 +69,27 @@ def ring_layout(gpus: np.ndarray, topo: Topology) -> tuple[np.ndarray, np.ndarra
     return intra, inter, k, num_nodes
 
 
+def idle_time_s(paths: Paths, topo: Topology) -> float:
+    """A one-flow collective's time alone on an idle network: its busiest port's bytes at that
+    port's achievable rate (the max-min rate of a lone flow), plus its path latency."""
+    if not len(paths.entry_port):
+        return 0.0
+    load = np.bincount(paths.entry_port, weights=paths.entry_bytes, minlength=topo.num_ports)
+    return float((load / topo.port_capacity_bytes_per_s()).max() + paths.pair_latency_s.max())
+
+
 def ring_paths(op: str, gpus: np.ndarray, num_bytes: float, topo: Topology, algorithm: str = "ring") -> Paths:
     """The ring collective `op` of a num_bytes buffer over `gpus`, as one flow (index 0); an
-    all-reduce with algorithm "tree" as NCCL's double binary tree (module docstring)."""
+    all-reduce with algorithm "tree" as NCCL's double binary tree (module docstring); "auto" as
+    NCCL's tuner chooses, by the time each would take (NCCL: its own latency and bandwidth model
+    per algorithm; epsim: the same network's ports and latencies, idle_time_s), the tree where it
+    finishes sooner (small buffers over many nodes), else the ring. NCCL's protocols (LL, LL128,
+    Simple) are not modelled."""
+    if algorithm == "auto":
+        if op != "allreduce":  # NCCL has trees for all-reduce only
+            return ring_paths(op, gpus, num_bytes, topo)
+        ring, tree = ring_paths(op, gpus, num_bytes, topo), ring_paths(op, gpus, num_bytes, topo, "tree")
+        return tree if idle_time_s(tree, topo) < idle_time_s(ring, topo) else ring
     passes = PASSES[op]
     tree = algorithm == "tree" and op == "allreduce"
     intra, inter, k, num_nodes = ring_layout(gpus, topo)

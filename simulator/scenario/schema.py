@@ -230,8 +230,9 @@ class NetworkSection(_Section):
     comm_sms: int = Field(default=20, ge=0)
     # the all-reduces' algorithm (gradients without ZeRO-1, TP without sequence parallel, DualPipe's
     # mirror sums): NCCL's ring, or its double binary tree over nodes with a chain inside each node
-    # (same bytes per port, latency logarithmic in the nodes: simulator/engine/rings.py)
-    allreduce_algorithm: Literal["ring", "tree"] = "ring"
+    # (same bytes per port, latency logarithmic in the nodes: simulator/engine/rings.py), or auto:
+    # per all-reduce whichever finishes sooner alone on the network, as NCCL's tuner chooses
+    allreduce_algorithm: Literal["ring", "tree", "auto"] = "ring"
 
 
 RECOMPUTE_MODULES = ("core_attn", "layernorm", "mla_up_proj", "moe_act")
