@@ -68,7 +68,7 @@ def rebalanced(s, observed_tokens: dict, old: dict) -> dict:
     summed slot by slot)."""
     p = s.parallel.ep_size
     loads = {key: np.asarray(tokens, dtype=np.float64) for key, tokens in observed_tokens.items()}
-    if s.backward:  # training: one placement per layer, from the load all its EP groups saw (build.training_law)
+    if s.backward:  # training: one placement per layer, from the load all its EP groups saw (as build_workload packs it)
         loads = summed_over_groups(loads)
     out, solved = {}, {}
     for group, layer in sorted(loads):

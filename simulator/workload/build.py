@@ -121,21 +121,6 @@ def law_router(s, group: int, layer: int, step: int, gate_scale: dict | None, ex
                   r.dirichlet_concentration, drift)
 
 
-def training_law(s, layer: int, step: int, gate_scale: dict | None) -> np.ndarray:
-    """Training: MoE layer `layer`'s expected tokens per expert summed over every EP group that
-    runs it (the expert-DP replicas, and DualPipe's two copies of its stage). Their gradients are
-    summed slot by slot, so they must all hold the same experts in the same slots: EPLB packs
-    one placement per layer from the whole step's load, as a trainer keeping its replicas in sync
-    would (serving instances are independent, and each EP group packs its own)."""
-    base = round_robin_placement(s.model.num_experts, s.parallel.ep_size).expert_gpu()
-    total = np.zeros(s.model.num_experts)
-    for group in range(s.ranks.num_ep_groups):
-        rank = int(s.ranks.pp_rank[s.ranks.ep_groups[group][0]])
-        if any(moe == layer for moe, _ in stage_moe_work(s, rank)):
-            total += law_router(s, group, layer, step, gate_scale, s.ranks.ep_group(group).node[base]).probabilities
-    return total
-
-
 def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, step: int = 0,
                    placements_in: dict | None = None, keep_routing: bool = False) -> Workload:
     """The workload of step `step` (0: the first; later steps draw fresh tokens) with the adaptive
@@ -151,7 +136,7 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     on_gpu = [np.nonzero(slot_gpu == g)[0] for g in range(p)]  # the slots each GPU holds
     traffic, work, work_bwd, placements = {}, {}, {}, {}
     solved, reports = {}, {}  # topology_aware: one solve per (group, law), its report per layer
-    shared: dict = {}  # training with eplb: moe_layer -> the one placement all its EP groups hold
+    shared: dict = {}  # eplb: moe_layer -> its placement (in training, the one all its EP groups hold)
     hierarchical = s.routing.max_nodes_per_token is not None
     cf = s.routing.capacity_factor  # per source GPU and expert, as Megatron's moe_expert_capacity_factor
     capacity = None if cf is None else math.ceil(cf * s.workload.tokens_per_gpu * m.top_k / m.num_experts)
@@ -197,14 +182,13 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
                     place = placements_in[group, layer]
                     router = router_for(place)
                 elif s.placement.strategy == "eplb":  # balance the expected loads, then route over them
-                    if s.backward and trace is None:  # one placement per layer for all its replicas
-                        if layer not in shared:
-                            shared[layer] = eplb_placement(training_law(s, layer, step, gate_scale), len(slot_gpu),
-                                                           p, int(member_node.max()) + 1, hierarchical=hierarchical)
-                        place = shared[layer]
-                    else:  # serving: each group (instance) packs its own; a trace's law is the layer's
-                        place = eplb_placement(router.probabilities, len(slot_gpu), p, int(member_node.max()) + 1,
-                                               hierarchical=hierarchical)
+                    # training: expert DP sums gradients slot by slot, so every EP group running the
+                    # layer holds one placement, packed once (their law and, in training, their gate
+                    # are the same: law_router, steps.summed_over_groups); serving: each group its own
+                    if not s.backward or layer not in shared:
+                        shared[layer] = eplb_placement(router.probabilities, len(slot_gpu), p,
+                                                       int(member_node.max()) + 1, hierarchical=hierarchical)
+                    place = shared[layer]
                     router = router_for(place)
                 elif s.placement.strategy == "topology_aware":  # seed 1.2: the busiest port's expected load, minimised
                     key = (group, router.probabilities.tobytes())
