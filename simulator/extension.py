@@ -82,6 +82,7 @@ def _extend_additive(one: dict, two: dict, f, step: float) -> dict:
                  "busy_fraction": f(one["host"]["busy_max_s"], two["host"]["busy_max_s"]) / step},
         "collectives": {kind: {**c, "count": round(f(one["collectives"].get(kind, {}).get("count", 0), c["count"]))}
                         for kind, c in two["collectives"].items()},
+        "pipeline_bubble_fraction": sum(two["pipeline_bubble_s"]) / len(two["pipeline_bubble_s"]) / step,
     }
     return out
 
@@ -116,7 +117,6 @@ def extend_summary(full, one: dict, two: dict, m1: int, m2: int) -> dict:
     out.update(_extend_additive(one, two, lambda a, b: _extend(a, b, m1, m2, m), step))
     out.update(_throughput(full, two["model_flop_per_step"] * m / m2,
                            two["tokens_per_s"] * two["step_time_s"] * m / m2, step))
-    out["pipeline_bubble_fraction"] = sum(two["pipeline_bubble_s"]) / len(two["pipeline_bubble_s"]) / step
     out["provenance"] = {**two["provenance"], "simulated": (
         f"{m1} and {m2} of the step's {m} micro-batches, whole; step time, its breakdown, calls and bytes "
         f"extended linearly in micro-batches past the warm-up (the schedule's steady state); per-call means, "
@@ -160,7 +160,6 @@ def extend_layers_summary(full, one: dict, two: dict, n1: int, n2: int) -> dict:
     out.update(_throughput(full, f(one["model_flop_per_step"], two["model_flop_per_step"]),
                            two["tokens_per_s"] * two["step_time_s"], step))
     out["model_flop_per_token_forward"] = flop_per_token(full)
-    out["pipeline_bubble_fraction"] = sum(two["pipeline_bubble_s"]) / len(two["pipeline_bubble_s"]) / step
     link = two["max_link_load"]
     out["max_link_load"] = {**link, **{k: f(one["max_link_load"][k], link[k]) for k in ("busy_s", "bytes")}}
     if "tokens_ungated" in two:
