@@ -10,7 +10,8 @@ Algorithms (CONTRACT network.all_to_all):
   owner's local rank there, then NVLink-forwarded once per distinct destination GPU in that node.
   Every copy, a GPU's own included, passes the NVLink-buffer stage at the NVLink port's rate.
 - low_latency (DeepEP LL): one message per (token, expert) pair straight to the expert's GPU,
-  holding no SMs and sending without a notify round.
+  holding no SMs and sending without a notify round; the rows arrive grouped by expert, so the
+  experts run without permute / un-permute kernels.
 """
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ class AllToAll:
     # ClusterSpec field: bytes per second one SM of the kernel copies; each token owner's flow is
     # capped at comm_sms x that (its busiest port's rate); None: the SMs do not bound the rate
     sm_rate_field: str | None = None
+    # the routed experts permute the received rows by expert before their GEMMs and un-permute them
+    # before the combine; False where the kernels deliver the rows grouped by local expert and the
+    # combine reduces each token's copies with their weights itself
+    permutes: bool = True
 
     def rate_cap(self, cluster: ClusterSpec, comm_sms: int) -> float:
         """Each flow's own rate cap, bytes per second (inf: none)."""
@@ -83,11 +88,14 @@ ALL_TO_ALL = {
                              # to size the receive tensors (DeepEP README, 'CPU-GPU synchronisation')
                              call_overhead_field=None, host_sync=True,
                              sm_rate_field="deepep_bytes_per_s_per_sm"),
-    # DeepEP LL FP8 message: hidden + hidden/128 x 4 scale bytes + 16 (7408 B for hidden 7168)
+    # DeepEP LL FP8 message: hidden + hidden/128 x 4 scale bytes + 16 (7408 B for hidden 7168). Its
+    # dispatch returns the rows as [num_local_experts, max tokens x ranks, hidden], the masked
+    # grouped GEMM's layout, and its combine reduces each token's copies with their top-k weights
+    # (deep_ep/buffer.py, low_latency_dispatch / low_latency_combine): no permute kernels
     "low_latency": AllToAll("low_latency", route="direct", per_expert_copy=True, own_copies_cross_ports=False,
                             notify_round=False, notify_crosses_rails=False, holds_sms=False,
                             message_header_bytes=16, efficiency_field=None,
-                            call_overhead_field="ll_kernel_overhead_s"),
+                            call_overhead_field="ll_kernel_overhead_s", permutes=False),
 }
 
 

@@ -95,3 +95,20 @@ def test_fp8_mfu_is_also_reported_against_the_fp8_peak():
     assert summary["mfu_vs_gemm_dtype_peak"] == pytest.approx(
         summary["mfu"] * gpu.peak_bf16_flop_per_s / gpu.peak_fp8_flop_per_s, rel=1e-12)
     assert 0 < summary["mfu_vs_gemm_dtype_peak"] < summary["mfu"] < 1
+
+
+@pytest.mark.parametrize("all_to_all, permutes", [("direct", True), ("hierarchical", True), ("low_latency", False)])
+def test_routed_experts_permute_their_rows_unless_deepep_low_latency_delivers_them_by_expert(all_to_all, permutes):
+    """DeepEP LL's dispatch returns the rows grouped by local expert and its combine reduces each
+    token's copies with their weights (deep_ep/buffer.py): no permute / un-permute kernels there."""
+    s = make_scenario(hardware=ROOFLINE, network={"all_to_all": all_to_all})
+    run = Run(s)
+    w, compute = run.workload, run.compute_model
+    h, i = s.model.hidden_size, s.model.moe_intermediate_size
+    for key, t in w.traffic.items():
+        for gpu, seconds in enumerate(w.expert_work_s[key]):
+            rows = t.expert_tokens[w.expert_gpu == gpu]
+            assert seconds == pytest.approx(compute.expert_ffn_s(rows, h, i, permute=permutes), rel=1e-12)
+            assert seconds != pytest.approx(compute.expert_ffn_s(rows, h, i, permute=not permutes), rel=1e-6)
+    classes = summarize(run.simulate())["compute_by_kernel_class_s"]
+    assert (classes["permute"] > 0) == permutes

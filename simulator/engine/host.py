@@ -30,7 +30,7 @@ import simpy
 
 from hardware.compute import ATTENTION_CORE_BACKWARD_FACTOR, BACKWARD_FACTOR, GradientGemms, ffn_bwd_parts
 from simulator.engine.program import FORWARD, Op
-from simulator.workload.costs import dense_kernels, ffn_split
+from simulator.workload.costs import dense_kernels, ffn_split, routed_permute
 
 COLLECTIVE_LAUNCHES = 1.0  # one comm kernel per call (its host-side preparation is not modelled)
 # Kernels the host may have issued ahead of the GPU before a launch blocks: CUDA's launch queue
@@ -78,7 +78,7 @@ def kernel_launches(s, num_tokens: int) -> dict[str, float]:
     out = {op: float(sum(parts.values())) for op, parts in dense_kernels(s, counter, num_tokens).items()}
     m = s.model
     rows = np.ones(max(1, m.num_experts // s.parallel.ep_size))
-    out["experts"] = counter.expert_ffn_s(rows, m.hidden_size, m.moe_intermediate_size, permute=True)
+    out["experts"] = counter.expert_ffn_s(rows, m.hidden_size, m.moe_intermediate_size, permute=routed_permute(s))
     out["experts_bwd"] = BACKWARD_FACTOR * out["experts"]
     return out
 

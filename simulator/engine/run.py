@@ -34,7 +34,14 @@ from simulator.scenario import Scenario
 from simulator.stages import FWD, num_stages, rank_of_stage, virtual_stage
 from simulator.wire import ELEMENT_BYTES, algorithm, token_bytes
 from simulator.workload.build import build_workload
-from simulator.workload.costs import dense_kernels, expert_bwd_extras, ffn_bwd_kernels, ffn_split, op_seconds
+from simulator.workload.costs import (
+    dense_kernels,
+    expert_bwd_extras,
+    ffn_bwd_kernels,
+    ffn_split,
+    op_seconds,
+    routed_permute,
+)
 from simulator.workload.serving import context_spread
 
 PROGRESS_EVENTS = 20_000  # events between two progress reports (a few per second of simulation)
@@ -479,13 +486,13 @@ class Run(UpdateProcesses):
         rows = [t.expert_tokens for t in w.traffic.values()]
         mean_rows = np.mean(rows, axis=0) if rows else np.zeros(1)
         experts = ffn_split(self.compute_model, mean_rows[mean_rows > 0], s.model.hidden_size,
-                            s.model.moe_intermediate_size // s.expert_tp, permute=True)
+                            s.model.moe_intermediate_size // s.expert_tp, permute=routed_permute(s))
         total = sum(experts.values())
         if total > 0:
             out["experts"] = {cls: v / total for cls, v in experts.items()}
             width = s.model.moe_intermediate_size // s.expert_tp
             experts_bwd = ffn_bwd_kernels(self.compute_model, mean_rows[mean_rows > 0], s.model.hidden_size, width,
-                                          permute=True)
+                                          permute=routed_permute(s))
             for cls, v in expert_bwd_extras(s, self.compute_model, float(mean_rows.sum()), width).items():
                 experts_bwd[cls] = experts_bwd.get(cls, 0.0) + v
             total_bwd = sum(experts_bwd.values())

@@ -19,7 +19,7 @@ from hardware.compute import RooflineCompute
 from simulator.errors import ScenarioError
 from simulator.scenario.memory import memory_per_gpu, moe_layers_in_scope, stage_layers
 from simulator.wire import token_bytes
-from simulator.workload.costs import expert_bwd_s
+from simulator.workload.costs import expert_bwd_s, routed_permute
 from simulator.workload.gating import ThresholdRouter
 from simulator.workload.placement import Placement, eplb_placement, round_robin_placement, slot_layout
 from simulator.workload.routing import Router, UnsampleableLaw, drift_order, drop_over_capacity
@@ -215,11 +215,12 @@ def build_workload(s, compute: RooflineCompute, gate_scale: dict | None = None, 
     # on the tokens all of them received (all-gathered over the expert-TP group).
     e = s.expert_tp
     width = m.moe_intermediate_size // e
+    permute = routed_permute(s)
     for (group, layer, mb, c), t in traffic.items():
         first = group - group % e
         rows = (t.expert_tokens if e == 1 else
                 sum(traffic[g, layer, mb, c].expert_tokens for g in range(first, first + e)))
-        work[group, layer, mb, c] = np.array([compute.expert_ffn_s(rows[on_gpu[g]], m.hidden_size, width)
+        work[group, layer, mb, c] = np.array([compute.expert_ffn_s(rows[on_gpu[g]], m.hidden_size, width, permute)
                                               for g in local])
         if s.backward:
             work_bwd[group, layer, mb, c] = np.array([expert_bwd_s(s, compute, rows[on_gpu[g]], width) for g in local])

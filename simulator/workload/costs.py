@@ -15,6 +15,7 @@ from hardware.compute import (
 )
 from simulator.scenario.memory import FP8_SAVED_BYTES
 from simulator.scenario.serving import KV_BYTES
+from simulator.wire import algorithm
 
 
 def expert_bwd_extras(s, compute: RooflineCompute, rows: float, width: int) -> dict[str, float]:
@@ -26,10 +27,16 @@ def expert_bwd_extras(s, compute: RooflineCompute, rows: float, width: int) -> d
     return {cls: v for cls, v in extras.items() if v}
 
 
+def routed_permute(s) -> bool:
+    """Whether the routed experts run the permute / un-permute kernels around their GEMMs: not where
+    the all-to-all delivers the rows grouped by expert and reduces them itself (DeepEP LL)."""
+    return algorithm(s.network.all_to_all).permutes
+
+
 def expert_bwd_s(s, compute: RooflineCompute, tokens_per_expert: np.ndarray, width: int) -> float:
     """One GPU's routed experts' backward: their GEMMs' gradients and the kernels around them, and
     expert_bwd_extras."""
-    total = compute.expert_ffn_bwd_s(tokens_per_expert, s.model.hidden_size, width)
+    total = compute.expert_ffn_bwd_s(tokens_per_expert, s.model.hidden_size, width, permute=routed_permute(s))
     for v in expert_bwd_extras(s, compute, int(tokens_per_expert.sum()), width).values():
         total += v
     return total
