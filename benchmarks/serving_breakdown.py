@@ -33,7 +33,12 @@ compute_by_kernel_class_s does), mean per GPU, divided by the 61 layers. Categor
 The decode figures' "Launch Overhead" is put beside epsim's "Other" (epsim counts a launch inside
 each kernel's time, hardware kernel_launch_us).
 
-Prints a table per case; asserts nothing.
+A second table sets the decode cases at 8 .. 256 sequences per GPU (the blog's tbo-overall.png,
+held-back cases of the validation set) against epsim's: the inter-token latency each implies
+(sequences / output tokens per second per GPU) and what epsim leaves out of it, per step and per
+layer and micro-batch (two with two-batch overlap, one without).
+
+Prints the tables; asserts nothing.
     python benchmarks/serving_breakdown.py
 """
 from __future__ import annotations
@@ -122,12 +127,39 @@ def table(case_id: str, ours: dict, step_ms: float) -> list[str]:
     return lines + [""]
 
 
+DECODE = "lmsys-sglang-deepseek-v3-decode-ep72"
+BATCHES = (256, 128, 64, 32, 8)
+
+
+def decode_batches(cases: dict) -> list[str]:
+    """Published and predicted ITL of the decode cases by batch, and the time epsim leaves out."""
+    from simulator.scenario import build_scenario
+    from simulator.studies.validation.harness import run_case
+
+    lines = ["### decode by batch per GPU (EP 72): what epsim leaves out of the inter-token latency", "",
+             "| sequences / GPU | TBO | published ITL ms | epsim ITL ms | missing ms / step | "
+             "missing us / (layer x micro-batch) |", "|---:|---|---:|---:|---:|---:|"]
+    for batch in BATCHES:
+        for tbo in (True, False):
+            case_id = DECODE + (f"-batch{batch}" if batch != 256 else "") + ("" if tbo else "-no-tbo")
+            case = cases[case_id]
+            [row] = run_case(case)
+            per_node = build_scenario({"name": case_id, **copy.deepcopy(case["scenario"])}).cluster.gpus_per_node
+            published, predicted = (batch * per_node / v * 1e3 for v in (row.published, row.predicted))
+            missing = published - predicted
+            passes = LAYERS * (2 if tbo else 1)
+            lines.append(f"| {batch} | {'on' if tbo else 'off'} | {published:.1f} | {predicted:.1f} | {missing:+.1f} | "
+                         f"{missing * 1e3 / passes:+.0f} |")
+    return lines + [""]
+
+
 def main() -> None:
     cases = {c["id"]: c for c in yaml.safe_load((ROOT / "simulator/studies/validation/cases.yaml").read_text())["cases"]}
     out = []
     for case_id in FIGURES:
         ours, step_ms = epsim_per_layer(cases[case_id])
         out += table(case_id, ours, step_ms)
+    out += decode_batches(cases)
     print("\n".join(out))
 
 
