@@ -22,7 +22,8 @@ which term of a case's error is which.
 epsim's side: the validation cases of simulator/studies/validation/cases.yaml, simulated whole;
 each compute interval's time split by its op's kernel classes (RunRecord.kernel_classes, as
 compute_by_kernel_class_s does), mean per GPU, divided by the 61 layers. Categories:
-  MoE             the routed experts' op: its grouped GEMMs, SwiGLU and permutes
+  MoE             the routed experts' op: its grouped GEMMs, SwiGLU and permutes (the permutes
+                  are also printed on their own: a figure's MoE may leave them to its other kernels)
   GEMM            every other GEMM (attention projections, router, shared experts, dense FFNs, LM head)
   Attention core  the attention kernel (FlashMLA in decode, the FlashAttention-3 rate in prefill)
   Other           every other kernel (norms, rotary, residuals, router scores, FP8 casts, embedding)
@@ -98,6 +99,8 @@ def epsim_per_layer(case: dict) -> tuple[dict[str, float], float]:
             t = (iv.end_s - iv.start_s) * share * 1e3 / r.num_gpus / LAYERS
             if iv.op.op == "experts":
                 ms["MoE"] += t
+                if cls == "permute":
+                    ms["MoE permutes"] += t
             elif cls == "gemm":
                 ms["GEMM"] += t
             elif cls == "attention":
@@ -121,6 +124,9 @@ def table(case_id: str, ours: dict, step_ms: float) -> list[str]:
     lines.append(f"| sum | {total:.3f} | {read:.3f} | {total - read:+.3f} | {total / read:.2f} |")
     lines.append(f"| overall (figure's bar; epsim step / {LAYERS}) | {step_ms / LAYERS:.3f} | {fig['overall']:.3f} | "
                  f"{step_ms / LAYERS - fig['overall']:+.3f} | {step_ms / LAYERS / fig['overall']:.2f} |")
+    if ours.get("MoE permutes"):
+        lines += ["", f"of epsim's MoE, the routed experts' permute / un-permute kernels: {ours['MoE permutes']:.3f} ms per "
+                  "layer (the figure's categories do not say whether its MoE or its other kernels hold them)"]
     if "reference" in fig:
         label, ref = fig["reference"]
         lines += ["", f"{label}, for reference: " + ", ".join(f"{c} {ref[c]:.3f}" for c in ("overall",) + CATEGORIES)]
